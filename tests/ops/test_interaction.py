@@ -173,3 +173,21 @@ def test_env_default(monkeypatch):
     monkeypatch.setenv("RANKOPS_BACKEND", "bogus")
     with pytest.raises(ValueError, match="unknown rankops backend"):
         rankops.current_backend()
+
+
+def test_torch_compile_inductor_default():
+    """The default compiler (inductor) keeps the op opaque and calls our kernel inside its graph."""
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Unflatten(1, (4, 2)))
+
+    def f(x):
+        z = model(x)
+        return torch.cat([rankops.fm_interaction(z), rankops.dot_interaction(z)], 1)
+
+    x = torch.randn(16, 8, requires_grad=True)
+    with rankops.use_backend("cpp"):
+        expected = f(x)
+        out = torch.compile(f, fullgraph=True)(x)
+        (g,) = torch.autograd.grad(out.sum(), x)
+    (g_expected,) = torch.autograd.grad(expected.sum(), x)
+    assert_close(out, expected, 1e-5, 1e-5)
+    assert_close(g, g_expected, 1e-5, 1e-5)
