@@ -931,10 +931,11 @@ cudaError_t dot_interaction(DType dtype, const void* x, void* out, int64_t B, in
         const int S = samples_per_block(SimtLayout::per_sample(Fi, Di, self_interaction, false), B);
         const SimtLayout L(Fi, Di, S, self_interaction, false);
         if (L.bytes <= optin) {
-          // Split D across lanes until the block has about a thread per item.
+          // Split D across lanes while the block's items still fit one pass of its threads: idle
+          // threads otherwise, and the split's shuffles cost less than a second pass.
           const int nb = L.F4 / 4, pairs = nb * (nb + 1) / 2, nk = L.D4 / 4;
           int KS = 1;
-          while (KS < 8 && KS * 2 <= nk && S * pairs * KS < kThreads) KS <<= 1;
+          while (KS < 8 && KS * 2 <= nk && S * pairs * KS * 2 <= kThreads) KS <<= 1;
           return launch_smem(dot_fwd_simt_kernel, cdiv(B, S), kThreads, L.bytes, stream, xp, op, B, Fi, Di, S, KS,
                              self_interaction, vec);
         }
