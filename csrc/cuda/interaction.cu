@@ -168,12 +168,13 @@ __device__ __forceinline__ void tri_decode(int t, int& row, int& col) {
   col = t;
 }
 
-// Sym[i][j] of the dot backward: G + G^T with G the grad triangle (the diagonal doubled with self).
+// Sym[i][j] of the dot backward: G + G^T with G the grad triangle; the diagonal (self only) is
+// diag * grad, diag = 2 for the exact G + G^T.
 template <typename T>
-__device__ __forceinline__ float sym_entry(const T* g, int i, int j, bool self) {
+__device__ __forceinline__ float sym_entry(const T* g, int i, int j, bool self, float diag) {
   if (i > j) return to_f(g[tri_start(i, self) + j]);
   if (j > i) return to_f(g[tri_start(j, self) + i]);
-  return self ? 2.f * to_f(g[tri_start(i, self) + i]) : 0.f;
+  return self ? diag * to_f(g[tri_start(i, self) + i]) : 0.f;
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -517,9 +518,11 @@ __global__ void __launch_bounds__(kWarpsMma * 32) dot_fwd_mma_kernel(const T* __
 }
 
 // Dot backward, fp16/bf16 on the tensor cores: gx[b] = Sym @ X with Sym = G + G^T built in shared
-// memory in the input dtype (exact: each entry is one grad value, or twice one on the diagonal).
-// Warps share out the (row tile ti, column tile tn) output tiles; k runs over Fp. Output tiles go
-// from the staging tile straight to global: each tile row is a 32-byte run.
+// memory in the input dtype, exact since each entry is one grad value. With self the diagonal holds
+// g_ii once and the epilogue adds the second g_ii * x_i in fp32: 2 * g_ii could overflow fp16
+// where the fp32 reference does not. Warps share out the (row tile ti, column tile tn) output
+// tiles; k runs over Fp. Output tiles go from the staging tile straight to global: each tile row is
+// a 32-byte run.
 
 template <typename T>
 __global__ void __launch_bounds__(kWarpsMma * 32) dot_bwd_mma_kernel(const T* __restrict__ grad,
@@ -548,7 +551,7 @@ __global__ void __launch_bounds__(kWarpsMma * 32) dot_bwd_mma_kernel(const T* __
   for (int idx = threadIdx.x; idx < ns * FF; idx += blockDim.x) {
     const int bl = idx / FF, rem = idx - bl * FF;
     const int i = rem / L.Fp, j = rem - i * L.Fp;
-    const float v = (i < F && j < F) ? sym_entry(gs + bl * L.P, i, j, self) : 0.f;
+    const float v = (i < F && j < F) ? sym_entry(gs + bl * L.P, i, j, self, 1.f) : 0.f;
     sym[(bl * L.Fp + i) * L.lds + j] = from_f<T>(v);
   }
   __syncthreads();
@@ -572,6 +575,7 @@ __global__ void __launch_bounds__(kWarpsMma * 32) dot_bwd_mma_kernel(const T* __
     wmma::store_matrix_sync(stage, acc, kStageLd, wmma::mem_row_major);
     __syncwarp();
     T* ob = gx + (b0 + bl) * F * D;
+    const T* gsb = gs + bl * L.P;
     if (vec_ok) {  // lane -> (row lane/2, 8 columns): one 16-byte store each
       const int r = lane >> 1, c = (lane & 1) * 8;
       const int i = ti * 16 + r, d = tn * 16 + c;
@@ -580,13 +584,24 @@ __global__ void __launch_bounds__(kWarpsMma * 32) dot_bwd_mma_kernel(const T* __
         const float4 lo = *reinterpret_cast<const float4*>(stage + r * kStageLd + c);
         const float4 hi = *reinterpret_cast<const float4*>(stage + r * kStageLd + c + 4);
         v[0] = lo.x, v[1] = lo.y, v[2] = lo.z, v[3] = lo.w, v[4] = hi.x, v[5] = hi.y, v[6] = hi.z, v[7] = hi.w;
+        if (self) {
+          const float gii = to_f(gsb[tri_start(i, true) + i]);
+          float xi[8];
+          unpack16<T>(*reinterpret_cast<const uint4*>(xs + (bl * L.Fp + i) * L.ldx + d), xi);
+#pragma unroll
+          for (int k = 0; k < 8; ++k) v[k] = fmaf(gii, xi[k], v[k]);
+        }
         *reinterpret_cast<uint4*>(ob + i * D + d) = pack16<T>(v);
       }
     } else {
       for (int e = lane; e < 256; e += 32) {
         const int r = e >> 4, c = e & 15;
         const int i = ti * 16 + r, d = tn * 16 + c;
-        if (i < F && d < D) ob[i * D + d] = from_f<T>(stage[r * kStageLd + c]);
+        if (i < F && d < D) {
+          float v = stage[r * kStageLd + c];
+          if (self) v = fmaf(to_f(gsb[tri_start(i, true) + i]), to_f(xs[(bl * L.Fp + i) * L.ldx + d]), v);
+          ob[i * D + d] = from_f<T>(v);
+        }
       }
     }
     __syncwarp();
@@ -698,7 +713,7 @@ __global__ void __launch_bounds__(kThreads) dot_bwd_simt_kernel(const float* __r
   for (int idx = threadIdx.x; idx < ns * FF; idx += blockDim.x) {
     const int bl = idx / FF, rem = idx - bl * FF;
     const int i = rem / L.F4, j = rem - i * L.F4;
-    sym[idx] = (i < F && j < F) ? sym_entry(gs + bl * L.P, i, j, self) : 0.f;
+    sym[idx] = (i < F && j < F) ? sym_entry(gs + bl * L.P, i, j, self, 2.f) : 0.f;
   }
   __syncthreads();
 
