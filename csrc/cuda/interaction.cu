@@ -4,7 +4,9 @@
 // 16-byte accesses and loads in flight. Dot is a per-sample Gram matrix: x is staged in shared
 // memory per block of samples; fp16/bf16 go through the tensor cores (WMMA, fp32 accumulators),
 // fp32 through register-tiled FMAs. Every kernel accumulates in fp32 and rounds once on store.
-// Sizes that do not fit these layouts (odd D, huge samples) take simple, correct fallbacks.
+// Any D works in every layout (odd D is staged with scalar copies and zero padding); only samples
+// too large for shared memory (and, for the FM backward, D * elem % 16 != 0 or unaligned tensors)
+// take the simple, correct fallbacks.
 #include "cuda/interaction.h"
 
 #include <cuda_bf16.h>
