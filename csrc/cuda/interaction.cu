@@ -2,7 +2,7 @@
 //
 // FM is a pure stream (read x once, write little or the same again), so its kernels are about
 // 16-byte accesses and loads in flight. Dot is a per-sample Gram matrix: x is staged in shared
-// memory per block of samples; fp16/bf16 go through the tensor cores (WMMA, fp32 accumulators),
+// memory per block of samples; fp16/bf16 go through the tensor cores (mma.sync, fp32 accumulators),
 // fp32 through register-tiled FMAs. Every kernel accumulates in fp32 and rounds once on store.
 // Any D works in every layout (odd D is staged with scalar copies and zero padding); only samples
 // too large for shared memory (and, for the FM backward, D * elem % 16 != 0 or unaligned tensors)
@@ -11,7 +11,6 @@
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
-#include <mma.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -21,7 +20,7 @@ namespace rankops::cuda {
 namespace {
 
 constexpr int kThreads = 256;         // FM kernels and the SIMT dot kernels
-constexpr int kWarpsMma = 4;          // WMMA dot kernels: 4 warps, 128 threads
+constexpr int kWarpsMma = 4;          // tensor-core dot kernels: 4 warps, 128 threads
 constexpr int kTileBytes = 40 << 10;  // shared memory aimed at per block: 5 blocks fit an SM
 constexpr int kStageLd = 20;          // accumulator staging row stride (floats): fewer bank conflicts than 16
 constexpr int kStageFloats = 16 * kStageLd;
@@ -152,6 +151,59 @@ __device__ __forceinline__ void copy_s2g(T* g, const T* s, int n) {
   uint4* gv = reinterpret_cast<uint4*>(g + head);
   for (int i = threadIdx.x; i < nv; i += blockDim.x) gv[i] = sv[i];
   for (int i = head + nv * V + threadIdx.x; i < n; i += blockDim.x) g[i] = s[i];
+}
+
+// ------------------------------------------------------------------------------------------------
+// Tensor-core tiles (sm_80+): mma.sync m16n8k16 with fp32 accumulators, operands by ldmatrix.
+// Written in PTX rather than WMMA because nvcc's bf16 WMMA loads compile to generic 32-bit loads
+// (8 per 16x16 operand, no ldmatrix); the fp16 and bf16 paths are then one code.
+//
+// Register layouts (PTX ISA, mma.m16n8k16, g = lane / 4, t = lane % 4), two 16-bit elements a
+// register, the lower column / k in the low half:
+//   A (16 x 16, row-major): a0 (row g, k 2t..), a1 (row g+8, k 2t..), a2 (row g, k 2t+8..), a3 (row g+8, k 2t+8..)
+//   B (16 x 8, k x n):      b0 (k 2t.., n g), b1 (k 2t+8.., n g)
+//   C (16 x 8, fp32):       c0, c1 (row g, n 2t, 2t+1), c2, c3 (row g+8, n 2t, 2t+1)
+// ldmatrix.x4 hands register m the 8x8 matrix whose row addresses lanes 8m..8m+7 gave, as
+// (row g, columns 2t, 2t+1); with .trans as (rows 2t, 2t+1, column g).
+
+__device__ __forceinline__ void ldsm_x4(unsigned (&r)[4], const void* p) {
+  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a)
+               : "memory");
+}
+__device__ __forceinline__ void ldsm_x4_trans(unsigned (&r)[4], const void* p) {
+  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a)
+               : "memory");
+}
+template <typename T>
+__device__ __forceinline__ void mma16816(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+  if constexpr (std::is_same_v<T, __half>) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+}
+// acc[nb] is the 16 x 8 output block of columns nb*8..nb*8+7 -> the warp's 16 x kStageLd fp32 tile.
+__device__ __forceinline__ void store_stage(float* stage, const float (&acc)[2][4], int lane) {
+  const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int nb = 0; nb < 2; ++nb) {
+    *reinterpret_cast<float2*>(stage + g * kStageLd + nb * 8 + 2 * t) = make_float2(acc[nb][0], acc[nb][1]);
+    *reinterpret_cast<float2*>(stage + (g + 8) * kStageLd + nb * 8 + 2 * t) = make_float2(acc[nb][2], acc[nb][3]);
+  }
 }
 
 // Start of row i of the row-major lower triangle (with or without the diagonal).
@@ -365,9 +417,9 @@ __global__ void __launch_bounds__(kThreads) fm_bwd_kernel(const T* __restrict__ 
 // ------------------------------------------------------------------------------------------------
 // Shared-memory layouts of the dot kernels: host (sizing) and device (carving) compute the same.
 
-// WMMA (fp16/bf16): per sample X padded with zeros to Fp x Dp (multiples of 16), rows ldx = Dp + 8
-// apart (the 16-byte skew puts the 8 rows an ldmatrix phase reads on distinct banks; ldx*2 bytes
-// stays a multiple of 16 and every 16-row tile starts 32-byte aligned, as WMMA needs). The backward
+// Tensor cores (fp16/bf16): per sample X padded with zeros to Fp x Dp (multiples of 16), rows
+// ldx = Dp + 8 apart: ldx * 2 bytes is an odd multiple of 16, so the 8 rows of an ldmatrix phase
+// fall on distinct bank groups, and every row start stays 16-byte aligned as ldmatrix needs. The backward
 // adds Sym (Fp x Fp, rows lds = Fp + 8 apart). Then a 16 x kStageLd fp32 staging tile per warp, then
 // the [S,P] run of the output (forward) or of grad (backward), with 8 spare elements for align_shift.
 struct MmaLayout {
@@ -470,7 +522,6 @@ __global__ void __launch_bounds__(kWarpsMma * 32) dot_fwd_mma_kernel(const T* __
                                                                       int64_t B, int F, int D, int S, bool self,
                                                                       bool vec_ok) {
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
-  namespace wmma = nvcuda::wmma;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   const MmaLayout L(F, D, S, self, false);
   T* xs = reinterpret_cast<T*>(smem_raw + L.x_off);
@@ -491,18 +542,21 @@ __global__ void __launch_bounds__(kWarpsMma * 32) dot_fwd_mma_kernel(const T* __
     const int bl = item / tiles;
     int ti, tj;
     tri_decode(item - bl * tiles, ti, tj);
-    const T* xa = xs + (bl * L.Fp + ti * 16) * L.ldx;
-    const T* xb = xs + (bl * L.Fp + tj * 16) * L.ldx;
-    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
-    wmma::fill_fragment(acc, 0.f);
+    // A: X rows ti*16.. (ldmatrix matrices: rows +0/+8 by m&1, k +0/+8 by m>>1). B = X^T: its k x n
+    // block (n = X row) is X rows tj*16.. read untransposed (n +0/+8 by m>>1, k +0/+8 by m&1), so
+    // b[0], b[1] feed output columns 0-7 and b[2], b[3] columns 8-15.
+    const int m = lane >> 3, rr = lane & 7;
+    const T* pa = xs + (bl * L.Fp + ti * 16 + rr + (m & 1) * 8) * L.ldx + (m >> 1) * 8;
+    const T* pb = xs + (bl * L.Fp + tj * 16 + rr + (m >> 1) * 8) * L.ldx + (m & 1) * 8;
+    float acc[2][4] = {};
     for (int k = 0; k < L.Dp; k += 16) {
-      wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;
-      wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> bt;
-      wmma::load_matrix_sync(a, xa + k, L.ldx);
-      wmma::load_matrix_sync(bt, xb + k, L.ldx);
-      wmma::mma_sync(acc, a, bt, acc);
+      unsigned a[4], b[4];
+      ldsm_x4(a, pa + k);
+      ldsm_x4(b, pb + k);
+      mma16816<T>(acc[0], a, b[0], b[1]);
+      mma16816<T>(acc[1], a, b[2], b[3]);
     }
-    wmma::store_matrix_sync(stage, acc, kStageLd, wmma::mem_row_major);
+    store_stage(stage, acc, lane);
     __syncwarp();
     T* ob = os + bl * L.P;
     for (int e = lane; e < 256; e += 32) {
@@ -532,7 +586,6 @@ __global__ void __launch_bounds__(kWarpsMma * 32) dot_bwd_mma_kernel(const T* __
                                                                       int64_t B, int F, int D, int S, bool self,
                                                                       bool vec_ok) {
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
-  namespace wmma = nvcuda::wmma;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   const MmaLayout L(F, D, S, self, true);
   T* xs = reinterpret_cast<T*>(smem_raw + L.x_off);
@@ -563,18 +616,20 @@ __global__ void __launch_bounds__(kWarpsMma * 32) dot_bwd_mma_kernel(const T* __
   for (int item = warp; item < ns * tiles; item += kWarpsMma) {
     const int bl = item / tiles, rem = item - bl * tiles;
     const int ti = rem / ntn, tn = rem - ti * ntn;
-    const T* sa = sym + (bl * L.Fp + ti * 16) * L.lds;
-    const T* xb = xs + bl * L.Fp * L.ldx + tn * 16;
-    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
-    wmma::fill_fragment(acc, 0.f);
+    // A: Sym rows ti*16.. as in the forward. B: X rows k.. (k x n, row-major) by ldmatrix.trans:
+    // matrices k +0/+8 by m&1, n +0/+8 by m>>1.
+    const int m = lane >> 3, rr = lane & 7;
+    const T* pa = sym + (bl * L.Fp + ti * 16 + rr + (m & 1) * 8) * L.lds + (m >> 1) * 8;
+    const T* pb = xs + (bl * L.Fp + rr + (m & 1) * 8) * L.ldx + tn * 16 + (m >> 1) * 8;
+    float acc[2][4] = {};
     for (int k = 0; k < L.Fp; k += 16) {
-      wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;
-      wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> bm;
-      wmma::load_matrix_sync(a, sa + k, L.lds);
-      wmma::load_matrix_sync(bm, xb + k * L.ldx, L.ldx);
-      wmma::mma_sync(acc, a, bm, acc);
+      unsigned a[4], b[4];
+      ldsm_x4(a, pa + k);
+      ldsm_x4_trans(b, pb + k * L.ldx);
+      mma16816<T>(acc[0], a, b[0], b[1]);
+      mma16816<T>(acc[1], a, b[2], b[3]);
     }
-    wmma::store_matrix_sync(stage, acc, kStageLd, wmma::mem_row_major);
+    store_stage(stage, acc, lane);
     __syncwarp();
     T* ob = gx + (b0 + bl) * F * D;
     const T* gsb = gs + bl * L.P;
