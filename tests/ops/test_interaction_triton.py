@@ -17,9 +17,10 @@ from tests.utils import DTYPES, assert_close, on, tol
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
-# (B, F, D): F=2 and D=1 (the smallest), D=13 (ragged D), B=1, F=39 D=16 (a benchmark shape: three
-# 16-field tiles), F=70 (three 32-field tiles), B=70 with D=16 (two FM programs, the last ragged).
-SHAPES = [(3, 2, 1), (4, 5, 13), (1, 7, 8), (3, 39, 16), (2, 70, 20), (70, 26, 16)]
+# (B, F, D): F=2 and D=1 (the smallest), F=1 (no pair without self_interaction), D=13 (ragged D),
+# B=1, F=39 D=16 (a benchmark shape: field tiles A=32 + C=16), F=50 (A=32 + C=32), F=70 (the
+# tile-pair kernels, three 32-field tiles), B=70 with D=16 (several programs, the last ragged).
+SHAPES = [(3, 2, 1), (2, 1, 5), (4, 5, 13), (1, 7, 8), (3, 39, 16), (2, 50, 13), (2, 70, 20), (70, 26, 16)]
 
 
 @pytest.fixture(scope="module")
@@ -158,21 +159,29 @@ def test_public_non_contiguous():
 # configs and AOT specs (pure Python, no kernel runs)
 
 
-def test_configs_are_valid(K):
-    for F in (1, 2, 13, 26, 32, 33, 39, 64, 65, 200, 400):
+def test_plans_are_valid(K):
+    for F in (1, 2, 13, 26, 32, 33, 39, 48, 49, 64, 65, 200, 400):
         for D in (1, 13, 16, 64, 128, 200, 1024):
-            c = K._fm_config(F, D)
-            assert c.block_k >= D and c.block_b >= 1 and c.block_f <= max(4, F)
+            for reduce in (True, False):
+                c = dict(K._fm_plan(F, D, reduce, backward=False).constexprs)
+                assert c["BLOCK_D"] >= D and c["BLOCK_B"] >= 1 and c["BLOCK_F"] <= max(4, F)
             for dtype in DTYPES:
-                for c in (K._dot_fwd_config(F, D, dtype), K._dot_bwd_config(F, D, dtype)):
-                    assert min(c.block_f, c.block_k) >= 16, "tl.dot needs M, N, K >= 16"
-                    assert c.block_b >= 1 and all(v & (v - 1) == 0 for v in (c.block_b, c.block_f, c.block_k))
+                for bwd in (False, True):
+                    plan = K._dot_plan(F, D, dtype, False, bwd)
+                    c = dict(plan.constexprs)
+                    dims = [v for k, v in c.items() if k in ("BLOCK_F", "BLOCK_A", "BLOCK_C", "BLOCK_K")]
+                    assert min(dims) >= 16, "tl.dot needs M, N, K >= 16"
+                    assert all(v & (v - 1) == 0 for v in dims + [c["BLOCK_B"]])
+                    if F <= K.SMALL_F:  # tiles A and C cover every field
+                        assert c["BLOCK_A"] + (c["BLOCK_C"] if c["HAS_C"] else 0) >= F
+                    assert plan.block_b == c["BLOCK_B"]
 
 
 def test_aot_specs(K):
     specs = K.aot_specs()
     kernels = {s["kernel"] for s in specs}
-    assert kernels == {"_fm_fwd_kernel", "_fm_bwd_kernel", "_dot_fwd_kernel", "_dot_bwd_kernel"}
+    assert kernels == {"_fm_fwd_kernel", "_fm_bwd_kernel", "_dot_fwd_small_kernel", "_dot_bwd_small_kernel",
+                       "_dot_fwd_kernel", "_dot_bwd_kernel"}
     for s in specs:
         names = s["fn"].arg_names
         assert set(s["signature"]) == set(names), s["config"]
