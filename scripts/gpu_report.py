@@ -9,6 +9,8 @@ from the compiled kernel's metadata.
 CUDA: every ``csrc/cuda/*.cu`` is compiled with
 ``nvcc -std=c++17 -O3 -I csrc -gencode=arch=compute_90,code=sm_90 -Xptxas -v -c`` and the ptxas
 lines are parsed per kernel (skipped, with a notice, when nvcc is absent).
+For Triton kernels (whose warps per program are known) the table also estimates the resident
+warps per SM that the registers and shared memory allow on sm_90.
 
 Exit status: 2 if any compile failed, else 1 if any kernel spills, else 0.
 
@@ -172,6 +174,7 @@ def triton_worker(family: str, module: str, part: int, parts: int, kernel: str |
             t0 = time.perf_counter()
             try:
                 row.update(_compile_spec(spec, ptxas, tmp), ok=True)
+                row["warps_per_sm"] = occupancy(row["registers"], row["smem"], row["num_warps"])
             except Exception as e:
                 row.update(ok=False, error=f"{type(e).__name__}: {str(e)[-1500:]}")
             row["seconds"] = round(time.perf_counter() - t0, 2)
@@ -218,21 +221,38 @@ def cuda_compile(nvcc: str, source: str, root: str = ROOT) -> list[dict]:
 # report
 
 
+# Hopper (sm_90) per-SM limits, for the occupancy estimate.
+SM90 = dict(regs=65536, warps=64, blocks=32, smem=233472, smem_reserved=1024)
+
+
+def occupancy(registers: int | None, smem: int | None, num_warps: int | None) -> int | None:
+    """Resident warps per SM (of 64) that registers and shared memory allow: a rough guide for
+    memory-bound kernels, which want many warps (or many bytes in flight) per SM."""
+    if not registers or num_warps is None or smem is None:
+        return None
+    per_warp = -(-registers // 8) * 8 * 32  # registers are allocated per warp, 8 per thread at a time
+    by_regs = (SM90["regs"] // per_warp) // num_warps
+    by_smem = SM90["smem"] // (smem + SM90["smem_reserved"])
+    blocks = min(by_regs, by_smem, SM90["blocks"], SM90["warps"] // num_warps)
+    return blocks * num_warps
+
+
 def spills(row: dict) -> int:
     return (row.get("spill_stores") or 0) + (row.get("spill_loads") or 0)
 
 
 def format_table(rows: list[dict]) -> str:
-    head = ("source", "family", "kernel", "config", "regs", "smem", "spill st/ld", "")
+    head = ("source", "family", "kernel", "config", "regs", "smem", "warps/SM", "spill st/ld", "")
     body = []
     for r in rows:
         if not r.get("ok"):
-            body.append((r["source"], r["family"], r["kernel"], r.get("config", ""), "-", "-", "-", "COMPILE FAILED"))
+            body.append((r["source"], r["family"], r["kernel"], r.get("config", ""), "-", "-", "-", "-", "COMPILE FAILED"))
             continue
         kernel = r["kernel"] if len(r["kernel"]) <= 60 else r["kernel"][:57] + "..."
         body.append((r["source"], r["family"], kernel, r.get("config", ""),
                      "-" if r.get("registers") is None else str(r["registers"]),
                      "-" if r.get("smem") is None else str(r["smem"]),
+                     "-" if r.get("warps_per_sm") is None else str(r["warps_per_sm"]),
                      f"{r.get('spill_stores') or 0}/{r.get('spill_loads') or 0}",
                      "SPILLS" if spills(r) else ""))
     widths = [max(len(str(x[i])) for x in [head] + body) for i in range(len(head))]

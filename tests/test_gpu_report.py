@@ -92,6 +92,13 @@ def test_table_marks_spills_and_failures(report):
     assert "SPILLS" in table and "COMPILE FAILED" in table
 
 
+def test_occupancy(report):
+    assert report.occupancy(32, 0, 4) == 64  # 32 regs: the full 2048 threads
+    assert report.occupancy(128, 0, 4) == 16  # 128 regs * 128 threads = 16K: 4 programs
+    assert report.occupancy(40, 100 * 1024, 4) == 8  # shared memory: 2 programs of 100 KB
+    assert report.occupancy(None, 0, 4) is None
+
+
 def test_discovers_interaction(report):
     assert ("interaction", "rankops.ops.interaction.triton") in report.discover_families()
 
