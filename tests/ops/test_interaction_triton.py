@@ -19,8 +19,10 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 # (B, F, D): F=2 and D=1 (the smallest), F=1 (no pair without self_interaction), D=13 (ragged D),
 # B=1, F=39 D=16 (a benchmark shape: field tiles A=32 + C=16), F=50 (A=32 + C=32), F=70 (the
-# tile-pair kernels, three 32-field tiles), B=70 with D=16 (several programs, the last ragged).
-SHAPES = [(3, 2, 1), (2, 1, 5), (4, 5, 13), (1, 7, 8), (3, 39, 16), (2, 50, 13), (2, 70, 20), (70, 26, 16)]
+# tile-pair kernels), B=20 F=26 (several dot programs), B=70 D=16 (several FM programs, the last
+# ragged).
+SHAPES = [(3, 2, 1), (2, 1, 5), (4, 5, 13), (1, 7, 8), (3, 39, 16), (2, 50, 13), (2, 70, 20), (20, 26, 16),
+          (70, 3, 16)]
 
 
 @pytest.fixture(scope="module")
@@ -188,3 +190,12 @@ def test_aot_specs(K):
         assert all(s["signature"][n] == "constexpr" for n in s["constexprs"])
         assert s["num_warps"] in (1, 2, 4, 8)
     assert len({(s["kernel"], s["config"]) for s in specs}) == len(specs), "configs must be unique"
+
+
+def test_opcheck_on_triton():
+    """The custom ops, served by the Triton launchers, pass opcheck (schema, fake impl, autograd
+    registration). torch.compile of the ops is covered backend-independently in test_interaction.py."""
+    x = _x(3, 5, 13, torch.float32).requires_grad_()
+    with on("triton", DEVICE):
+        torch.library.opcheck(torch.ops.rankops.fm_interaction.default, (x, True))
+        torch.library.opcheck(torch.ops.rankops.dot_interaction.default, (x, False))
