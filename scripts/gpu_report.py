@@ -4,8 +4,9 @@
 Triton: every ``rankops/ops/<family>/triton.py`` that defines ``aot_specs()`` lists the (kernel,
 config) pairs its launchers use at the benchmark shapes; each is compiled ahead of time for sm_90a
 (``triton.compile(ASTSource(...), target=GPUTarget("cuda", 90, 32))``), and the PTX is run through
-Triton's own ``ptxas -v`` for registers and spills; shared memory is Triton's (dynamic) figure
-from the compiled kernel's metadata.
+Triton's own ``ptxas -v`` (with the flags Triton uses) for registers and spills, cross-checked
+against ``cuobjdump --dump-resource-usage`` of the cubin Triton built; shared memory is Triton's
+(dynamic) figure from the compiled kernel's metadata.
 CUDA: every ``csrc/cuda/*.cu`` is compiled with
 ``nvcc -std=c++17 -O3 -I csrc -gencode=arch=compute_90,code=sm_90 -Xptxas -v -c`` and the ptxas
 lines are parsed per kernel (skipped, with a notice, when nvcc is absent).
@@ -121,14 +122,27 @@ def discover_families(root: str = ROOT) -> list[tuple[str, str]]:
     return found
 
 
-def _ptxas() -> str:
+def _triton_tool(name: str) -> str:
     import triton
 
-    path = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
-    return path if os.path.exists(path) else (shutil.which("ptxas") or "ptxas")
+    path = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
+    return path if os.path.exists(path) else (shutil.which(name) or name)
 
 
-def _compile_spec(spec: dict, ptxas: str, tmp: str) -> dict:
+# The flags Triton's own make_cubin passes to ptxas (triton/backends/nvidia/compiler.py, 3.8):
+# rerunning ptxas on the PTX with them reproduces the cubin Triton built, plus its -v report.
+TRITON_PTXAS_FLAGS = ["-lineinfo", "--regAllocOptLevel=2"]
+_RESOURCES = re.compile(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)")
+
+
+def cubin_resources(cubin: str, cuobjdump: str) -> dict | None:
+    """REG / STACK / LOCAL of the (single) kernel in a cubin, from cuobjdump --dump-resource-usage."""
+    run = subprocess.run([cuobjdump, "--dump-resource-usage", cubin], capture_output=True, text=True)
+    m = _RESOURCES.search(run.stdout)
+    return dict(zip(("registers", "stack", "shared", "local"), map(int, m.groups()))) if m else None
+
+
+def _compile_spec(spec: dict, tools: dict, tmp: str) -> dict:
     import triton
     from triton.backends.compiler import GPUTarget
 
@@ -136,19 +150,29 @@ def _compile_spec(spec: dict, ptxas: str, tmp: str) -> dict:
                                     attrs=spec.get("attrs"))
     options = {"num_warps": spec.get("num_warps", 4), "num_stages": spec.get("num_stages", 3)}
     compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
-    ptx = os.path.join(tmp, f"{compiled.metadata.name}_{compiled.metadata.hash[:16]}.ptx")
-    with open(ptx, "w") as f:
+    stem = os.path.join(tmp, f"{compiled.metadata.name}_{compiled.metadata.hash[:16]}")
+    with open(stem + ".ptx", "w") as f:
         f.write(compiled.asm["ptx"])
-    run = subprocess.run([ptxas, "-v", f"--gpu-name={TRITON_ARCH}", ptx, "-o", ptx[:-4] + ".cubin"],
-                         capture_output=True, text=True)
+    with open(stem + ".triton.cubin", "wb") as f:
+        f.write(compiled.asm["cubin"])
+    run = subprocess.run([tools["ptxas"], *TRITON_PTXAS_FLAGS, "-v", f"--gpu-name={TRITON_ARCH}", stem + ".ptx",
+                          "-o", stem + ".cubin"], capture_output=True, text=True)
     if run.returncode != 0:
         raise RuntimeError(f"ptxas failed: {run.stderr.strip()[-2000:]}")
     parsed = parse_ptxas(run.stdout + run.stderr)
     if not parsed:
         raise RuntimeError(f"no ptxas resource lines in: {(run.stdout + run.stderr)[-500:]}")
     k = parsed[0]
-    return dict(registers=k["registers"], smem=int(compiled.metadata.shared) + k["smem"], stack=k["stack"],
-                spill_stores=k["spill_stores"], spill_loads=k["spill_loads"], arch=TRITON_ARCH)
+    row = dict(registers=k["registers"], smem=int(compiled.metadata.shared) + k["smem"], stack=k["stack"],
+               spill_stores=k["spill_stores"], spill_loads=k["spill_loads"], arch=TRITON_ARCH)
+    # Cross-check with the cubin Triton itself built (what would run): its register count wins.
+    res = cubin_resources(stem + ".triton.cubin", tools["cuobjdump"])
+    if res is not None:
+        if res["registers"] != row["registers"]:
+            row["note"] = f"ptxas -v said {row['registers']} registers"
+        row["registers"] = res["registers"]
+        row["stack"] = max(row["stack"], res["stack"])
+    return row
 
 
 def triton_worker(family: str, module: str, part: int, parts: int, kernel: str | None, limit: int | None) -> list[dict]:
@@ -166,14 +190,14 @@ def triton_worker(family: str, module: str, part: int, parts: int, kernel: str |
         specs = [s for s in specs if kernel in s["kernel"]]
     if limit is not None:
         specs = specs[:limit]
-    ptxas = _ptxas()
+    tools = dict(ptxas=_triton_tool("ptxas"), cuobjdump=_triton_tool("cuobjdump"))
     with tempfile.TemporaryDirectory(prefix="gpu_report_") as tmp:
         for spec in specs[part::parts]:
             row = dict(source="triton", family=family, kernel=spec["kernel"], config=spec.get("config", ""),
                        num_warps=spec.get("num_warps", 4))
             t0 = time.perf_counter()
             try:
-                row.update(_compile_spec(spec, ptxas, tmp), ok=True)
+                row.update(_compile_spec(spec, tools, tmp), ok=True)
                 row["warps_per_sm"] = occupancy(row["registers"], row["smem"], row["num_warps"])
             except Exception as e:
                 row.update(ok=False, error=f"{type(e).__name__}: {str(e)[-1500:]}")
@@ -254,7 +278,7 @@ def format_table(rows: list[dict]) -> str:
                      "-" if r.get("smem") is None else str(r["smem"]),
                      "-" if r.get("warps_per_sm") is None else str(r["warps_per_sm"]),
                      f"{r.get('spill_stores') or 0}/{r.get('spill_loads') or 0}",
-                     "SPILLS" if spills(r) else ""))
+                     "SPILLS" if spills(r) else r.get("note", "")))
     widths = [max(len(str(x[i])) for x in [head] + body) for i in range(len(head))]
     fmt = lambda cols: "  ".join(str(c).ljust(w) for c, w in zip(cols, widths)).rstrip()  # noqa: E731
     lines = [fmt(head), fmt(["-" * w for w in widths])] + [fmt(b) for b in body]
