@@ -325,14 +325,17 @@ def _fm_plan(F: int, D: int, reduce: bool, backward: bool) -> _Plan:
 def _dot_plan(F: int, D: int, dtype: torch.dtype, self_interaction: bool, backward: bool,
               interpret: bool | None = None) -> _Plan:
     """Tile sizes: every tl.dot dim >= 16 and a power of two. fp16/bf16 run on tensor cores: D in
-    chunks of up to 64, BLOCK_B samples so that a program's operand tiles hold ~4096 elements
+    chunks of up to 64 (32), BLOCK_B samples so that a program's operand tiles hold ~4096 elements
     (~2048 for the three-accumulator forward, F in (32, 64]; large F ~2048 per tile). fp32 runs
     ieee on the FMA units with operands and accumulators in registers: D chunks of 16 and ~1024
     accumulator elements per program. The constants were checked with scripts/gpu_report.py:
     the next size up spills or crosses ~200 registers at the benchmark shapes."""
     fma = dtype == torch.float32
     dot_fp32 = fma or (_interpreting() if interpret is None else interpret)
-    block_k = 16 if fma else max(16, min(64, _np2(max(D, 1))))
+    # D chunk: 16 for the FMA path; up to 64 on tensor cores (32 in the small-F backward, whose
+    # S blocks stay live across the D loop: K=64 there costs ~150 registers at F=39).
+    k_max = 16 if fma else 32 if (backward and F <= SMALL_F) else 64
+    block_k = max(16, min(k_max, _np2(max(D, 1))))
     if F <= SMALL_F:
         if F <= 32:
             a, c, has_c = max(16, _np2(F)), 16, False
