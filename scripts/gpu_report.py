@@ -270,7 +270,8 @@ def format_table(rows: list[dict]) -> str:
     body = []
     for r in rows:
         if not r.get("ok"):
-            body.append((r["source"], r["family"], r["kernel"], r.get("config", ""), "-", "-", "-", "-", "COMPILE FAILED"))
+            body.append((r["source"], r["family"], r["kernel"], r.get("config", ""), "-", "-", "-", "-",
+                         "COMPILE FAILED"))
             continue
         kernel = r["kernel"] if len(r["kernel"]) <= 60 else r["kernel"][:57] + "..."
         body.append((r["source"], r["family"], kernel, r.get("config", ""),
@@ -314,7 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     jobs = max(1, args.jobs)
     # spawn, not fork: the workers import torch and triton themselves, cleanly.
     ctx = multiprocessing.get_context("spawn")
-    with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool, cf.ThreadPoolExecutor(max_workers=jobs) as threads:
+    with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool, \
+            cf.ThreadPoolExecutor(max_workers=jobs) as threads:
         futs = [pool.submit(triton_worker, fam, mod, p, jobs, args.kernel, args.limit)
                 for fam, mod in families for p in range(jobs)]
         futs += [threads.submit(cuda_compile, nvcc, s, args.root) for s in sources]

@@ -38,7 +38,6 @@ import triton
 import triton.language as tl
 
 
-
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -319,7 +318,8 @@ def _fm_plan(F: int, D: int, reduce: bool, backward: bool) -> _Plan:
     block_d = _np2(max(D, 1))
     block_b = max(1, 1024 // block_d)
     ce = dict(REDUCE=bool(reduce), BLOCK_B=block_b, BLOCK_F=min(4, _np2(max(F, 1))), BLOCK_D=block_d)
-    return _Plan(_fm_bwd_kernel if backward else _fm_fwd_kernel, block_b, tuple(ce.items()))
+    num_warps = min(16, max(4, block_d // 256))  # D > 1024: more threads, not more registers
+    return _Plan(_fm_bwd_kernel if backward else _fm_fwd_kernel, block_b, tuple(ce.items()), num_warps)
 
 
 def _dot_plan(F: int, D: int, dtype: torch.dtype, self_interaction: bool, backward: bool,
@@ -443,9 +443,10 @@ def _spec(plan: _Plan, variant: str, args: list) -> dict:
 
 def aot_specs() -> list[dict]:
     """One spec per (kernel, constexprs, dtype) the launchers use at the benchmark shapes on a GPU
-    (the first shape that uses it gives the integer arguments' divisibility hints). Each compiles with triton.compile(ASTSource(fn, signature, constexprs, attrs),
-    target=GPUTarget("cuda", 90, 32), options={"num_warps": ..., "num_stages": ...}).
-    (DOT_FP32 is what a GPU run uses: True for fp32 only.)"""
+    (the first shape that uses it gives the integer arguments' divisibility hints). Each compiles
+    with triton.compile(ASTSource(fn, signature, constexprs, attrs), target=GPUTarget("cuda", 90,
+    32), options={"num_warps": ..., "num_stages": ...}). DOT_FP32 is what a GPU run uses: True for
+    fp32 only."""
     specs: dict[tuple, dict] = {}
     B = BENCH_B
     for dtype, t in _SIG.items():
