@@ -332,9 +332,9 @@ def _dot_plan(F: int, D: int, dtype: torch.dtype, self_interaction: bool, backwa
     the next size up spills or crosses ~200 registers at the benchmark shapes."""
     fma = dtype == torch.float32
     dot_fp32 = fma or (_interpreting() if interpret is None else interpret)
-    # D chunk: 16 for the FMA path; up to 64 on tensor cores (32 in the small-F backward, whose
-    # S blocks stay live across the D loop: K=64 there costs ~150 registers at F=39).
-    k_max = 16 if fma else 32 if (backward and F <= SMALL_F) else 64
+    # D chunk: 16 for the FMA path; up to 64 on tensor cores, 32 in the backward (its S blocks
+    # are live beside the [rows, K] accumulators: K=64 costs 150-200 registers there).
+    k_max = 16 if fma else 32 if backward else 64
     block_k = max(16, min(k_max, _np2(max(D, 1))))
     if F <= SMALL_F:
         if F <= 32:
