@@ -20,8 +20,9 @@ neighbour slows all of them alike):
   * inputs (and grad_out) are cloned into several sets that together exceed the last-level cache
     (CPU L3 / GPU L2) and the calls rotate through them, so a small case is not timed from cache;
   * CPU: time.perf_counter around each call; GPU: CUDA events around each call;
-  * samples are taken in rounds (each round every provider in turn) until each provider has
-    about ``min_time`` seconds of samples; the row holds the median and the 20th/80th percentiles.
+  * samples are taken in short rounds (each round every provider in turn for about 20 ms) until
+    each provider has ``min_time`` seconds and 10 calls of samples; the row holds the median, the
+    20th/80th percentiles and the minimum.
 A provider that raises (a torch.compile that fails on the machine, a backend without the op)
 gets a row with the error instead of times; the run goes on.
 """
@@ -48,6 +49,9 @@ MODES = ("fwd", "fwd+bwd")
 BASELINES = ("eager", "compile")  # speedups are reported against these two
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+ROUND_TIME = 0.02  # seconds each provider runs per round
+MIN_SAMPLES = 10  # calls per provider and case, at least
+MAX_CASE_TIME = 20  # x min_time: a case stops sampling then even if a slow provider has too few calls
 
 # ---------------------------------------------------------------------------------------------
 # providers
@@ -412,13 +416,15 @@ class Bench:
                 errors[p] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:300]
                 results.pop(p, None)
 
-        # rounds: every provider in turn, so that machine noise hits them alike
+        # short rounds, every provider in turn, so that bursts of machine noise hit them alike; until
+        # each has min_time of samples and MIN_SAMPLES calls (or the case has taken MAX_CASE_TIME x min_time)
         samples: dict[str, list[float]] = {p: [] for p in est}
-        rounds = 10
-        for _ in range(rounds):
+        t_end = time.perf_counter() + MAX_CASE_TIME * self.min_time
+        while samples and time.perf_counter() < t_end and not all(
+                len(v) >= MIN_SAMPLES and sum(v) >= 1e3 * self.min_time for v in samples.values()):
             for p in est:
                 fn = fns[p]
-                n = int(min(5_000, max(1, self.min_time / rounds / max(est[p], 1e-7))))
+                n = int(min(5_000, max(1, ROUND_TIME / max(est[p], 1e-7))))
                 start = len(samples[p])
 
                 def one(i, fn=fn, start=start):
@@ -434,7 +440,7 @@ class Bench:
             if p in samples and samples[p]:
                 med = _quantile(samples[p], 0.5)
                 row.update(median_ms=med, p20_ms=_quantile(samples[p], 0.2), p80_ms=_quantile(samples[p], 0.8),
-                           samples=len(samples[p]))
+                           min_ms=min(samples[p]), samples=len(samples[p]))
                 if bytes:
                     row.update(bytes=bytes, gbps=bytes / med / 1e6, bw_frac=bytes / med / 1e6 / self.bandwidth)
                 if flops:

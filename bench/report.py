@@ -11,7 +11,7 @@ from pathlib import Path
 from bench.common import BASELINES
 
 FIXED_HEAD = ["run", "device", "op", "case"]
-FIXED_TAIL = ["provider", "mode", "dtype", "median_ms", "p20_ms", "p80_ms", "samples", "bytes", "gbps", "bw_frac",
+FIXED_TAIL = ["provider", "mode", "dtype", "median_ms", "p20_ms", "p80_ms", "min_ms", "samples", "bytes", "gbps", "bw_frac",
               "flops", "tflops", "flops_frac", "vs_eager", "vs_compile", "rel_err", "error"]
 
 
@@ -115,17 +115,17 @@ def write_md(bench, path: Path) -> None:
         lines.append("")
 
     lines += ["## Details", "",
-              "| op | mode | dtype | case | provider | median ms | p20-p80 ms | GB/s | % bw | TFLOP/s | % peak "
+              "| op | mode | dtype | case | provider | median ms | p20-p80 ms | min ms | GB/s | % bw | TFLOP/s | % peak "
               "| vs eager | vs compile | rel err |",
-              "|" + "---|" * 14]
+              "|" + "---|" * 15]
     for r in rows:
         if r.get("error"):
             lines.append(f"| {r['op']} | {r['mode']} | {r['dtype']} | {r['case']} | {r['provider']} | "
-                         f"error: {r['error'].replace('|', '/')} |" + " |" * 8)
+                         f"error: {r['error'].replace('|', '/')} |" + " |" * 9)
             continue
         lines.append("| " + " | ".join([
             r["op"], r["mode"], r["dtype"], r["case"], r["provider"], _num(r.get("median_ms"), 3),
-            f"{_num(r.get('p20_ms'), 3)}-{_num(r.get('p80_ms'), 3)}", _num(r.get("gbps"), 3), _pct(r.get("bw_frac")),
+            f"{_num(r.get('p20_ms'), 3)}-{_num(r.get('p80_ms'), 3)}", _num(r.get("min_ms"), 3), _num(r.get("gbps"), 3), _pct(r.get("bw_frac")),
             _num(r.get("tflops"), 3), _pct(r.get("flops_frac")), _x(r.get("vs_eager")), _x(r.get("vs_compile")),
             _num(r.get("rel_err"), 2)]) + " |")
     errs = sorted({r["error"] for r in rows if r.get("error")})
