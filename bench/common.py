@@ -413,7 +413,7 @@ class Bench:
                 _sync(self.device)
                 est[p] = (time.perf_counter() - t0) / calls
             except Exception as e:  # noqa: BLE001 - a failing provider is a result, not a crash
-                errors[p] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:300]
+                errors[p] = _describe(e)
                 results.pop(p, None)
 
         # short rounds, every provider in turn, so that bursts of machine noise hit them alike; until
@@ -422,7 +422,7 @@ class Bench:
         t_end = time.perf_counter() + MAX_CASE_TIME * self.min_time
         while samples and time.perf_counter() < t_end and not all(
                 len(v) >= MIN_SAMPLES and sum(v) >= 1e3 * self.min_time for v in samples.values()):
-            for p in est:
+            for p in list(samples):
                 fn = fns[p]
                 n = int(min(5_000, max(1, ROUND_TIME / max(est[p], 1e-7))))
                 start = len(samples[p])
@@ -431,7 +431,11 @@ class Bench:
                     s = sets[(start + i) % len(sets)]
                     _call(fn, s[0], mode, s[1])
 
-                samples[p] += timer.chunk(one, n)
+                try:
+                    samples[p] += timer.chunk(one, n)
+                except Exception as e:  # noqa: BLE001
+                    errors[p] = _describe(e)
+                    del samples[p]
 
         rows = []
         ref = results.get(ref_name)
@@ -464,7 +468,7 @@ class Bench:
                     out = fn(*inputs)
                 break
             except Exception as e:  # noqa: BLE001
-                errors[p] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:300]
+                errors[p] = _describe(e)
         else:
             return None
         gen = torch.Generator(device="cpu").manual_seed(0)
@@ -523,6 +527,12 @@ class Bench:
 
 # ---------------------------------------------------------------------------------------------
 # small helpers
+
+
+def _describe(e: BaseException) -> str:
+    """The exception's type and first line, short enough for a table cell."""
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"[:300]
 
 
 def _fmt(v) -> str:
