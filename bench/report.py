@@ -166,7 +166,7 @@ def write_png(bench, path: Path) -> None:
             # bars grow from 1x: up when faster than eager, down when slower
             ax.bar(xs, [y - 1 for y in ys], width, bottom=1, label=p, color=colors[p])
             for x, y in zip(xs, ys):
-                ax.annotate(f"{y:.2g}", (x, y), ha="center", va="bottom" if y >= 1 else "top", fontsize=7)
+                ax.annotate(f"{y:.3g}", (x, y), ha="center", va="bottom" if y >= 1 else "top", fontsize=7)
             lo, hi = min(lo, *ys), max(hi, *ys)
         ax.axhline(1.0, color="black", lw=1, ls="--")
         ax.set_yscale("log")
