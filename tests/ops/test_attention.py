@@ -1,0 +1,289 @@
+"""target_attention / jagged_target_attention: every backend against the reference and against
+torch's scaled_dot_product_attention with a padding mask, forward and gradients, three dtypes.
+
+Shapes are deliberately odd (L = 37 and 70: not a multiple of any block size; d = 24: not a power
+of two) next to regular ones. Triton runs under the interpreter here, so its grids are kept small.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import rankops
+from rankops.ops.attention import jagged_target_attention, target_attention
+from rankops.ops.attention import reference as ref
+from tests.utils import DTYPES, assert_close, backend_devices, on, tol
+
+KERNELS = backend_devices("cpp")
+ALL = backend_devices("reference", "cpp")
+
+
+def make(B, H, Q, L, d, dtype, device="cpu", seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mk = lambda *s: torch.randn(*s, generator=g).to(dtype).to(device)  # noqa: E731
+    return mk(B, H, Q, d), mk(B, H, L, d), mk(B, H, L, d), mk(B, H, Q, d)
+
+
+def run(fn, q, k, v, aux, grad, **kw):
+    """(out, lse, dq, dk, dv) of fn on fresh leaves."""
+    q, k, v = (t.detach().clone().requires_grad_() for t in (q, k, v))
+    out, lse = fn(q, k, v, aux, return_lse=True, **kw)
+    dq, dk, dv = torch.autograd.grad(out, (q, k, v), grad)
+    return out, lse, dq, dk, dv
+
+
+def expected(q, k, v, lengths, grad, scale=None):
+    """The fp32 ground truth: the reference forward on fp32 copies, differentiated by autograd."""
+    qf, kf, vf = (t.detach().float().requires_grad_() for t in (q, k, v))
+    s = scale if scale is not None else q.shape[-1] ** -0.5
+    out, lse = ref.target_attention(qf, kf, vf, lengths, s)
+    dq, dk, dv = torch.autograd.grad(out, (qf, kf, vf), grad.float())
+    return out, lse, dq, dk, dv
+
+
+def check_all(got, want, dtype, what=""):
+    names = ("out", "lse", "dq", "dk", "dv")
+    for name, a, e in zip(names, got, want):
+        # Gradients sum Q or L products of rounded values: allow a few ulps more than the output.
+        scale = 1.0 if name in ("out", "lse") else 3.0
+        assert_close(a, e.to(a.device), **tol(dtype, scale), name=f"{what}{name}")
+
+
+# ---------------------------------------------------------------------------------------------
+# padded
+
+
+@pytest.mark.parametrize("backend,device", ALL)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("Q", [1, 5])
+def test_padded_vs_reference(backend, device, dtype, Q):
+    B, H, L, d = 4, 2, 37, 24
+    q, k, v, g = make(B, H, Q, L, d, dtype, device)
+    lengths = torch.tensor([0, 1, L, 20], device=device)
+    want = expected(q.cpu(), k.cpu(), v.cpu(), lengths.cpu(), g.cpu())
+    with on(backend, device):
+        got = run(target_attention, q, k, v, lengths, g)
+    for t in got:
+        assert t.dtype == (torch.float32 if t is got[1] else dtype)
+    check_all(got, want, dtype)
+
+
+@pytest.mark.parametrize("backend,device", ALL)
+@pytest.mark.parametrize("Q", [1, 3])
+def test_padded_vs_sdpa(backend, device, Q):
+    """Against torch's own attention with a boolean padding mask (fp32; SDPA has no notion of an
+    empty sample, so every length here is >= 1)."""
+    B, H, L, d = 3, 2, 70, 16
+    q, k, v, g = make(B, H, Q, L, d, torch.float32, device, seed=1)
+    lengths = torch.tensor([1, 70, 33], device=device)
+    mask = (torch.arange(L, device=device)[None, :] < lengths[:, None])[:, None, None, :]
+    qs, ks, vs = (t.clone().requires_grad_() for t in (q, k, v))
+    out_s = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask)
+    want = (out_s, *torch.autograd.grad(out_s, (qs, ks, vs), g))
+    with on(backend, device):
+        out, _, dq, dk, dv = run(target_attention, q, k, v, lengths, g)
+    for name, a, e in zip(("out", "dq", "dk", "dv"), (out, dq, dk, dv), want):
+        assert_close(a, e, atol=2e-5, rtol=2e-5, name=name)
+
+
+@pytest.mark.parametrize("backend,device", KERNELS)
+def test_long_sequence_split(backend, device):
+    """L well past one block (and, for triton, past one split): the combine of partial softmaxes."""
+    B, H, Q, L, d = 2, 1, 2, 700, 16
+    q, k, v, g = make(B, H, Q, L, d, torch.float32, device, seed=2)
+    lengths = torch.tensor([700, 513], device=device)
+    want = expected(q.cpu(), k.cpu(), v.cpu(), lengths.cpu(), g.cpu())
+    with on(backend, device):
+        got = run(target_attention, q, k, v, lengths, g)
+    check_all(got, want, torch.float32)
+
+
+@pytest.mark.parametrize("backend,device", ALL)
+def test_empty_samples_give_zeros(backend, device):
+    B, H, Q, L, d = 3, 2, 2, 8, 16
+    q, k, v, g = make(B, H, Q, L, d, torch.float32, device, seed=3)
+    lengths = torch.tensor([0, 0, 0], device=device)
+    with on(backend, device):
+        out, lse, dq, dk, dv = run(target_attention, q, k, v, lengths, g)
+    assert torch.equal(out, torch.zeros_like(out))
+    assert torch.isneginf(lse).all()
+    for t in (dq, dk, dv):
+        assert torch.equal(t, torch.zeros_like(t))
+
+
+@pytest.mark.parametrize("backend,device", ALL)
+def test_padding_is_never_read(backend, device):
+    """NaN in the padded keys and values must not leak into outputs or gradients."""
+    B, H, Q, L, d = 2, 2, 3, 20, 16
+    q, k, v, g = make(B, H, Q, L, d, torch.float32, device, seed=4)
+    lengths = torch.tensor([5, 0], device=device)
+    want = expected(q, k, v, lengths, g)
+    k[0, :, 5:] = float("nan")
+    v[0, :, 5:] = float("nan")
+    k[1], v[1] = float("nan"), float("nan")
+    with on(backend, device):
+        got = run(target_attention, q, k, v, lengths, g)
+    check_all(got, want, torch.float32)
+
+
+@pytest.mark.parametrize("backend,device", KERNELS)
+def test_noncontiguous_inputs_and_scale(backend, device):
+    B, H, Q, L, d = 2, 3, 4, 19, 16
+    q, k, v, g = make(B, H, Q, L, d, torch.float32, device, seed=5)
+    # the same values in [B, L, H, d] storage, viewed as [B, H, L, d]
+    kt = k.transpose(1, 2).contiguous().transpose(1, 2)
+    vt = v.transpose(1, 2).contiguous().transpose(1, 2)
+    assert not kt.is_contiguous()
+    lengths = torch.tensor([19, 7], dtype=torch.int32, device=device)
+    want = expected(q, k, v, lengths, g, scale=0.3)
+    with on(backend, device):
+        got = run(target_attention, q, kt, vt, lengths, g, scale=0.3)
+    check_all(got, want, torch.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# jagged
+
+
+def jagged_case(lengths, H, Q, d, dtype, device="cpu", seed=0):
+    g = torch.Generator().manual_seed(seed)
+    B, S = len(lengths), sum(lengths)
+    mk = lambda *s: torch.randn(*s, generator=g).to(dtype).to(device)  # noqa: E731
+    offsets = torch.tensor([0] + list(lengths), device=device).cumsum(0)
+    return mk(B, H, Q, d), mk(S, H, d), mk(S, H, d), offsets, mk(B, H, Q, d)
+
+
+def expected_jagged(q, k, v, offsets, grad):
+    qf, kf, vf = (t.detach().float().cpu().requires_grad_() for t in (q, k, v))
+    out, lse = ref.jagged_target_attention(qf, kf, vf, offsets.cpu(), q.shape[-1] ** -0.5)
+    dq, dk, dv = torch.autograd.grad(out, (qf, kf, vf), grad.float().cpu())
+    return out, lse, dq, dk, dv
+
+
+@pytest.mark.parametrize("backend,device", ALL)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_jagged_vs_reference(backend, device, dtype):
+    q, k, v, offsets, g = jagged_case([3, 0, 37, 1], H=2, Q=3, d=24, dtype=dtype, device=device)
+    want = expected_jagged(q, k, v, offsets, g)
+    with on(backend, device):
+        got = run(jagged_target_attention, q, k, v, offsets, g)
+    check_all(got, want, dtype)
+
+
+@pytest.mark.parametrize("backend,device", ALL)
+def test_jagged_matches_padded(backend, device):
+    lengths = [5, 17, 0, 9]
+    q, k, v, offsets, g = jagged_case(lengths, H=2, Q=2, d=16, dtype=torch.float32, device=device, seed=6)
+    kp, lens = ref.jagged_to_padded(k, offsets)
+    vp, _ = ref.jagged_to_padded(v, offsets)
+    with on(backend, device):
+        out_j = jagged_target_attention(q, k, v, offsets)
+        out_p = target_attention(q, kp.contiguous(), vp.contiguous(), lens)
+    assert_close(out_j, out_p, atol=1e-6, rtol=1e-6, name="out")
+
+
+def _jagged_property(backend, device, lengths, H, Q, d, dtype):
+    q, k, v, offsets, g = jagged_case(lengths, H, Q, d, dtype, device, seed=sum(lengths))
+    want = expected_jagged(q, k, v, offsets, g)
+    with on(backend, device):
+        got = run(jagged_target_attention, q, k, v, offsets, g)
+    check_all(got, want, dtype, what=f"lengths={lengths} H={H} Q={Q} d={d} {dtype}: ")
+
+
+@pytest.mark.parametrize("backend,device", backend_devices("cpp"))
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    lengths=st.lists(st.integers(0, 150), min_size=1, max_size=5),
+    H=st.integers(1, 3),
+    Q=st.integers(1, 6),
+    d=st.sampled_from([8, 16, 24, 64]),
+    dtype=st.sampled_from(DTYPES),
+)
+def test_jagged_hypothesis_cpp(backend, device, lengths, H, Q, d, dtype):
+    _jagged_property(backend, device, lengths, H, Q, d, dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# bad input
+
+
+@pytest.mark.parametrize("backend,device", ALL)
+def test_bad_inputs(backend, device):
+    q, k, v, _ = make(2, 2, 1, 6, 8, torch.float32, device)
+    with on(backend, device):
+        with pytest.raises(ValueError, match="lengths must be <= L"):
+            target_attention(q, k, v, torch.tensor([7, 1], device=device))
+        with pytest.raises(ValueError, match="lengths must be >= 0"):
+            target_attention(q, k, v, torch.tensor([-1, 1], device=device))
+        with pytest.raises(ValueError, match="head dims differ"):
+            target_attention(q, k[..., :4], v[..., :4], torch.tensor([1, 1], device=device))
+        with pytest.raises(ValueError, match="heads"):
+            target_attention(q, k[:, :1], v[:, :1], torch.tensor([1, 1], device=device))
+        with pytest.raises(ValueError, match="lengths has 3 entries"):
+            target_attention(q, k, v, torch.tensor([1, 1, 1], device=device))
+        with pytest.raises(TypeError, match="lengths must be int32 or int64"):
+            target_attention(q, k, v, torch.tensor([1.0, 1.0], device=device))
+        with pytest.raises(TypeError, match="dtype"):
+            target_attention(q, k.half(), v.half(), torch.tensor([1, 1], device=device))
+        with pytest.raises(ValueError, match="same shape"):
+            target_attention(q, k, v[:, :, :3], torch.tensor([1, 1], device=device))
+
+        kj, vj = k[0].transpose(0, 1).contiguous(), v[0].transpose(0, 1).contiguous()  # [6, 2, 8]
+        with pytest.raises(ValueError, match="inconsistent with the 6 packed keys"):
+            jagged_target_attention(q, kj, vj, torch.tensor([0, 2, 5], device=device))
+        with pytest.raises(ValueError, match="start at 0"):
+            jagged_target_attention(q, kj, vj, torch.tensor([1, 2, 6], device=device))
+        with pytest.raises(ValueError, match="non-decreasing"):
+            jagged_target_attention(q, kj, vj, torch.tensor([0, 7, 6], device=device))
+        with pytest.raises(ValueError, match="B\\+1"):
+            jagged_target_attention(q, kj, vj, torch.tensor([0, 6], device=device))
+        with pytest.raises(ValueError, match="head dims differ"):
+            jagged_target_attention(q, kj[..., :4], vj[..., :4], torch.tensor([0, 2, 6], device=device))
+
+
+# ---------------------------------------------------------------------------------------------
+# torch.library / torch.compile
+
+
+@pytest.mark.parametrize("backend,device", ALL)
+def test_opcheck(backend, device):
+    q, k, v, _ = make(2, 2, 3, 9, 8, torch.float32, device)
+    lengths = torch.tensor([4, 9], device=device)
+    offsets = torch.tensor([0, 4, 13], device=device)
+    kj = torch.randn(13, 2, 8, device=device)
+    vj = torch.randn(13, 2, 8, device=device)
+    with on(backend, device):
+        torch.library.opcheck(
+            torch.ops.rankops.target_attention.default,
+            (q.requires_grad_(), k.requires_grad_(), v.requires_grad_(), lengths, 0.35),
+        )
+        torch.library.opcheck(
+            torch.ops.rankops.jagged_target_attention.default,
+            (q, kj.requires_grad_(), vj.requires_grad_(), offsets, 0.35),
+        )
+
+
+@pytest.mark.parametrize("backend,device", backend_devices("cpp"))
+def test_compile_fullgraph(backend, device):
+    q, k, v, g = make(3, 2, 4, 11, 16, torch.float32, device, seed=7)
+    lengths = torch.tensor([0, 11, 5], device=device)
+    offsets = torch.tensor([0, 3, 3, 10], device=device)
+    kj, vj = torch.randn(10, 2, 16), torch.randn(10, 2, 16)
+
+    def f(q, k, v, kj, vj):
+        return target_attention(q, k, v, lengths).sum() + jagged_target_attention(q, kj, vj, offsets).square().sum()
+
+    args = [t.clone().requires_grad_() for t in (q, k, v, kj, vj)]
+    args_c = [t.clone().requires_grad_() for t in (q, k, v, kj, vj)]
+    with on(backend, device):
+        want = f(*args)
+        want.backward()
+        got = torch.compile(f, fullgraph=True)(*args_c)
+        got.backward()
+    assert_close(got, want, atol=1e-5, rtol=1e-5, name="loss")
+    for a, b in zip(args_c, args):
+        assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-5, name="grad")
