@@ -18,8 +18,8 @@ from rankops.ops.attention import jagged_target_attention, target_attention
 from rankops.ops.attention import reference as ref
 from tests.utils import DTYPES, assert_close, backend_devices, on, tol
 
-KERNELS = backend_devices("cpp")
-ALL = backend_devices("reference", "cpp")
+KERNELS = backend_devices("cpp", "triton")
+ALL = backend_devices("reference", "cpp", "triton")
 
 
 def make(B, H, Q, L, d, dtype, device="cpu", seed=0):
@@ -204,6 +204,20 @@ def _jagged_property(backend, device, lengths, H, Q, d, dtype):
     dtype=st.sampled_from(DTYPES),
 )
 def test_jagged_hypothesis_cpp(backend, device, lengths, H, Q, d, dtype):
+    _jagged_property(backend, device, lengths, H, Q, d, dtype)
+
+
+@pytest.mark.parametrize("backend,device", backend_devices("triton"))
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    lengths=st.lists(st.integers(0, 150), min_size=1, max_size=3),
+    H=st.integers(1, 2),
+    Q=st.sampled_from([1, 2, 17]),
+    d=st.sampled_from([16, 24]),
+    dtype=st.sampled_from(DTYPES),
+)
+def test_jagged_hypothesis_triton(backend, device, lengths, H, Q, d, dtype):
+    """Fewer, smaller examples than cpp: each interpreted program costs about a millisecond."""
     _jagged_property(backend, device, lengths, H, Q, d, dtype)
 
 
