@@ -15,6 +15,7 @@
 #include <bit>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -82,7 +83,7 @@ inline void scores(const float* a, const float* bT, int64_t n, int64_t d, float*
 int64_t grain(int64_t work_per_task) { return std::max<int64_t>(1, 65536 / std::max<int64_t>(1, work_per_task)); }
 
 template <typename T, typename Locate>
-void forward_kernel(const T* q, const T* k, const T* v, T* out, float* lse, int64_t BH, int64_t Q, int64_t d,
+void forward_generic(const T* q, const T* k, const T* v, T* out, float* lse, int64_t BH, int64_t Q, int64_t d,
                     int64_t avg_len, float scale, Locate locate) {
   at::parallel_for(0, BH, grain(Q * d * (avg_len + 1)), [&](int64_t t0, int64_t t1) {
     std::vector<float> buf(2 * Q * d + 2 * Q + 2 * kBlock * d + kBlock);
@@ -152,7 +153,7 @@ void forward_kernel(const T* q, const T* k, const T* v, T* out, float* lse, int6
 // dS = P * (dO V^T - D), dQ = scale * dS K, dK = scale * dS^T Q. dk/dv rows past len are left to
 // the caller (zeroed for padded inputs; jagged inputs have none).
 template <typename T, typename Locate>
-void backward_kernel(const T* grad, const T* q, const T* k, const T* v, const T* out, const float* lse, T* dq,
+void backward_generic(const T* grad, const T* q, const T* k, const T* v, const T* out, const float* lse, T* dq,
                      T* dk, T* dv, int64_t BH, int64_t Q, int64_t d, int64_t avg_len, float scale, Locate locate) {
   at::parallel_for(0, BH, grain(3 * Q * d * (avg_len + 1)), [&](int64_t t0, int64_t t1) {
     std::vector<float> buf(4 * Q * d + Q + 5 * kBlock * d + 2 * kBlock);
@@ -234,6 +235,305 @@ void backward_kernel(const T* grad, const T* q, const T* k, const T* v, const T*
       for (int64_t i = 0; i < Q * d; ++i) dqt[i] = static_cast<T>(dqf[i] * scale);
     }
   });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Register-blocked kernels for head dims up to 64 (GCC/Clang vector extensions: 8 floats, one AVX
+// register). A key block is 64 keys = 8 vectors; scores of one query against the block stay in 8
+// registers while streaming the transposed block kT[d][64]; outputs of one row (d <= 64 floats)
+// stay in DV = ceil(d/8) registers. DV is a template parameter so those arrays are indexed by
+// constants only and never spill to the stack.
+
+typedef float v8 __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+
+inline v8 ld(const float* p) {
+  v8 r;
+  std::memcpy(&r, p, sizeof(r));
+  return r;
+}
+inline void st(float* p, v8 x) { std::memcpy(p, &x, sizeof(x)); }
+inline float hsum(v8 x) {
+  float s = 0.f;
+  for (int i = 0; i < 8; ++i) s += x[i];
+  return s;
+}
+inline float hmax(v8 x) {
+  float m = x[0];
+  for (int i = 1; i < 8; ++i) m = std::max(m, x[i]);
+  return m;
+}
+
+// exp_nonpos on 8 lanes; round-to-nearest by the 1.5*2^23 trick (|t| < 2^22 after the clamp).
+inline v8 vexp_nonpos(v8 x) {
+  x = x < -87.0f ? v8{} - 87.0f : x;
+  const v8 t = x * 1.44269504088896341f;
+  const v8 r = (t + 12582912.0f) - 12582912.0f;
+  const v8 f = t - r;
+  v8 p = v8{} + 1.535336188319500e-4f;
+  p = p * f + 1.339887440266574e-3f;
+  p = p * f + 9.618437357674640e-3f;
+  p = p * f + 5.550332471162809e-2f;
+  p = p * f + 2.402264791363012e-1f;
+  p = p * f + 6.931472028550421e-1f;
+  p = p * f + 1.0f;
+  const v8i e = (__builtin_convertvector(r, v8i) + 127) << 23;
+  return p * (v8)e;  // a vector cast reinterprets the bits
+}
+
+// s[0:64] = sum_c a[c] * bT[c][0:64], left in 8 registers.
+inline void block_scores(const float* a, const float* bT, int64_t d, v8 (&s)[8]) {
+#pragma GCC unroll 8
+  for (int jv = 0; jv < 8; ++jv) s[jv] = v8{};
+  for (int64_t c = 0; c < d; ++c) {
+    const float x = a[c];
+    const float* row = bT + c * kBlock;
+#pragma GCC unroll 8
+    for (int jv = 0; jv < 8; ++jv) s[jv] += x * ld(row + 8 * jv);
+  }
+}
+
+// A block of n <= 64 key rows -> rows [64][8*DV] (zero padded) and/or transposed [d][64] (zero padded).
+template <int DV, typename T>
+inline void load_block_fast(const T* src, int64_t stride, int64_t n, int64_t d, float* rows, float* colsT) {
+  constexpr int64_t dp = 8 * DV;
+  if (colsT) std::fill(colsT, colsT + d * kBlock, 0.f);
+  if (rows) std::fill(rows + n * dp, rows + kBlock * dp, 0.f);
+  for (int64_t j = 0; j < n; ++j) {
+    const T* r = src + j * stride;
+    float* out = rows ? rows + j * dp : nullptr;
+    for (int64_t c = 0; c < d; ++c) {
+      const float x = static_cast<float>(r[c]);
+      if (out) out[c] = x;
+      if (colsT) colsT[c * kBlock + j] = x;
+    }
+    if (out) std::fill(out + d, out + dp, 0.f);
+  }
+}
+
+template <int DV, typename T>
+inline void load_rows_padded(const T* src, int64_t rows, int64_t d, float* dst) {
+  constexpr int64_t dp = 8 * DV;
+  for (int64_t i = 0; i < rows; ++i) {
+    for (int64_t c = 0; c < d; ++c) dst[i * dp + c] = static_cast<float>(src[i * d + c]);
+    for (int64_t c = d; c < dp; ++c) dst[i * dp + c] = 0.f;
+  }
+}
+
+template <int DV, typename T, typename Locate>
+void forward_fast(const T* q, const T* k, const T* v, T* out, float* lse, int64_t BH, int64_t Q, int64_t d,
+                  int64_t avg_len, float scale, Locate locate) {
+  constexpr int64_t dp = 8 * DV;
+  at::parallel_for(0, BH, grain(Q * d * (avg_len + 1)), [&](int64_t t0, int64_t t1) {
+    std::vector<float> buf(2 * Q * dp + 2 * Q + kBlock * d + kBlock * dp + kBlock);
+    float* qs = buf.data();  // scaled queries [Q][dp]
+    float* acc = qs + Q * dp;  // unnormalised outputs [Q][dp]
+    float* m = acc + Q * dp;
+    float* l = m + Q;
+    float* kT = l + Q;  // [d][64]
+    float* vb = kT + kBlock * d;  // [64][dp]
+    float* p = vb + kBlock * dp;  // [64]
+    for (int64_t t = t0; t < t1; ++t) {
+      const KeyRows rows = locate(t);
+      T* ot = out + t * Q * d;
+      float* lt = lse + t * Q;
+      if (rows.len == 0) {
+        std::fill(ot, ot + Q * d, static_cast<T>(0.f));
+        std::fill(lt, lt + Q, -std::numeric_limits<float>::infinity());
+        continue;
+      }
+      load_rows_padded<DV>(q + t * Q * d, Q, d, qs);
+      for (int64_t i = 0; i < Q * dp; ++i) qs[i] *= scale;
+      std::fill(acc, acc + Q * dp, 0.f);
+      std::fill(m, m + Q, -std::numeric_limits<float>::infinity());
+      std::fill(l, l + Q, 0.f);
+      for (int64_t j0 = 0; j0 < rows.len; j0 += kBlock) {
+        const int64_t n = std::min(kBlock, rows.len - j0);
+        const int64_t off = rows.base + j0 * rows.stride;
+        load_block_fast<DV>(k + off, rows.stride, n, d, nullptr, kT);
+        load_block_fast<DV>(v + off, rows.stride, n, d, vb, nullptr);
+        for (int64_t i = 0; i < Q; ++i) {
+          v8 s[8];
+          block_scores(qs + i * dp, kT, d, s);
+#pragma GCC unroll 8
+          for (int jv = 0; jv < 8; ++jv) st(p + 8 * jv, s[jv]);
+          for (int64_t j = n; j < kBlock; ++j) p[j] = -std::numeric_limits<float>::infinity();
+          v8 mv = ld(p);
+#pragma GCC unroll 8
+          for (int jv = 1; jv < 8; ++jv) {
+            const v8 x = ld(p + 8 * jv);
+            mv = mv > x ? mv : x;
+          }
+          const float mx = std::max(m[i], hmax(mv));
+          const float alpha = exp_nonpos(m[i] - mx);
+          v8 sum = v8{};
+#pragma GCC unroll 8
+          for (int jv = 0; jv < 8; ++jv) {
+            const v8 e = vexp_nonpos(ld(p + 8 * jv) - mx);
+            st(p + 8 * jv, e);
+            sum += e;
+          }
+          float tail = 0.f;  // exp of the -inf padding is clamped to ~1e-38, not 0: take it out
+          for (int64_t j = n; j < kBlock; ++j) {
+            tail += p[j];
+            p[j] = 0.f;
+          }
+          l[i] = l[i] * alpha + (hsum(sum) - tail);
+          m[i] = mx;
+          float* ai = acc + i * dp;
+          v8 a[DV];
+#pragma GCC unroll 8
+          for (int cv = 0; cv < DV; ++cv) a[cv] = ld(ai + 8 * cv) * alpha;
+          for (int64_t j = 0; j < n; ++j) {
+            const float pj = p[j];
+            const float* vr = vb + j * dp;
+#pragma GCC unroll 8
+            for (int cv = 0; cv < DV; ++cv) a[cv] += pj * ld(vr + 8 * cv);
+          }
+#pragma GCC unroll 8
+          for (int cv = 0; cv < DV; ++cv) st(ai + 8 * cv, a[cv]);
+        }
+      }
+      for (int64_t i = 0; i < Q; ++i) {
+        const float inv = 1.f / l[i];
+        for (int64_t c = 0; c < d; ++c) ot[i * d + c] = static_cast<T>(acc[i * dp + c] * inv);
+        lt[i] = m[i] + std::log(l[i]);
+      }
+    }
+  });
+}
+
+template <int DV, typename T, typename Locate>
+void backward_fast(const T* grad, const T* q, const T* k, const T* v, const T* out, const float* lse, T* dq, T* dk,
+                   T* dv, int64_t BH, int64_t Q, int64_t d, int64_t avg_len, float scale, Locate locate) {
+  constexpr int64_t dp = 8 * DV;
+  at::parallel_for(0, BH, grain(3 * Q * d * (avg_len + 1)), [&](int64_t t0, int64_t t1) {
+    std::vector<float> buf(4 * Q * dp + Q + 2 * Q * kBlock + 4 * kBlock * d + kBlock * dp);
+    float* qs = buf.data();  // queries * scale [Q][dp]
+    float* g = qs + Q * dp;  // dO [Q][dp]
+    float* dqf = g + Q * dp;  // dQ / scale [Q][dp]
+    float* o = dqf + Q * dp;  // O [Q][dp]
+    float* delta = o + Q * dp;  // [Q]
+    float* P = delta + Q;  // [Q][64]
+    float* dS = P + Q * kBlock;  // [Q][64]
+    float* kT = dS + Q * kBlock;  // [d][64]
+    float* vT = kT + kBlock * d;  // [d][64]
+    float* dkT = vT + kBlock * d;  // [d][64]
+    float* dvT = dkT + kBlock * d;  // [d][64]
+    float* kb = dvT + kBlock * d;  // [64][dp]
+    for (int64_t t = t0; t < t1; ++t) {
+      const KeyRows rows = locate(t);
+      T* dqt = dq + t * Q * d;
+      if (rows.len == 0) {
+        std::fill(dqt, dqt + Q * d, static_cast<T>(0.f));
+        continue;
+      }
+      load_rows_padded<DV>(q + t * Q * d, Q, d, qs);
+      for (int64_t i = 0; i < Q * dp; ++i) qs[i] *= scale;
+      load_rows_padded<DV>(grad + t * Q * d, Q, d, g);
+      load_rows_padded<DV>(out + t * Q * d, Q, d, o);
+      for (int64_t i = 0; i < Q; ++i) {
+        v8 a = v8{};
+#pragma GCC unroll 8
+        for (int cv = 0; cv < DV; ++cv) a += ld(g + i * dp + 8 * cv) * ld(o + i * dp + 8 * cv);
+        delta[i] = hsum(a);
+      }
+      std::fill(dqf, dqf + Q * dp, 0.f);
+      const float* lt = lse + t * Q;
+      for (int64_t j0 = 0; j0 < rows.len; j0 += kBlock) {
+        const int64_t n = std::min(kBlock, rows.len - j0);
+        const int64_t off = rows.base + j0 * rows.stride;
+        load_block_fast<DV>(k + off, rows.stride, n, d, kb, kT);
+        load_block_fast<DV>(v + off, rows.stride, n, d, nullptr, vT);
+        // per query: P and dS rows of the block, and its dQ contribution while dS is hot
+        for (int64_t i = 0; i < Q; ++i) {
+          v8 s[8], dpv[8];
+          block_scores(qs + i * dp, kT, d, s);
+          block_scores(g + i * dp, vT, d, dpv);
+          const float li = lt[i], di = delta[i];
+          float* Pi = P + i * kBlock;
+          float* dSi = dS + i * kBlock;
+#pragma GCC unroll 8
+          for (int jv = 0; jv < 8; ++jv) {
+            const v8 pv = vexp_nonpos(s[jv] - li);
+            st(Pi + 8 * jv, pv);
+            st(dSi + 8 * jv, pv * (dpv[jv] - di));
+          }
+          for (int64_t j = n; j < kBlock; ++j) Pi[j] = dSi[j] = 0.f;
+          v8 a[DV];
+          float* dqi = dqf + i * dp;
+#pragma GCC unroll 8
+          for (int cv = 0; cv < DV; ++cv) a[cv] = ld(dqi + 8 * cv);
+          for (int64_t j = 0; j < n; ++j) {
+            const float sj = dSi[j];
+            const float* kr = kb + j * dp;
+#pragma GCC unroll 8
+            for (int cv = 0; cv < DV; ++cv) a[cv] += sj * ld(kr + 8 * cv);
+          }
+#pragma GCC unroll 8
+          for (int cv = 0; cv < DV; ++cv) st(dqi + 8 * cv, a[cv]);
+        }
+        // dV^T[c] = sum_i dO[i][c] P[i],  dK^T[c] = sum_i (scale q[i][c]) dS[i]: 8 accumulators over i
+        for (int64_t c = 0; c < d; ++c) {
+          v8 av[8], ak[8];
+#pragma GCC unroll 8
+          for (int jv = 0; jv < 8; ++jv) av[jv] = ak[jv] = v8{};
+          for (int64_t i = 0; i < Q; ++i) {
+            const float gc = g[i * dp + c], qc = qs[i * dp + c];
+            const float* Pi = P + i * kBlock;
+            const float* dSi = dS + i * kBlock;
+#pragma GCC unroll 8
+            for (int jv = 0; jv < 8; ++jv) {
+              av[jv] += gc * ld(Pi + 8 * jv);
+              ak[jv] += qc * ld(dSi + 8 * jv);
+            }
+          }
+#pragma GCC unroll 8
+          for (int jv = 0; jv < 8; ++jv) {
+            st(dvT + c * kBlock + 8 * jv, av[jv]);
+            st(dkT + c * kBlock + 8 * jv, ak[jv]);
+          }
+        }
+        for (int64_t j = 0; j < n; ++j) {
+          T* dkr = dk + off + j * rows.stride;
+          T* dvr = dv + off + j * rows.stride;
+          for (int64_t c = 0; c < d; ++c) {
+            dkr[c] = static_cast<T>(dkT[c * kBlock + j]);
+            dvr[c] = static_cast<T>(dvT[c * kBlock + j]);
+          }
+        }
+      }
+      for (int64_t i = 0; i < Q; ++i)
+        for (int64_t c = 0; c < d; ++c) dqt[i * d + c] = static_cast<T>(dqf[i * dp + c] * scale);
+    }
+  });
+}
+
+// Head dims up to 64 take the register-blocked kernels; larger ones the generic loops.
+template <typename T, typename Locate>
+void forward_kernel(const T* q, const T* k, const T* v, T* out, float* lse, int64_t BH, int64_t Q, int64_t d,
+                    int64_t avg_len, float scale, Locate locate) {
+  switch ((d + 7) / 8) {
+#define RANKOPS_FWD_CASE(DV) \
+  case DV: return forward_fast<DV>(q, k, v, out, lse, BH, Q, d, avg_len, scale, locate);
+    RANKOPS_FWD_CASE(1) RANKOPS_FWD_CASE(2) RANKOPS_FWD_CASE(3) RANKOPS_FWD_CASE(4)
+    RANKOPS_FWD_CASE(5) RANKOPS_FWD_CASE(6) RANKOPS_FWD_CASE(7) RANKOPS_FWD_CASE(8)
+#undef RANKOPS_FWD_CASE
+    default: return forward_generic(q, k, v, out, lse, BH, Q, d, avg_len, scale, locate);
+  }
+}
+
+template <typename T, typename Locate>
+void backward_kernel(const T* grad, const T* q, const T* k, const T* v, const T* out, const float* lse, T* dq,
+                     T* dk, T* dv, int64_t BH, int64_t Q, int64_t d, int64_t avg_len, float scale, Locate locate) {
+  switch ((d + 7) / 8) {
+#define RANKOPS_BWD_CASE(DV) \
+  case DV: return backward_fast<DV>(grad, q, k, v, out, lse, dq, dk, dv, BH, Q, d, avg_len, scale, locate);
+    RANKOPS_BWD_CASE(1) RANKOPS_BWD_CASE(2) RANKOPS_BWD_CASE(3) RANKOPS_BWD_CASE(4)
+    RANKOPS_BWD_CASE(5) RANKOPS_BWD_CASE(6) RANKOPS_BWD_CASE(7) RANKOPS_BWD_CASE(8)
+#undef RANKOPS_BWD_CASE
+    default: return backward_generic(grad, q, k, v, out, lse, dq, dk, dv, BH, Q, d, avg_len, scale, locate);
+  }
 }
 
 void check_common(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t kdim, const char* op) {

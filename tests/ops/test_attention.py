@@ -102,6 +102,19 @@ def test_long_sequence_split(backend, device):
     check_all(got, want, torch.float32)
 
 
+@pytest.mark.parametrize("backend,device", KERNELS)
+@pytest.mark.parametrize("d", [5, 80], ids=["d5", "d80"])
+def test_head_dims(backend, device, d):
+    """Head dims off the fast paths: below one vector, and above 64 (cpp's generic loops)."""
+    B, H, Q, L = 2, 2, 3, 70
+    q, k, v, g = make(B, H, Q, L, d, torch.float32, device, seed=8)
+    lengths = torch.tensor([70, 9], device=device)
+    want = expected(q, k, v, lengths, g)
+    with on(backend, device):
+        got = run(target_attention, q, k, v, lengths, g)
+    check_all(got, want, torch.float32)
+
+
 @pytest.mark.parametrize("backend,device", ALL)
 def test_empty_samples_give_zeros(backend, device):
     B, H, Q, L, d = 3, 2, 2, 8, 16
@@ -301,3 +314,91 @@ def test_compile_fullgraph(backend, device):
     assert_close(got, want, atol=1e-5, rtol=1e-5, name="loss")
     for a, b in zip(args_c, args):
         assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-5, name="grad")
+
+
+# ---------------------------------------------------------------------------------------------
+# DIN's activation unit
+
+
+def din_params(d, hidden, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mk = lambda *s: (torch.randn(*s, generator=g) * 0.3).to(dtype)  # noqa: E731
+    h1 = hidden[0]
+    p = dict(w1=mk(h1, 4 * d), b1=mk(h1), w2=None, b2=None)
+    if len(hidden) > 1:
+        p.update(w2=mk(hidden[1], h1), b2=mk(hidden[1]))
+    p.update(w_out=mk(1, hidden[-1]), b_out=mk(1))
+    alphas = tuple(mk(h) for h in hidden) + (None,) * (2 - len(hidden))
+    return p, alphas
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "prelu", "dice"])
+@pytest.mark.parametrize("normalize", [False, True])
+@pytest.mark.parametrize("hidden", [(80, 40), (12,)], ids=["80-40", "12"])
+def test_din_vs_concat(activation, normalize, hidden):
+    """The fused first layer (c_q + M_q k) against the literal concatenate-then-MLP, forward and
+    the gradients of every input and parameter."""
+    B, L, d = 5, 13, 8
+    params, alphas = din_params(d, hidden)
+    g = torch.Generator().manual_seed(1)
+    q, keys = torch.randn(B, d, generator=g), torch.randn(B, L, d, generator=g)
+    lengths = torch.tensor([0, 1, 13, 7, 4])
+    leaves = [q, keys] + [t for t in params.values() if t is not None] + [a for a in alphas if a is not None]
+    grad = torch.randn(B, d, generator=g)
+
+    def run_din(fn, **kw):
+        xs = [t.clone().requires_grad_() for t in leaves]
+        q_, k_ = xs[:2]
+        it = iter(xs[2:])
+        p = {name: (next(it) if t is not None else None) for name, t in params.items()}
+        a = tuple(next(it) if t is not None else None for t in alphas)
+        out = fn(q_, k_, lengths, **p, alphas=a, normalize=normalize, **kw)
+        return (out, *torch.autograd.grad(out, xs, grad, allow_unused=True, materialize_grads=True))
+
+    got = run_din(rankops.din_attention, activation=activation)
+    want = run_din(ref.din_attention_concat, activation_kind=activation)
+    for i, (a, e) in enumerate(zip(got, want)):
+        assert_close(a, e, atol=1e-5, rtol=1e-4, name=f"output {i}")
+    assert torch.equal(got[0][0], torch.zeros(d)), "an empty sample pools to zeros"
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_din_dtypes_and_dice_stats(dtype):
+    B, L, d = 3, 9, 16
+    params, alphas = din_params(d, (20, 10))
+    g = torch.Generator().manual_seed(2)
+    q, keys = torch.randn(B, d, generator=g), torch.randn(B, L, d, generator=g)
+    lengths = torch.tensor([9, 2, 5], dtype=torch.int32)
+    stats = ((torch.randn(20, generator=g), torch.rand(20, generator=g) + 0.5),
+             (torch.randn(10, generator=g), torch.rand(10, generator=g) + 0.5))
+    want = ref.din_attention_concat(q, keys, lengths, **params, activation_kind="dice", alphas=alphas,
+                                    dice_stats=stats)
+    cast = {k: (v.to(dtype) if v is not None else None) for k, v in params.items()}
+    got = rankops.din_attention(q.to(dtype), keys.to(dtype), lengths, **cast, activation="dice",
+                                alphas=tuple(a.to(dtype) for a in alphas), dice_stats=stats)
+    assert got.dtype == dtype
+    # the inputs and weights are rounded to dtype before a computation in fp32
+    assert_close(got, want, **tol(dtype, 3.0 if dtype != torch.float32 else 10.0), name="din")
+
+
+def test_din_bad_inputs():
+    params, alphas = din_params(8, (6,))
+    q, keys = torch.randn(2, 8), torch.randn(2, 5, 8)
+    with pytest.raises(ValueError, match="lengths must be <= L"):
+        rankops.din_attention(q, keys, torch.tensor([6, 1]), **params)
+    with pytest.raises(ValueError, match="lengths must be >= 0"):
+        rankops.din_attention(q, keys, torch.tensor([-1, 1]), **params)
+    with pytest.raises(ValueError, match="w1 must be"):
+        rankops.din_attention(q[:, :4], keys[..., :4], torch.tensor([1, 1]), **params)
+    with pytest.raises(ValueError, match="activation must be one of"):
+        rankops.din_attention(q, keys, torch.tensor([1, 1]), **params, activation="relu")
+    with pytest.raises(ValueError, match="needs alphas"):
+        rankops.din_attention(q, keys, torch.tensor([1, 1]), **params, activation="prelu")
+
+
+def test_din_compile_fullgraph():
+    params, alphas = din_params(8, (6, 4))
+    q, keys = torch.randn(3, 8), torch.randn(3, 5, 8)
+    lengths = torch.tensor([5, 0, 2])
+    f = lambda q, k: rankops.din_attention(q, k, lengths, **params, activation="prelu", alphas=alphas)  # noqa: E731
+    assert_close(torch.compile(f, fullgraph=True)(q, keys), f(q, keys), atol=1e-5, rtol=1e-5, name="din")

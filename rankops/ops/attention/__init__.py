@@ -277,3 +277,136 @@ def jagged_target_attention(
         raise ValueError(f"rankops.{op}: offsets has {offsets.shape[0]} entries; the batch of {q.shape[0]} needs B+1")
     out, lse = _jagged_target_attention(q, k, v, offsets, _scale(scale, q.shape[-1]))
     return (out, lse) if return_lse else out
+
+
+# ---------------------------------------------------------------------------------------------
+# DIN's activation unit, fused
+
+ACTIVATIONS = ("sigmoid", "prelu", "dice")
+
+
+def _din_first_layer(q: Tensor, keys: Tensor, w1: Tensor, b1: Tensor) -> Tensor:
+    """h1[b, l] = W1 [q, k, q - k, q * k] + b1 without the concatenation.
+
+    With W1 = [Wa | Wb | Wc | Wd] (four [H1, d] blocks):
+        W1 [q, k, q - k, q * k] = (Wa + Wc) q + (Wb - Wc + Wd diag(q)) k = c_q + M_q k,
+    so each sample needs c_q [H1] and M_q [H1, d] once, and each key one [H1, d] x [d] product.
+    Memory: B*H1*d for M_q instead of B*L*4d for the concatenation.
+    """
+    d = q.shape[-1]
+    wa, wb, wc, wd = w1.split(d, dim=1)
+    c = q @ (wa + wc).T + b1  # [B, H1]
+    m = (wb - wc)[None] + wd[None] * q[:, None, :]  # [B, H1, d]
+    return c[:, None, :] + torch.bmm(keys, m.transpose(1, 2))  # [B, L, H1]
+
+
+def din_attention(
+    q: Tensor,
+    keys: Tensor,
+    lengths: Tensor,
+    w1: Tensor,
+    b1: Tensor,
+    w2: Tensor | None,
+    b2: Tensor | None,
+    w_out: Tensor,
+    b_out: Tensor,
+    activation: str = "sigmoid",
+    normalize: bool = False,
+    alphas: tuple[Tensor | None, Tensor | None] = (None, None),
+    dice_stats: tuple | None = None,
+    eps: float = 1e-8,
+    _batch_stats: list | None = None,
+) -> Tensor:
+    """DIN's local activation unit and weighted-sum pooling (Zhou et al., 2018), fused.
+
+    For every valid key ``k = keys[b, l]`` (``l < lengths[b]``) a small MLP scores the pair
+    (q[b], k) from ``[q, k, q - k, q * k]``::
+
+        h1 = act(W1 [q, k, q-k, q*k] + b1)        W1: [H1, 4d]   (computed as c_q + M_q k, see below)
+        h2 = act(W2 h1 + b2)                       W2: [H2, H1]   (omit w2/b2 for one hidden layer)
+        a  = w_out . h2 + b_out                    w_out: [1, H2] or [H2], b_out: [1]
+        out[b] = sum_l a[b, l] keys[b, l]          (DIN does not normalise the weights)
+
+    With ``normalize=True`` the weights are ``softmax_l(a)`` over the valid keys instead. A sample
+    with length 0 gets zeros. The first layer never builds the ``[B, L, 4d]`` concatenation:
+    ``W1 [q, k, q-k, q*k] = (Wa + Wc) q + (Wb - Wc + Wd diag(q)) k`` for ``W1 = [Wa|Wb|Wc|Wd]``.
+
+    Activations (``activation``): ``"sigmoid"``; ``"prelu"``: ``max(s, 0) + alpha * min(s, 0)``;
+    ``"dice"``: ``p s + (1 - p) alpha s`` with ``p = sigmoid((s - mean) / sqrt(var + eps))``, where
+    (mean, var) per hidden unit come from ``dice_stats = ((mean1, var1), (mean2, var2))`` (inference,
+    running statistics) or, when None, from the batch's valid keys (training). PReLU and Dice take
+    their per-unit slopes from ``alphas = (alpha1[H1], alpha2[H2])``.
+
+    Args:
+        q: ``[B, d]`` target item embedding; keys: ``[B, L, d]`` behaviour sequence; lengths ``[B]``
+            int32/int64 in ``[0, L]``. fp32 / fp16 / bf16 (computed in fp32).
+    Returns:
+        ``[B, d]`` in q's dtype; differentiable in q, keys and every parameter.
+    """
+    op = "din_attention"
+    _checks.tensor(op, "q", q, 2, "[batch, dim]")
+    _checks.tensor(op, "keys", keys, 3, "[batch, keys, dim]")
+    _checks.floating(op, "q", q)
+    _checks.floating(op, "keys", keys)
+    _checks.same_dtype(op, "q", q, keys=keys)
+    _checks.tensor(op, "lengths", lengths, 1, "[batch]")
+    _checks.integer(op, "lengths", lengths)
+    B, L, d = keys.shape
+    if q.shape != (B, d):
+        raise ValueError(f"rankops.{op}: q {tuple(q.shape)} must be [B, d] = {(B, d)} to match keys {tuple(keys.shape)}")
+    if lengths.shape[0] != B:
+        raise ValueError(f"rankops.{op}: lengths has {lengths.shape[0]} entries but the batch is {B}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"rankops.{op}: activation must be one of {ACTIVATIONS}, got {activation!r}")
+    if w1.dim() != 2 or w1.shape[1] != 4 * d:
+        raise ValueError(f"rankops.{op}: w1 must be [H1, 4*d] = [H1, {4 * d}], got {tuple(w1.shape)}")
+    if (w2 is None) != (b2 is None):
+        raise ValueError(f"rankops.{op}: give both w2 and b2, or neither (one hidden layer)")
+    hidden = [w1.shape[0]] + ([w2.shape[0]] if w2 is not None else [])
+    if w2 is not None and (w2.dim() != 2 or w2.shape[1] != w1.shape[0]):
+        raise ValueError(f"rankops.{op}: w2 must be [H2, H1={w1.shape[0]}], got {tuple(w2.shape)}")
+    if w_out.numel() != hidden[-1]:
+        raise ValueError(f"rankops.{op}: w_out must hold {hidden[-1]} weights (the last hidden width), got {tuple(w_out.shape)}")
+    if activation in ("prelu", "dice") and any(a is None for a in alphas[: len(hidden)]):
+        raise ValueError(f"rankops.{op}: activation {activation!r} needs alphas for every hidden layer")
+    if not torch.compiler.is_compiling():  # a value check would break the graph; masking stays in bounds
+        _check_lengths_values(lengths, L)
+
+    mask = torch.arange(L, device=keys.device)[None, :] < lengths.to(torch.int64)[:, None]  # [B, L]
+    qf = q.float()
+    kf = keys.float().masked_fill(~mask[..., None], 0.0)  # padding never leaks, even NaN
+    layers = [(w1, b1)] + ([(w2, b2)] if w2 is not None else [])
+    x = None
+    for i, (w, b) in enumerate(layers):
+        x = _din_first_layer(qf, kf, w1.float(), b1.float()) if i == 0 else x @ w.float().T + b.float()
+        alpha = alphas[i].float() if alphas[i] is not None else None
+        stats = dice_stats[i] if dice_stats is not None else None
+        if activation == "dice" and stats is None:
+            # over the valid keys only, with masked sums (no data-dependent shapes under compile)
+            w = mask[..., None].float()
+            n = w.sum().clamp_min(1.0)
+            mean = (x * w).sum((0, 1)) / n
+            stats = (mean, ((x - mean).square() * w).sum((0, 1)) / n)
+            if _batch_stats is not None:
+                _batch_stats.append(tuple(s.detach() for s in stats))
+        x = _activate(x, activation, alpha, stats, eps)
+    score = (x @ w_out.float().reshape(-1)) + b_out.float().reshape(())  # [B, L]
+    if normalize:
+        score = score.masked_fill(~mask, float("-inf"))
+        m = score.amax(-1, keepdim=True)
+        m = torch.where(torch.isfinite(m), m, torch.zeros_like(m)).detach()
+        e = torch.exp(score - m)
+        weight = e / e.sum(-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+    else:
+        weight = score.masked_fill(~mask, 0.0)
+    return torch.bmm(weight[:, None, :], kf).squeeze(1).to(q.dtype)
+
+
+def _activate(x: Tensor, kind: str, alpha: Tensor | None, stats, eps: float) -> Tensor:
+    if kind == "sigmoid":
+        return torch.sigmoid(x)
+    if kind == "prelu":
+        return torch.where(x > 0, x, alpha * x)
+    mean, var = (s.float() for s in stats)
+    p = torch.sigmoid((x - mean) * torch.rsqrt(var + eps))
+    return x * (p + (1 - p) * alpha)

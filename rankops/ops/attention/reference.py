@@ -116,3 +116,50 @@ def jagged_target_attention_backward(
     vp, _ = jagged_to_padded(v, offsets)
     dq, dk, dv = target_attention_backward(grad, q, kp, vp, lengths, out, lse, scale)
     return dq, padded_to_jagged(dk, offsets), padded_to_jagged(dv, offsets)
+
+
+# ---------------------------------------------------------------------------------------------
+# DIN's activation unit, literally: concatenate [q, k, q-k, q*k] per key, then the MLP
+
+
+def activation(x: Tensor, kind: str, alpha: Tensor | None, stats: tuple[Tensor, Tensor] | None, mask: Tensor,
+               eps: float) -> Tensor:
+    """sigmoid / PReLU / Dice on x[B, L, H] (mask[B, L] marks the valid keys, used for Dice's batch
+    statistics when ``stats`` is None)."""
+    if kind == "sigmoid":
+        return torch.sigmoid(x)
+    if kind == "prelu":
+        return torch.where(x > 0, x, alpha * x)
+    if kind == "dice":
+        if stats is None:
+            valid = x[mask]  # [N, H]
+            mean, var = valid.mean(0), valid.var(0, unbiased=False)
+        else:
+            mean, var = stats
+        p = torch.sigmoid((x - mean) * torch.rsqrt(var + eps))
+        return p * x + (1 - p) * alpha * x
+    raise ValueError(f"unknown activation {kind!r}")
+
+
+def din_attention_concat(q, keys, lengths, w1, b1, w2, b2, w_out, b_out, activation_kind="sigmoid",
+                         normalize=False, alphas=(None, None), dice_stats=(None, None), eps=1e-8) -> Tensor:
+    """out[b] = sum_{l < len_b} a(b, l) keys[b, l] with a = MLP([q, k, q - k, q * k]) (softmax over
+    the valid keys when normalize). Materialises the [B, L, 4d] concatenation: the ground truth."""
+    B, L, d = keys.shape
+    mask = key_mask(lengths, L)
+    qf, kf = q.float()[:, None, :].expand(B, L, d), keys.float()
+    x = torch.cat([qf, kf, qf - kf, qf * kf], dim=-1)  # [B, L, 4d]
+    layers = [(w1, b1)] + ([(w2, b2)] if w2 is not None else [])
+    for i, (w, b) in enumerate(layers):
+        x = x @ w.float().T + b.float()
+        a = alphas[i].float() if alphas[i] is not None else None
+        st = tuple(t.float() for t in dice_stats[i]) if dice_stats[i] is not None else None
+        x = activation(x, activation_kind, a, st, mask, eps)
+    score = (x @ w_out.float().reshape(1, -1).T).squeeze(-1) + b_out.float().reshape(())  # [B, L]
+    if normalize:
+        score = score.masked_fill(~mask, float("-inf"))
+        w = torch.softmax(score, -1).nan_to_num(0.0)  # empty sample: all -inf -> NaN -> 0
+    else:
+        w = score.masked_fill(~mask, 0.0)
+    out = torch.einsum("bl,bld->bd", w, kf.masked_fill(~mask[..., None], 0.0))
+    return out.to(q.dtype)
