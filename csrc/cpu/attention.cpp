@@ -47,7 +47,18 @@ inline float exp_nonpos(float x) {
 // Where the keys of task (b, h) live: row j at base + j * stride (elements); len valid rows.
 struct KeyRows {
   int64_t base, stride, len;
+  int64_t pad = 0;  // rows after len that belong to this task alone (padded inputs), contiguous
 };
+
+// dk, dv of the padding are 0. Written by the task that owns them, right after its own rows: one
+// touch of fresh memory instead of a zero fill of the whole tensor and then a second pass.
+template <typename T>
+inline void zero_padding(const KeyRows& rows, T* dk, T* dv) {
+  if (rows.pad == 0) return;
+  const int64_t start = rows.base + rows.len * rows.stride;
+  std::fill(dk + start, dk + start + rows.pad * rows.stride, static_cast<T>(0.f));
+  std::fill(dv + start, dv + start + rows.pad * rows.stride, static_cast<T>(0.f));
+}
 
 template <typename T>
 inline void to_float(const T* src, float* dst, int64_t n) {
@@ -172,6 +183,7 @@ void backward_generic(const T* grad, const T* q, const T* k, const T* v, const T
     for (int64_t t = t0; t < t1; ++t) {
       const KeyRows rows = locate(t);
       T* dqt = dq + t * Q * d;
+      zero_padding(rows, dk, dv);
       if (rows.len == 0) {
         std::fill(dqt, dqt + Q * d, static_cast<T>(0.f));
         continue;
@@ -424,6 +436,7 @@ void backward_fast(const T* grad, const T* q, const T* k, const T* v, const T* o
     for (int64_t t = t0; t < t1; ++t) {
       const KeyRows rows = locate(t);
       T* dqt = dq + t * Q * d;
+      zero_padding(rows, dk, dv);
       if (rows.len == 0) {
         std::fill(dqt, dqt + Q * d, static_cast<T>(0.f));
         continue;
@@ -550,7 +563,10 @@ void check_common(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
 struct PaddedRows {
   const int64_t* lengths;
   int64_t H, L, d;
-  KeyRows operator()(int64_t t) const { return {t * L * d, d, lengths[t / H]}; }
+  KeyRows operator()(int64_t t) const {
+    const int64_t len = lengths[t / H];
+    return {t * L * d, d, len, L - len};
+  }
 };
 // Jagged k [S,H,d]: task (b,h) at (offsets[b]*H + h)*d, stride H*d.
 struct JaggedRows {
@@ -558,7 +574,7 @@ struct JaggedRows {
   int64_t H, d;
   KeyRows operator()(int64_t t) const {
     const int64_t b = t / H, h = t % H;
-    return {(offsets[b] * H + h) * d, H * d, offsets[b + 1] - offsets[b]};
+    return {(offsets[b] * H + h) * d, H * d, offsets[b + 1] - offsets[b], 0};
   }
 };
 
@@ -601,7 +617,7 @@ template <typename Locate>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(const at::Tensor& grad_, const at::Tensor& q,
                                                         const at::Tensor& k, const at::Tensor& v,
                                                         const at::Tensor& out_, const at::Tensor& lse_,
-                                                        int64_t avg_len, double scale, bool zero_kv, Locate locate) {
+                                                        int64_t avg_len, double scale, Locate locate) {
   const int64_t B = q.size(0), H = q.size(1), Q = q.size(2), d = q.size(3);
   const auto grad = grad_.to(q.scalar_type()).contiguous();
   const auto out = out_.to(q.scalar_type()).contiguous();
@@ -610,9 +626,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(const at::Tensor& grad_,
                     grad.sizes(), " and out ", out.sizes(), " must match q ", q.sizes());
   TORCH_CHECK_VALUE(lse.numel() == B * H * Q, "target_attention_backward: lse has shape ", lse.sizes());
   auto dq = at::empty_like(q);
-  // Padded rows past each length are never visited by the kernel; their gradient is 0.
-  auto dk = zero_kv ? at::zeros_like(k) : at::empty_like(k);
-  auto dv = zero_kv ? at::zeros_like(v) : at::empty_like(v);
+  // Every row is written by the kernel: the valid ones with their gradient, the padding with 0.
+  auto dk = at::empty_like(k);
+  auto dv = at::empty_like(v);
   if (q.numel() == 0 || d == 0) {
     dq.zero_();
     dk.zero_();
@@ -651,7 +667,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> target_attention_backward(const a
   const auto lengths = lengths_.to(at::kLong).contiguous();
   const int64_t H = q.size(1), L = k.size(2), d = q.size(3);
   check_lengths(lengths, q.size(0), L);
-  return backward(grad, q, k, v, out, lse, L, scale, true, PaddedRows{lengths.data_ptr<int64_t>(), H, L, d});
+  return backward(grad, q, k, v, out, lse, L, scale, PaddedRows{lengths.data_ptr<int64_t>(), H, L, d});
 }
 
 std::tuple<at::Tensor, at::Tensor> jagged_target_attention(const at::Tensor& q_, const at::Tensor& k_,
@@ -674,7 +690,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> jagged_target_attention_backward(
   const int64_t B = q.size(0), H = q.size(1), d = q.size(3), S = k.size(0);
   check_offsets(offsets, B, S);
   // Every packed row belongs to exactly one sample and is written by its tasks: no zero fill.
-  return backward(grad, q, k, v, out, lse, B ? S / B : 0, scale, false,
+  return backward(grad, q, k, v, out, lse, B ? S / B : 0, scale,
                   JaggedRows{offsets.data_ptr<int64_t>(), H, d});
 }
 

@@ -36,7 +36,10 @@ LN2 = 0.6931471805599453
 def _mm_nt(a, b, USE_DOT: tl.constexpr):
     """a[M, K] @ b[N, K]^T -> [M, N] in fp32."""
     if USE_DOT:
-        return tl.dot(a, tl.trans(b))
+        if a.dtype == tl.float32:  # fp32 inputs: full-precision products, not TF32
+            return tl.dot(a, tl.trans(b), input_precision="ieee")
+        else:
+            return tl.dot(a, tl.trans(b))
     else:
         return tl.sum(a[:, None, :].to(tl.float32) * b[None, :, :].to(tl.float32), axis=2)
 
@@ -45,7 +48,10 @@ def _mm_nt(a, b, USE_DOT: tl.constexpr):
 def _mm_nn(a, b, USE_DOT: tl.constexpr):
     """a[M, K] @ b[K, N] -> [M, N] in fp32."""
     if USE_DOT:
-        return tl.dot(a, b)
+        if a.dtype == tl.float32:
+            return tl.dot(a, b, input_precision="ieee")
+        else:
+            return tl.dot(a, b)
     else:
         return tl.sum(a[:, :, None].to(tl.float32) * b[None, :, :].to(tl.float32), axis=1)
 
@@ -54,7 +60,10 @@ def _mm_nn(a, b, USE_DOT: tl.constexpr):
 def _mm_tn(a, b, USE_DOT: tl.constexpr):
     """a[K, M]^T @ b[K, N] -> [M, N] in fp32."""
     if USE_DOT:
-        return tl.dot(tl.trans(a), b)
+        if a.dtype == tl.float32:
+            return tl.dot(tl.trans(a), b, input_precision="ieee")
+        else:
+            return tl.dot(tl.trans(a), b)
     else:
         return tl.sum(a[:, :, None].to(tl.float32) * b[:, None, :].to(tl.float32), axis=0)
 
@@ -294,10 +303,18 @@ class _Plan:
         self.BLOCK_D = max(16, triton.next_power_of_2(d))
         # Q = 1: broadcast-reduce (tl.dot needs 16 rows); otherwise tensor-core tiles of up to 64 queries.
         self.BLOCK_Q = 1 if NQ == 1 else min(64, max(16, triton.next_power_of_2(NQ)))
-        self.USE_DOT = self.BLOCK_Q >= 16
         self.BLOCK_L = 64 if self.BLOCK_D <= 64 else 32
         self.F32 = self.interp or dtype == torch.float32
-        self.num_warps = 4
+        if dtype == torch.float32 and not self.interp:
+            # full-precision fp32 products run on FMA units and hold more in registers: halve the
+            # tiles (ptxas -v, sm_90: no spills at d = 64)
+            self.BLOCK_Q = min(self.BLOCK_Q, 32)
+            self.BLOCK_L = 32
+        self.USE_DOT = self.BLOCK_Q >= 16
+        # the dK/dV kernel holds two [BLOCK_L, d] accumulators besides its query tiles
+        self.BLOCK_Q_KV = min(self.BLOCK_Q, 16) if (dtype == torch.float32 and not self.interp) else self.BLOCK_Q
+        # 64x64 fp32 tiles (d = 64) need 8 warps to stay in registers (ptxas -v, sm_90: no spills)
+        self.num_warps = 8 if self.BLOCK_D >= 64 else 4
         q_blocks = triton.cdiv(NQ, self.BLOCK_Q)
         programs = BH * q_blocks
         target = _target_programs(device)
@@ -357,16 +374,16 @@ def _backward(grad, q, k, v, seq, out, lse, scale, jagged, max_len):
     delta = (grad.float() * out.float()).sum(-1).contiguous()  # D_i = dO_i . O_i
     plan = _Plan(q.device, BH, NQ, d, max_len, q.dtype)
     sb, sh, sl = _strides(k, jagged)
-    common = dict(BLOCK_Q=plan.BLOCK_Q, BLOCK_L=plan.BLOCK_L, BLOCK_D=plan.BLOCK_D, JAGGED=jagged,
-                  USE_DOT=plan.USE_DOT, F32=plan.F32, num_warps=plan.num_warps)
+    common = dict(BLOCK_L=plan.BLOCK_L, BLOCK_D=plan.BLOCK_D, JAGGED=jagged, USE_DOT=plan.USE_DOT, F32=plan.F32,
+                  num_warps=plan.num_warps)
     _bwd_dkdv_kernel[(triton.cdiv(max_len, plan.BLOCK_L), BH)](
-        q, k, v, grad, lse, delta, dk, dv, seq, scale, H, NQ, sb, sh, sl, D=d, **common,
+        q, k, v, grad, lse, delta, dk, dv, seq, scale, H, NQ, sb, sh, sl, D=d, BLOCK_Q=plan.BLOCK_Q_KV, **common,
     )
     split = plan.splits > 1
     dq_part = torch.empty(plan.splits, BH, NQ, d, device=q.device, dtype=torch.float32) if split else dq
     _bwd_dq_kernel[(plan.q_blocks, plan.splits, BH)](
         q, k, v, grad, lse, delta, dq_part, seq, scale, H, NQ, plan.split_len, sb, sh, sl,
-        D=d, SPLIT=split, **common,
+        D=d, BLOCK_Q=plan.BLOCK_Q, SPLIT=split, **common,
     )
     if split:
         dq = dq_part.sum(0).view(B, H, NQ, d).to(q.dtype)
