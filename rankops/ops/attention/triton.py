@@ -296,10 +296,12 @@ def _target_programs(device: torch.device) -> int:
 
 
 class _Plan:
-    """Block sizes, key splits and flags of one call."""
+    """Block sizes, key splits and flags of one call. ``interp``: running under the interpreter;
+    ``target``: programs that fill the device (2 per SM). Plain arguments, so the sm_90 compile
+    check (tests) builds the same plans without a GPU."""
 
-    def __init__(self, device, BH, NQ, d, max_len, dtype):
-        self.interp = device.type != "cuda"
+    def __init__(self, interp: bool, target: int, BH: int, NQ: int, d: int, max_len: int, dtype: torch.dtype):
+        self.interp = interp
         self.BLOCK_D = max(16, triton.next_power_of_2(d))
         # Q = 1: broadcast-reduce (tl.dot needs 16 rows); otherwise tensor-core tiles of up to 64 queries.
         self.BLOCK_Q = 1 if NQ == 1 else min(64, max(16, triton.next_power_of_2(NQ)))
@@ -317,7 +319,6 @@ class _Plan:
         self.num_warps = 8 if self.BLOCK_D >= 64 else 4
         q_blocks = triton.cdiv(NQ, self.BLOCK_Q)
         programs = BH * q_blocks
-        target = _target_programs(device)
         min_split = 2 * self.BLOCK_L if self.interp else 8 * self.BLOCK_L  # keep each split's loop long enough
         splits = 1
         if programs < target and max_len > min_split:
@@ -326,6 +327,10 @@ class _Plan:
         self.splits = triton.cdiv(max(max_len, 1), split_len)
         self.split_len = split_len
         self.q_blocks = q_blocks
+
+
+def _plan(device, BH, NQ, d, max_len, dtype) -> _Plan:
+    return _Plan(device.type != "cuda", _target_programs(device), BH, NQ, d, max_len, dtype)
 
 
 def _strides(k: torch.Tensor, jagged: bool):
@@ -342,7 +347,7 @@ def _forward(q, k, v, seq, scale, jagged, max_len):
     if out.numel() == 0:
         lse.fill_(float("-inf"))
         return out, lse
-    plan = _Plan(q.device, BH, NQ, d, max_len, q.dtype)
+    plan = _plan(q.device, BH, NQ, d, max_len, q.dtype)
     split = plan.splits > 1
     if split:
         part_o = torch.empty(plan.splits, BH, NQ, d, device=q.device, dtype=torch.float32)
@@ -372,7 +377,7 @@ def _backward(grad, q, k, v, seq, out, lse, scale, jagged, max_len):
     if q.numel() == 0 or max_len == 0:
         return dq.zero_(), dk, dv
     delta = (grad.float() * out.float()).sum(-1).contiguous()  # D_i = dO_i . O_i
-    plan = _Plan(q.device, BH, NQ, d, max_len, q.dtype)
+    plan = _plan(q.device, BH, NQ, d, max_len, q.dtype)
     sb, sh, sl = _strides(k, jagged)
     common = dict(BLOCK_L=plan.BLOCK_L, BLOCK_D=plan.BLOCK_D, JAGGED=jagged, USE_DOT=plan.USE_DOT, F32=plan.F32,
                   num_warps=plan.num_warps)
@@ -412,3 +417,54 @@ def jagged_target_attention(q, k, v, offsets, scale):
 
 def jagged_target_attention_backward(grad, q, k, v, offsets, out, lse, scale):
     return _backward(grad, q, k, v, offsets, out, lse, scale, True, _max_len(offsets))
+
+
+# ---------------------------------------------------------------------------------------------
+# ahead-of-time compile check (no GPU needed)
+
+
+def sm90_resource_usage(dtype: torch.dtype, d: int, NQ: int, jagged: bool = False, split: bool = False) -> dict:
+    """Compile the forward and backward kernels of one plan for sm_90a and return
+    ``{kernel: ptxas -v line}`` (registers, stack frame, spill bytes). Needs Triton's bundled ptxas,
+    not a GPU; run it without TRITON_INTERPRET (the interpreter replaces the jitted functions)."""
+    import os
+    import re
+    import subprocess
+    import tempfile
+
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    plan = _Plan(False, 264, 1, NQ, d, 10_000, dtype)
+    t = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    head = {"Q": f"*{t}", "K": f"*{t}", "V": f"*{t}"}
+    strides = {"stride_kb": "i64", "stride_kh": "i64", "stride_kl": "i64"}
+    flags = {"D": d, "BLOCK_L": plan.BLOCK_L, "BLOCK_D": plan.BLOCK_D, "JAGGED": jagged, "USE_DOT": plan.USE_DOT,
+             "F32": plan.F32}
+    kernels = {
+        "fwd": (_fwd_kernel, {**head, "Out": "*fp32" if split else f"*{t}", "Lse": "*fp32", "Seq": "*i64",
+                              "qk_scale": "fp32", "H": "i32", "NQ": "i32", "split_len": "i32", **strides},
+                {**flags, "BLOCK_Q": plan.BLOCK_Q, "SPLIT": split}),
+        "dkdv": (_bwd_dkdv_kernel, {**head, "dO": f"*{t}", "Lse": "*fp32", "Delta": "*fp32", "dK": f"*{t}",
+                                    "dV": f"*{t}", "Seq": "*i64", "scale": "fp32", "H": "i32", "NQ": "i32",
+                                    **strides}, {**flags, "BLOCK_Q": plan.BLOCK_Q_KV}),
+        "dq": (_bwd_dq_kernel, {**head, "dO": f"*{t}", "Lse": "*fp32", "Delta": "*fp32",
+                                "dQ": "*fp32" if split else f"*{t}", "Seq": "*i64", "scale": "fp32", "H": "i32",
+                                "NQ": "i32", "split_len": "i32", **strides},
+               {**flags, "BLOCK_Q": plan.BLOCK_Q, "SPLIT": split}),
+    }
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, (fn, sig, consts) in kernels.items():
+            sig = {**sig, **{k: "constexpr" for k in consts}}
+            compiled = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts),
+                                      target=GPUTarget("cuda", 90, 32), options={"num_warps": plan.num_warps})
+            path = os.path.join(tmp, f"{name}.ptx")
+            with open(path, "w") as f:
+                f.write(compiled.asm["ptx"])
+            r = subprocess.run([ptxas, "-v", "--gpu-name", "sm_90a", path, "-o", os.devnull], capture_output=True,
+                               text=True, check=True)
+            out[name] = " ".join(re.sub(r"ptxas info\s*:\s*", "", line).strip() for line in r.stderr.splitlines()
+                                 if "registers" in line or "spill" in line)
+    return out
