@@ -90,6 +90,34 @@ def test_padded_vs_sdpa(backend, device, Q):
         assert_close(a, e, atol=2e-5, rtol=2e-5, name=name)
 
 
+@pytest.mark.parametrize("backend,device", ALL)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_padded_accuracy_rule_vs_sdpa(backend, device, dtype):
+    """FlashAttention's rule: against SDPA in fp32 (on the same rounded inputs), our error at a low
+    dtype is at most twice SDPA's own error at that dtype (plus a few ulps of the output for the
+    cases where SDPA happens to be almost exact), forward and every gradient."""
+    B, H, Q, L, d = 3, 2, 4, 70, 16
+    q, k, v, g = make(B, H, Q, L, d, dtype, device, seed=9)
+    lengths = torch.tensor([1, 70, 33], device=device)
+    mask = (torch.arange(L, device=device)[None, :] < lengths[:, None])[:, None, None, :]
+
+    def sdpa(*xs):
+        xs = [t.clone().requires_grad_() for t in xs]
+        out = F.scaled_dot_product_attention(*xs, attn_mask=mask)
+        return (out, *torch.autograd.grad(out, xs, g.to(out.dtype)))
+
+    exact = sdpa(q.float(), k.float(), v.float())
+    low = sdpa(q, k, v)
+    with on(backend, device):
+        out, _, dq, dk, dv = run(target_attention, q, k, v, lengths, g)
+    ulp = torch.finfo(dtype).eps
+    for name, ours, theirs, e in zip(("out", "dq", "dk", "dv"), (out, dq, dk, dv), low, exact):
+        err = (ours.float() - e).abs().max().item()
+        sdpa_err = (theirs.float() - e).abs().max().item()
+        bound = 2 * sdpa_err + 4 * ulp * e.abs().max().item()
+        assert err <= bound, f"{name}: error {err:.3g} > bound {bound:.3g} (SDPA at {dtype} errs {sdpa_err:.3g})"
+
+
 @pytest.mark.parametrize("backend,device", KERNELS)
 def test_long_sequence_split(backend, device):
     """L well past one block (and, for triton, past one split): the combine of partial softmaxes."""
