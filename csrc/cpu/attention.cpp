@@ -332,19 +332,46 @@ inline void load_rows_padded(const T* src, int64_t rows, int64_t d, float* dst) 
   }
 }
 
+template <int DV, int R>
+inline void accumulate_rows(float* acc, const float* alpha, const float* P, const float* vb, int64_t n) {
+  constexpr int64_t dp = 8 * DV;
+  v8 a[R][DV];
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int cv = 0; cv < DV; ++cv) a[r][cv] = ld(acc + r * dp + 8 * cv) * alpha[r];
+  for (int64_t j = 0; j < n; ++j) {
+    v8 vr[DV];
+#pragma GCC unroll 8
+    for (int cv = 0; cv < DV; ++cv) vr[cv] = ld(vb + j * dp + 8 * cv);
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) {
+      const float pj = P[r * kBlock + j];
+#pragma GCC unroll 8
+      for (int cv = 0; cv < DV; ++cv) a[r][cv] += pj * vr[cv];
+    }
+  }
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int cv = 0; cv < DV; ++cv) st(acc + r * dp + 8 * cv, a[r][cv]);
+}
+
 template <int DV, typename T, typename Locate>
 void forward_fast(const T* q, const T* k, const T* v, T* out, float* lse, int64_t BH, int64_t Q, int64_t d,
                   int64_t avg_len, float scale, Locate locate) {
   constexpr int64_t dp = 8 * DV;
   at::parallel_for(0, BH, grain(Q * d * (avg_len + 1)), [&](int64_t t0, int64_t t1) {
-    std::vector<float> buf(2 * Q * dp + 2 * Q + kBlock * d + kBlock * dp + kBlock);
+    constexpr int R = DV >= 8 ? 1 : (DV >= 3 ? 2 : 4);
+    std::vector<float> buf(2 * Q * dp + 3 * Q + kBlock * d + kBlock * dp + Q * kBlock);
     float* qs = buf.data();  // scaled queries [Q][dp]
     float* acc = qs + Q * dp;  // unnormalised outputs [Q][dp]
     float* m = acc + Q * dp;
     float* l = m + Q;
-    float* kT = l + Q;  // [d][64]
+    float* alpha = l + Q;  // rescale of each row's acc for the current block
+    float* kT = alpha + Q;  // [d][64]
     float* vb = kT + kBlock * d;  // [64][dp]
-    float* p = vb + kBlock * dp;  // [64]
+    float* P = vb + kBlock * dp;  // [Q][64]
     for (int64_t t = t0; t < t1; ++t) {
       const KeyRows rows = locate(t);
       T* ot = out + t * Q * d;
@@ -364,9 +391,11 @@ void forward_fast(const T* q, const T* k, const T* v, T* out, float* lse, int64_
         const int64_t off = rows.base + j0 * rows.stride;
         load_block_fast<DV>(k + off, rows.stride, n, d, nullptr, kT);
         load_block_fast<DV>(v + off, rows.stride, n, d, vb, nullptr);
+        // phase 1: the probabilities of every query row against the block, and the rescale factors
         for (int64_t i = 0; i < Q; ++i) {
           v8 s[8];
           block_scores(qs + i * dp, kT, d, s);
+          float* p = P + i * kBlock;
 #pragma GCC unroll 8
           for (int jv = 0; jv < 8; ++jv) st(p + 8 * jv, s[jv]);
           for (int64_t j = n; j < kBlock; ++j) p[j] = -std::numeric_limits<float>::infinity();
@@ -377,7 +406,7 @@ void forward_fast(const T* q, const T* k, const T* v, T* out, float* lse, int64_
             mv = mv > x ? mv : x;
           }
           const float mx = std::max(m[i], hmax(mv));
-          const float alpha = exp_nonpos(m[i] - mx);
+          alpha[i] = exp_nonpos(m[i] - mx);
           v8 sum = v8{};
 #pragma GCC unroll 8
           for (int jv = 0; jv < 8; ++jv) {
@@ -390,21 +419,14 @@ void forward_fast(const T* q, const T* k, const T* v, T* out, float* lse, int64_
             tail += p[j];
             p[j] = 0.f;
           }
-          l[i] = l[i] * alpha + (hsum(sum) - tail);
+          l[i] = l[i] * alpha[i] + (hsum(sum) - tail);
           m[i] = mx;
-          float* ai = acc + i * dp;
-          v8 a[DV];
-#pragma GCC unroll 8
-          for (int cv = 0; cv < DV; ++cv) a[cv] = ld(ai + 8 * cv) * alpha;
-          for (int64_t j = 0; j < n; ++j) {
-            const float pj = p[j];
-            const float* vr = vb + j * dp;
-#pragma GCC unroll 8
-            for (int cv = 0; cv < DV; ++cv) a[cv] += pj * ld(vr + 8 * cv);
-          }
-#pragma GCC unroll 8
-          for (int cv = 0; cv < DV; ++cv) st(ai + 8 * cv, a[cv]);
         }
+        // phase 2: acc = alpha * acc + P V, R query rows at a time so that each value row loaded
+        // feeds R * DV independent FMA chains (d = 16 alone would leave 2 chains, latency-bound)
+        int64_t i = 0;
+        for (; i + R <= Q; i += R) accumulate_rows<DV, R>(acc + i * dp, alpha + i, P + i * kBlock, vb, n);
+        for (; i < Q; ++i) accumulate_rows<DV, 1>(acc + i * dp, alpha + i, P + i * kBlock, vb, n);
       }
       for (int64_t i = 0; i < Q; ++i) {
         const float inv = 1.f / l[i];
@@ -413,6 +435,23 @@ void forward_fast(const T* q, const T* k, const T* v, T* out, float* lse, int64_
       }
     }
   });
+}
+
+// outT[c][0:64] = sum_i x[i][c] * Y[i][0:64] for c < d (x rows of stride dp, Y rows of 64).
+inline void transposed_products(const float* x, const float* Y, int64_t Q, int64_t d, int64_t dp, float* outT) {
+  for (int64_t c = 0; c < d; ++c) {
+    v8 a[8];
+#pragma GCC unroll 8
+    for (int jv = 0; jv < 8; ++jv) a[jv] = v8{};
+    for (int64_t i = 0; i < Q; ++i) {
+      const float xc = x[i * dp + c];
+      const float* Yi = Y + i * kBlock;
+#pragma GCC unroll 8
+      for (int jv = 0; jv < 8; ++jv) a[jv] += xc * ld(Yi + 8 * jv);
+    }
+#pragma GCC unroll 8
+    for (int jv = 0; jv < 8; ++jv) st(outT + c * kBlock + 8 * jv, a[jv]);
+  }
 }
 
 template <int DV, typename T, typename Locate>
@@ -486,27 +525,10 @@ void backward_fast(const T* grad, const T* q, const T* k, const T* v, const T* o
 #pragma GCC unroll 8
           for (int cv = 0; cv < DV; ++cv) st(dqi + 8 * cv, a[cv]);
         }
-        // dV^T[c] = sum_i dO[i][c] P[i],  dK^T[c] = sum_i (scale q[i][c]) dS[i]: 8 accumulators over i
-        for (int64_t c = 0; c < d; ++c) {
-          v8 av[8], ak[8];
-#pragma GCC unroll 8
-          for (int jv = 0; jv < 8; ++jv) av[jv] = ak[jv] = v8{};
-          for (int64_t i = 0; i < Q; ++i) {
-            const float gc = g[i * dp + c], qc = qs[i * dp + c];
-            const float* Pi = P + i * kBlock;
-            const float* dSi = dS + i * kBlock;
-#pragma GCC unroll 8
-            for (int jv = 0; jv < 8; ++jv) {
-              av[jv] += gc * ld(Pi + 8 * jv);
-              ak[jv] += qc * ld(dSi + 8 * jv);
-            }
-          }
-#pragma GCC unroll 8
-          for (int jv = 0; jv < 8; ++jv) {
-            st(dvT + c * kBlock + 8 * jv, av[jv]);
-            st(dkT + c * kBlock + 8 * jv, ak[jv]);
-          }
-        }
+        // dV^T[c] = sum_i dO[i][c] P[i],  dK^T[c] = sum_i (scale q[i][c]) dS[i]: 8 accumulators over
+        // i, one product at a time (both at once would need all 16 AVX2 registers plus operands)
+        transposed_products(g, P, Q, d, dp, dvT);
+        transposed_products(qs, dS, Q, d, dp, dkT);
         for (int64_t j = 0; j < n; ++j) {
           T* dkr = dk + off + j * rows.stride;
           T* dvr = dv + off + j * rows.stride;
