@@ -17,6 +17,11 @@ Bytes and flops count the real (valid) keys, not the padding (as generative-reco
 Q = 64 reading each key once per user is what the byte count assumes: its GB/s is the bandwidth
 the kernel achieved if it did (a kernel that re-reads keys per candidate cannot exceed it).
 
+DIN (op=din_attention): the fused activation unit (first layer as c_q + M_q k, no [B, L, 4d]
+concatenation) against the literal concatenate-then-MLP reference (eager and torch.compile);
+B = 512 users, L = 100, d = 32, hidden (80, 40), PReLU. Bytes: q, keys (valid rows) and the
+output; flops: the MLP as DIN defines it (4d*H1 + H1*H2 + H2 per key, x2) plus the pooling.
+
 Written against bench/common.py (Bench, providers); run it from a checkout where the harness exists.
 """
 
@@ -91,6 +96,39 @@ def run(bench, args) -> None:
         nbytes, flops = cost(mode, B, H, d, Q, int(lengths.sum()), q.element_size())
         bench.run(op="target_attention", case=dict(B=B, H=H, d=d, Q=Q, L=L), dtype=dtype, mode=mode,
                   inputs=(q, k, v, lengths), providers=provs, bytes=nbytes, flops=flops)
+    if bench.wants(op="din_attention"):
+        for dtype in dtypes:
+            run_din(bench, dtype)
+
+
+def run_din(bench, dtype) -> None:
+    from rankops.ops.attention import din_attention
+
+    B, L, d, hidden = 512, 100, 32, (80, 40)
+    gen = torch.Generator(device="cpu").manual_seed(1)
+    for mode in ("fwd", "fwd+bwd"):
+        grad = mode == "fwd+bwd"
+        mk = lambda *s, sc=1.0: (torch.randn(*s, generator=gen) * sc).to(bench.device, dtype).requires_grad_(grad)  # noqa: E731
+        q, keys = mk(B, d), mk(B, L, d)
+        lengths = torch.randint(L // 2, L + 1, (B,), generator=gen).to(bench.device)
+        w1, b1, w2, b2 = mk(hidden[0], 4 * d, sc=0.1), mk(hidden[0]), mk(hidden[1], hidden[0], sc=0.1), mk(hidden[1])
+        wo, bo, a1, a2 = mk(1, hidden[1], sc=0.1), mk(1), mk(hidden[0], sc=0.1), mk(hidden[1], sc=0.1)
+
+        def concat(q, keys, w1, b1, w2, b2, wo, bo, a1, a2):
+            return reference.din_attention_concat(q, keys, lengths, w1, b1, w2, b2, wo, bo, "prelu", False, (a1, a2))
+
+        def fused(q, keys, w1, b1, w2, b2, wo, bo, a1, a2):
+            return din_attention(q, keys, lengths, w1, b1, w2, b2, wo, bo, activation="prelu", alphas=(a1, a2))
+
+        provs = providers(reference=concat, op=fused, device=bench.device, backends=())
+        provs["fused"] = fused
+        n = int(lengths.sum())
+        isz = q.element_size()
+        mlp = 2 * n * (4 * d * hidden[0] + hidden[0] * hidden[1] + hidden[1]) + 2 * n * d
+        nbytes = (B * d + n * d + B * d) * isz * (1 if mode == "fwd" else 3)
+        bench.run(op="din_attention", case=dict(B=B, L=L, d=d, hidden="80-40"), dtype=dtype, mode=mode,
+                  inputs=(q, keys, w1, b1, w2, b2, wo, bo, a1, a2), providers=provs, bytes=nbytes,
+                  flops=mlp * (1 if mode == "fwd" else 3))
 
 
 if __name__ == "__main__":  # python bench/attention.py [args]: the same as python -m bench attention
