@@ -143,6 +143,18 @@ def test_head_dims(backend, device, d):
     check_all(got, want, torch.float32)
 
 
+@pytest.mark.parametrize("backend,device", KERNELS)
+def test_many_candidates(backend, device):
+    """Q = 130 candidates per user: several query blocks (Triton: 64 rows each) over shared keys."""
+    B, H, Q, L, d = 2, 1, 130, 40, 16
+    q, k, v, g = make(B, H, Q, L, d, torch.float32, device, seed=10)
+    lengths = torch.tensor([40, 3], device=device)
+    want = expected(q, k, v, lengths, g)
+    with on(backend, device):
+        got = run(target_attention, q, k, v, lengths, g)
+    check_all(got, want, torch.float32)
+
+
 @pytest.mark.parametrize("backend,device", ALL)
 def test_empty_samples_give_zeros(backend, device):
     B, H, Q, L, d = 3, 2, 2, 8, 16
