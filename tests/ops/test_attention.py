@@ -449,20 +449,24 @@ def test_din_compile_fullgraph():
 
 # the largest tiles per dtype family (d = 64, Q = 64, split); the other plans were checked by hand
 # with sm90_resource_usage and are smaller (Q = 1 or d = 16)
-_SM90 = [pytest.param("bfloat16", 64, 64, id="bf16-d64-Q64"), pytest.param("float32", 64, 64, id="fp32-d64-Q64")]
+# (and one jagged, unsplit Q = 1 plan: the other branches of the same kernels)
+_SM90 = [
+    pytest.param("bfloat16", 64, 64, True, False, id="bf16-d64-Q64-split"),
+    pytest.param("float32", 64, 64, True, False, id="fp32-d64-Q64-split"),
+    pytest.param("float16", 16, 1, False, True, id="fp16-d16-Q1-jagged"),
+]
 
 
-@pytest.mark.parametrize("dtype,d,nq", _SM90)
-def test_triton_compiles_for_sm90_without_spills(dtype, d, nq):
-    """ptxas -v on the sm_90a build of the forward, dK/dV and dQ kernels (split-KV variants, the
-    larger ones): no stack frame, no spills. Runs in a subprocess: under TRITON_INTERPRET the
+@pytest.mark.parametrize("dtype,d,nq,split,jagged", _SM90)
+def test_triton_compiles_for_sm90_without_spills(dtype, d, nq, split, jagged):
+    """ptxas -v on the sm_90a build of the forward, dK/dV and dQ kernels: no stack frame, no spills. Runs in a subprocess: under TRITON_INTERPRET the
     kernels are interpreter objects, not compilable ones."""
     import os
     import subprocess
     import sys
 
     code = (f"import torch; from rankops.ops.attention.triton import sm90_resource_usage as u; "
-            f"print(repr(u(torch.{dtype}, {d}, {nq}, split=True)))")
+            f"print(repr(u(torch.{dtype}, {d}, {nq}, split={split}, jagged={jagged})))")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600,
                        cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
