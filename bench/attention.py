@@ -17,7 +17,8 @@ Bytes and flops count the real (valid) keys, not the padding (as generative-reco
 Q = 64 reading each key once per user is what the byte count assumes: its GB/s is the bandwidth
 the kernel achieved if it did (a kernel that re-reads keys per candidate cannot exceed it).
 
-DIN (op=din_attention): the fused activation unit (first layer as c_q + M_q k, no [B, L, 4d]
+DIN (op=din_attention): rankops.din_attention (fwd, no grad: the C++ inference kernel, nothing of
+size [B, L, H] stored; fwd+bwd: the PyTorch path with the first layer as c_q + M_q k, no [B, L, 4d]
 concatenation) against the literal concatenate-then-MLP reference (eager and torch.compile);
 B = 512 users, L = 100, d = 32, hidden (80, 40), PReLU. Bytes: q, keys (valid rows) and the
 output; flops: the MLP as DIN defines it (4d*H1 + H1*H2 + H2 per key, x2) plus the pooling.
@@ -121,7 +122,7 @@ def run_din(bench, dtype) -> None:
             return din_attention(q, keys, lengths, w1, b1, w2, b2, wo, bo, activation="prelu", alphas=(a1, a2))
 
         provs = providers(reference=concat, op=fused, device=bench.device, backends=())
-        provs["fused"] = fused
+        provs["rankops"] = fused
         n = int(lengths.sum())
         isz = q.element_size()
         mlp = 2 * n * (4 * d * hidden[0] + hidden[0] * hidden[1] + hidden[1]) + 2 * n * d

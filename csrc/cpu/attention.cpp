@@ -717,3 +717,181 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> jagged_target_attention_backward(
 }
 
 }  // namespace rankops::cpu
+
+// ---------------------------------------------------------------------------------------------
+// DIN's activation unit, inference. One task per sample: the first layer is reduced to
+// h1 = c_q + M_q k (c_q = (Wa + Wc) q + b1, M_q = Wb - Wc + Wd diag(q), computed once per sample and
+// stored transposed so that each key's product runs over H1 contiguous lanes), then the second
+// layer, the score and the pooling, key by key: nothing of size [L, H] is ever stored.
+
+namespace rankops::cpu {
+namespace {
+
+// sigmoid through exp(-|x|) <= 1 (no overflow), branch-free for the vectoriser.
+inline float sigmoid_f(float x) {
+  const float e = exp_nonpos(-std::fabs(x));
+  const float r = 1.f / (1.f + e);
+  return x >= 0.f ? r : e * r;
+}
+
+struct DinAct {
+  int64_t kind;  // 0 sigmoid, 1 prelu, 2 dice
+  const float* alpha;
+  const float* mean;
+  const float* rstd;
+};
+
+inline void activate(float* h, int64_t n, const DinAct& a) {
+  if (a.kind == 0) {
+#pragma omp simd
+    for (int64_t o = 0; o < n; ++o) h[o] = sigmoid_f(h[o]);
+  } else if (a.kind == 1) {
+#pragma omp simd
+    for (int64_t o = 0; o < n; ++o) h[o] = h[o] > 0.f ? h[o] : a.alpha[o] * h[o];
+  } else {
+#pragma omp simd
+    for (int64_t o = 0; o < n; ++o) {
+      const float p = sigmoid_f((h[o] - a.mean[o]) * a.rstd[o]);
+      h[o] = h[o] * (p + (1.f - p) * a.alpha[o]);
+    }
+  }
+}
+
+template <typename T>
+void din_kernel(const T* q, const T* keys, const int64_t* lengths, const float* w1, const float* b1,
+                const float* w2T, const float* b2, const float* wout, float bout, DinAct act1, DinAct act2,
+                bool normalize, T* out, int64_t B, int64_t L, int64_t d, int64_t H1, int64_t H2) {
+  const int64_t Hl = H2 > 0 ? H2 : H1;
+  at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1_) {
+    std::vector<float> buf(d + d * H1 + H1 + H1 + (H2 > 0 ? H2 : 0) + 2 * d);
+    float* qf = buf.data();
+    float* MT = qf + d;  // [d][H1]
+    float* c = MT + d * H1;  // [H1]
+    float* h1 = c + H1;
+    float* h2 = h1 + H1;
+    float* kf = h2 + (H2 > 0 ? H2 : 0);
+    float* acc = kf + d;
+    for (int64_t b = b0; b < b1_; ++b) {
+      const int64_t len = lengths[b];
+      T* ob = out + b * d;
+      if (len == 0) {
+        std::fill(ob, ob + d, static_cast<T>(0.f));
+        continue;
+      }
+      for (int64_t e = 0; e < d; ++e) qf[e] = static_cast<float>(q[b * d + e]);
+      // c[o] = sum_e (Wa + Wc)[o][e] q[e] + b1[o];  MT[e][o] = Wb[o][e] - Wc[o][e] + Wd[o][e] q[e]
+      for (int64_t o = 0; o < H1; ++o) {
+        const float* w = w1 + o * 4 * d;
+        float s = b1[o];
+        for (int64_t e = 0; e < d; ++e) {
+          s += (w[e] + w[2 * d + e]) * qf[e];
+          MT[e * H1 + o] = w[d + e] - w[2 * d + e] + w[3 * d + e] * qf[e];
+        }
+        c[o] = s;
+      }
+      std::fill(acc, acc + d, 0.f);
+      float m = -std::numeric_limits<float>::infinity(), l = 0.f;
+      for (int64_t j = 0; j < len; ++j) {
+        const T* kr = keys + (b * L + j) * d;
+        for (int64_t e = 0; e < d; ++e) kf[e] = static_cast<float>(kr[e]);
+        std::copy(c, c + H1, h1);
+        for (int64_t e = 0; e < d; ++e) {
+          const float x = kf[e];
+          const float* row = MT + e * H1;
+#pragma omp simd
+          for (int64_t o = 0; o < H1; ++o) h1[o] += x * row[o];
+        }
+        activate(h1, H1, act1);
+        const float* last = h1;
+        if (H2 > 0) {
+          std::copy(b2, b2 + H2, h2);
+          for (int64_t o = 0; o < H1; ++o) {
+            const float x = h1[o];
+            const float* row = w2T + o * H2;
+#pragma omp simd
+            for (int64_t o2 = 0; o2 < H2; ++o2) h2[o2] += x * row[o2];
+          }
+          activate(h2, H2, act2);
+          last = h2;
+        }
+        float score = bout;
+#pragma omp simd reduction(+ : score)
+        for (int64_t o = 0; o < Hl; ++o) score += wout[o] * last[o];
+        float w = score;
+        if (normalize) {  // online softmax over the keys
+          const float mx = std::max(m, score);
+          const float alpha = std::exp(m - mx);
+          w = std::exp(score - mx);
+          l = l * alpha + w;
+          m = mx;
+#pragma omp simd
+          for (int64_t e = 0; e < d; ++e) acc[e] *= alpha;
+        }
+#pragma omp simd
+        for (int64_t e = 0; e < d; ++e) acc[e] += w * kf[e];
+      }
+      const float inv = normalize ? 1.f / l : 1.f;
+      for (int64_t e = 0; e < d; ++e) ob[e] = static_cast<T>(acc[e] * inv);
+    }
+  });
+}
+
+}  // namespace
+
+at::Tensor din_attention_inference(const at::Tensor& q_, const at::Tensor& keys_, const at::Tensor& lengths_,
+                                   const at::Tensor& w1_, const at::Tensor& b1_, const at::Tensor& w2_,
+                                   const at::Tensor& b2_, const at::Tensor& w_out_, const at::Tensor& b_out_,
+                                   int64_t act, bool normalize, const at::Tensor& alpha1_, const at::Tensor& alpha2_,
+                                   const at::Tensor& mean1_, const at::Tensor& var1_, const at::Tensor& mean2_,
+                                   const at::Tensor& var2_, double eps) {
+  TORCH_CHECK_VALUE(q_.dim() == 2 && keys_.dim() == 3 && keys_.size(0) == q_.size(0) && keys_.size(2) == q_.size(1),
+                    "din_attention: q must be [B, d] and keys [B, L, d], got ", q_.sizes(), " and ", keys_.sizes());
+  TORCH_CHECK_VALUE(act >= 0 && act <= 2, "din_attention: unknown activation code ", act);
+  const auto q = q_.contiguous(), keys = keys_.to(q.scalar_type()).contiguous();
+  const int64_t B = keys.size(0), L = keys.size(1), d = keys.size(2);
+  const auto lengths = lengths_.to(at::kLong).contiguous();
+  check_lengths(lengths, B, L);
+  const auto f = [](const at::Tensor& t) { return t.to(at::kFloat).contiguous(); };
+  const auto w1 = f(w1_), b1 = f(b1_), w_out = f(w_out_).reshape({-1}), b_out = f(b_out_).reshape({-1});
+  const int64_t H1 = w1.size(0), H2 = w2_.numel() ? w2_.size(0) : 0;
+  TORCH_CHECK_VALUE(w1.dim() == 2 && w1.size(1) == 4 * d && b1.numel() == H1, "din_attention: w1 must be [H1, 4d]");
+  at::Tensor w2T, b2;
+  if (H2 > 0) {
+    TORCH_CHECK_VALUE(w2_.dim() == 2 && w2_.size(1) == H1 && b2_.numel() == H2, "din_attention: w2 must be [H2, H1]");
+    w2T = f(w2_).t().contiguous();  // [H1][H2]: each hidden unit's row of products is contiguous
+    b2 = f(b2_);
+  }
+  TORCH_CHECK_VALUE(w_out.numel() == (H2 > 0 ? H2 : H1) && b_out.numel() == 1, "din_attention: w_out / b_out shapes");
+  // per-layer activation parameters (Dice: rstd = 1/sqrt(var + eps) once, not per key)
+  std::vector<at::Tensor> keep;
+  auto layer = [&](const at::Tensor& alpha, const at::Tensor& mean, const at::Tensor& var, int64_t n) {
+    DinAct a{act, nullptr, nullptr, nullptr};
+    if (act >= 1) {
+      TORCH_CHECK_VALUE(alpha.numel() == n, "din_attention: alpha has ", alpha.numel(), " entries, expected ", n);
+      keep.push_back(f(alpha));
+      a.alpha = keep.back().data_ptr<float>();
+    }
+    if (act == 2) {
+      TORCH_CHECK_VALUE(mean.numel() == n && var.numel() == n, "din_attention: Dice statistics need ", n, " entries");
+      keep.push_back(f(mean));
+      a.mean = keep.back().data_ptr<float>();
+      keep.push_back((f(var) + eps).rsqrt());
+      a.rstd = keep.back().data_ptr<float>();
+    }
+    return a;
+  };
+  keep.reserve(6);
+  const DinAct a1 = layer(alpha1_, mean1_, var1_, H1);
+  const DinAct a2 = H2 > 0 ? layer(alpha2_, mean2_, var2_, H2) : DinAct{act, nullptr, nullptr, nullptr};
+  auto out = at::empty({B, d}, q.options());
+  if (out.numel() == 0) return out;
+  RANKOPS_DISPATCH_FLOAT(q.scalar_type(), "din_attention", [&] {
+    din_kernel(q.data_ptr<scalar_t>(), keys.data_ptr<scalar_t>(), lengths.data_ptr<int64_t>(), w1.data_ptr<float>(),
+               b1.data_ptr<float>(), H2 > 0 ? w2T.data_ptr<float>() : nullptr,
+               H2 > 0 ? b2.data_ptr<float>() : nullptr, w_out.data_ptr<float>(), b_out.item<float>(), a1, a2,
+               normalize, out.data_ptr<scalar_t>(), B, L, d, H1, H2);
+  });
+  return out;
+}
+
+}  // namespace rankops::cpu

@@ -421,6 +421,40 @@ def test_din_dtypes_and_dice_stats(dtype):
     assert_close(got, want, **tol(dtype, 3.0 if dtype != torch.float32 else 10.0), name="din")
 
 
+@pytest.mark.parametrize("activation", ["sigmoid", "prelu", "dice"])
+@pytest.mark.parametrize("normalize", [False, True])
+@pytest.mark.parametrize("hidden", [(80, 40), (12,)], ids=["80-40", "12"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_din_inference_cpp(activation, normalize, hidden, dtype):
+    """Inference (no grad) on CPU takes the fused C++ kernel: against the literal concatenation."""
+    B, L, d = 5, 13, 8
+    params, alphas = din_params(d, hidden)
+    g = torch.Generator().manual_seed(3)
+    q, keys = torch.randn(B, d, generator=g), torch.randn(B, L, d, generator=g)
+    lengths = torch.tensor([0, 1, 13, 7, 4])
+    stats = tuple((torch.randn(h, generator=g), torch.rand(h, generator=g) + 0.5) for h in hidden) + (None,)
+    stats = stats[:2] if activation == "dice" else None
+    want = ref.din_attention_concat(q.to(dtype), keys.to(dtype), lengths,
+                                    **{k: (v.to(dtype) if v is not None else None) for k, v in params.items()},
+                                    activation_kind=activation, normalize=normalize,
+                                    alphas=tuple(a.to(dtype) if a is not None else None for a in alphas),
+                                    dice_stats=stats or (None, None))
+    cast = {k: (v.to(dtype) if v is not None else None) for k, v in params.items()}
+    args = (q.to(dtype), keys.to(dtype), lengths)
+    kw = dict(activation=activation, normalize=normalize, dice_stats=stats,
+              alphas=tuple(a.to(dtype) if a is not None else None for a in alphas))
+    from rankops.ops.attention import _din_native, _din_native_ok
+
+    with on("cpp", "cpu"), torch.no_grad():
+        assert _din_native_ok(args[0], args[1], list(cast.values()), activation, stats)
+        got = rankops.din_attention(*args, **cast, **kw)
+        direct = _din_native(*args, *cast.values(), activation, normalize, kw["alphas"], stats, 1e-8)
+    assert torch.equal(got, direct)
+    assert got.dtype == dtype
+    assert torch.equal(got[0].float(), torch.zeros(d)), "an empty sample pools to zeros"
+    assert_close(got, want, **(tol(dtype) if dtype != torch.float32 else dict(atol=1e-5, rtol=1e-4)), name="din")
+
+
 def test_din_bad_inputs():
     params, alphas = din_params(8, (6,))
     q, keys = torch.randn(2, 8), torch.randn(2, 5, 8)

@@ -372,6 +372,11 @@ def din_attention(
     if not torch.compiler.is_compiling():  # a value check would break the graph; masking stays in bounds
         _check_lengths_values(lengths, L)
 
+    params = [w1, b1, w2, b2, w_out, b_out, *alphas]
+    if _din_native_ok(q, keys, params, activation, dice_stats):
+        return _din_native(q, keys, lengths, w1, b1, w2, b2, w_out, b_out, activation, normalize, alphas,
+                           dice_stats, eps)
+
     mask = torch.arange(L, device=keys.device)[None, :] < lengths.to(torch.int64)[:, None]  # [B, L]
     qf = q.float()
     kf = keys.float().masked_fill(~mask[..., None], 0.0)  # padding never leaks, even NaN
@@ -410,3 +415,31 @@ def _activate(x: Tensor, kind: str, alpha: Tensor | None, stats, eps: float) -> 
     mean, var = (s.float() for s in stats)
     p = torch.sigmoid((x - mean) * torch.rsqrt(var + eps))
     return x * (p + (1 - p) * alpha)
+
+
+def _din_native_ok(q, keys, params, activation, dice_stats) -> bool:
+    """Inference on CPU (nothing needs a gradient, Dice with given statistics, not under
+    torch.compile) goes to the fused C++ kernel, which never stores the [B, L, H] activations;
+    training keeps the PyTorch path above, whose autograd gives every parameter's gradient."""
+    from rankops import backend as _backend
+
+    if keys.device.type != "cpu" or torch.compiler.is_compiling():
+        return False
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, keys, *params)):
+        return False
+    if activation == "dice" and dice_stats is None:
+        return False
+    return _backend.current() in ("auto", "cpp") and _backend.why_unavailable("cpp", keys.device) is None
+
+
+def _din_native(q, keys, lengths, w1, b1, w2, b2, w_out, b_out, activation, normalize, alphas, dice_stats, eps):
+    """The C++ inference kernel (csrc/cpu/attention.cpp, din_attention_inference)."""
+    none = q.new_empty(0, dtype=torch.float32)
+    alphas = tuple(alphas) + (None, None)
+    stats = tuple(dice_stats) + (None, None) if dice_stats is not None else (None, None)
+    (m1, v1), (m2, v2) = ((s if s is not None else (none, none)) for s in stats[:2])
+    fn = _dispatch._resolve(f"{_NATIVE}.din_attention_inference")
+    return fn(q, keys.to(q.dtype), lengths, w1, b1, w2 if w2 is not None else none, b2 if b2 is not None else none,
+              w_out, b_out, ACTIVATIONS.index(activation), bool(normalize),
+              alphas[0] if alphas[0] is not None else none, alphas[1] if alphas[1] is not None else none,
+              m1, v1, m2, v2, float(eps))
