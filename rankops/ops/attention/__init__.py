@@ -10,6 +10,10 @@ recompute the probabilities without storing them (FlashAttention's scheme). They
 implementation and an autograd formula, so they run under torch.compile(fullgraph=True) and
 torch.export. The backward is a custom op of its own (no double backward).
 
+Backends: ``reference`` (reference.py), ``cpp`` (csrc/cpu/attention.cpp), ``triton`` (triton.py;
+serves CUDA tensors). There is no hand-written CUDA kernel: the issue asks for one only where it
+beats Triton, and that needs a GPU measurement not yet made; on a GPU ``auto`` runs Triton.
+
 Input values are validated inside the op (lengths within [0, L], offsets starting at 0,
 non-decreasing, ending at S): that costs one host synchronisation per call on a GPU, and it is
 what turns an out-of-range length into a ValueError instead of a read past the buffer.
