@@ -1,5 +1,7 @@
 """nn.Module layers built on the rankops ops (drop-in for torch / TorchRec / DeepCTR layers)."""
 
+from rankops.nn.attention import DINAttention, MultiHeadTargetAttention
 from rankops.nn.interaction import DotInteraction, FactorizationMachine
 
-__all__ = ["DotInteraction", "FactorizationMachine"]
+__all__ = ["DINAttention", "MultiHeadTargetAttention"]
+__all__ += ["DotInteraction", "FactorizationMachine"]
