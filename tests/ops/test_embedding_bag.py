@@ -96,9 +96,12 @@ def test_batched_matches_torch_fp32(backend, device, mode, case):
     assert_close(gw, gr, **tol(torch.float32), name="grad weights")
 
 
+# every float dtype and both index dtypes, without the full product (interpreter time)
+DTYPE_PAIRS = [(torch.float32, torch.int32), (torch.float16, torch.int32), (torch.bfloat16, torch.int64)]
+
+
 @pytest.mark.parametrize("backend,device", BACKENDS)
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
+@pytest.mark.parametrize("dtype,index_dtype", DTYPE_PAIRS, ids=["fp32-i32", "fp16-i32", "bf16-i64"])
 @pytest.mark.parametrize("mode", MODES)
 def test_batched_dtypes(backend, device, dtype, index_dtype, mode):
     rows, D, lengths = CASES["mixed"]
@@ -334,7 +337,7 @@ def test_fused_optimizer_matches_dense(backend, device, optimizer, mode, psw):
     elif optimizer == "adagrad":
         torch_opt = torch.optim.Adagrad([wd], lr=lr, eps=eps)
     sd = torch.zeros(w.shape[0], device=device)
-    for step in range(3):
+    for step in range(2 if backend == "triton" else 3):
         c = make_case(rows, D, lengths, device=device, psw=psw, seed=100 + step)
         target = torch.randn(c["B"], c["T"], D, generator=torch.Generator().manual_seed(step)).to(device)
         with on(backend, device):
