@@ -21,6 +21,7 @@
 #include <atomic>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #if defined(__AVX2__)
@@ -96,8 +97,50 @@ inline void store_row(float* dst, const float* src, int64_t D) {
 template <typename T>
 inline void prefetch_row(const T* row, int64_t bytes) {
   const char* p = reinterpret_cast<const char*>(row);
-  for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(p + o, 0, 1);
+  for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(p + o, 0, 3);
 }
+
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#define RANKOPS_EB_FIXED_D 1
+template <typename T>
+inline __m256 load8(const T* p);
+template <>
+inline __m256 load8(const float* p) {
+  return _mm256_loadu_ps(p);
+}
+template <>
+inline __m256 load8(const c10::BFloat16* p) {
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+template <>
+inline __m256 load8(const c10::Half* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+
+// Sum-pool one bag of kD-wide rows with the accumulator in registers (kD/8 ymm), prefetching the
+// row `dist` lookups ahead within [.., i_end). The common dims get this; others the generic loop.
+template <int kD, typename T, typename I>
+inline void pool_fixed(float* out, const T* base, const I* idx, const T* psw, int64_t i0, int64_t i1, int64_t i_end,
+                       int64_t dist) {
+  constexpr int kV = kD / 8;
+  __m256 acc[kV];
+#pragma GCC unroll 16
+  for (int j = 0; j < kV; ++j) acc[j] = _mm256_setzero_ps();
+  for (int64_t i = i0; i < i1; ++i) {
+    if (i + dist < i_end) prefetch_row(base + static_cast<int64_t>(idx[i + dist]) * kD, kD * sizeof(T));
+    const T* row = base + static_cast<int64_t>(idx[i]) * kD;
+    const __m256 s = _mm256_set1_ps(psw ? static_cast<float>(psw[i]) : 1.f);
+#pragma GCC unroll 16
+    for (int j = 0; j < kV; ++j) acc[j] = _mm256_fmadd_ps(s, load8(row + 8 * j), acc[j]);
+  }
+#pragma GCC unroll 16
+  for (int j = 0; j < kV; ++j) _mm256_storeu_ps(out + 8 * j, acc[j]);
+}
+
+template <typename T>
+constexpr bool kVectorType = std::is_same_v<T, float> || std::is_same_v<T, c10::BFloat16> || std::is_same_v<T, c10::Half>;
+#endif
 
 // ---------------------------------------------------------------------------------------------
 // value checks (before anything is written)
@@ -130,22 +173,24 @@ void check_values(const int64_t* toff, int64_t T, int64_t R, const I* idx, int64
   }
   TORCH_CHECK_VALUE(off[nb] == nnz, op, ": offsets[-1] = offsets[", nb, "] = ", static_cast<int64_t>(off[nb]),
                     " must equal the number of indices (", nnz, ")");
-  // Offsets are sane: every bag's range lies inside indices. Now the indices themselves.
-  at::parallel_for(0, nb, 4096, [&](int64_t k0, int64_t k1) {
-    for (int64_t k = k0; k < k1; ++k) {
-      const int64_t t = k / B;
-      const int64_t rows = toff[t + 1] - toff[t];
-      for (int64_t i = off[k]; i < off[k + 1]; ++i) {
-        const int64_t v = idx[i];
-        if (v < 0 || v >= rows) {
+  // Offsets are sane: every bag's range lies inside indices. Now the indices themselves, table
+  // by table (each table's ids are one contiguous range), in parallel chunks of that range.
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t rows = toff[t + 1] - toff[t];
+    at::parallel_for(off[t * B], off[(t + 1) * B], 32768, [&](int64_t i0, int64_t i1) {
+      bool bad = false;
+      for (int64_t i = i0; i < i1; ++i) bad |= static_cast<uint64_t>(static_cast<int64_t>(idx[i])) >= static_cast<uint64_t>(rows);
+      if (!bad) return;
+      for (int64_t i = i0; i < i1; ++i)
+        if (static_cast<uint64_t>(static_cast<int64_t>(idx[i])) >= static_cast<uint64_t>(rows)) {
           int64_t cur = first_bad.load();
           while (i < cur && !first_bad.compare_exchange_weak(cur, i)) {
           }
           return;
         }
-      }
-    }
-  });
+    });
+    if (first_bad.load() != std::numeric_limits<int64_t>::max()) break;
+  }
   if (first_bad.load() != std::numeric_limits<int64_t>::max()) {
     const int64_t p = first_bad.load();
     const int64_t k = std::upper_bound(off, off + nb + 1, static_cast<I>(p)) - off - 1;
@@ -165,39 +210,35 @@ void forward_kernel(const T* w, const int64_t* toff, const I* idx, const I* off,
   const int64_t row_bytes = D * static_cast<int64_t>(sizeof(T));
   // Prefetch distance in lookups: enough rows in flight to cover DRAM latency, not so many that
   // they are evicted before use.
-  const int64_t dist = row_bytes <= 128 ? 8 : 4;
+  const int64_t dist = row_bytes <= 256 ? 16 : 8;
   const int64_t avg = std::max<int64_t>(1, (off[nT * B] + nT * B - 1) / std::max<int64_t>(1, nT * B));
-  const int64_t grain = std::max<int64_t>(1, 2048 / (nT * avg));
-  at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
+  const int64_t grain = std::max<int64_t>(1, 1024 / avg);
+  // Blocks of kBlock samples: within a block, table by table, so that ids and offsets are read
+  // sequentially (bags are table-major) while the block's output ([kBlock, T, D], contiguous)
+  // stays in cache until it is complete.
+  constexpr int64_t kBlock = 32;
+  const int64_t nblocks = (B + kBlock - 1) / kBlock;
+  at::parallel_for(0, nblocks, std::max<int64_t>(1, grain / kBlock), [&](int64_t q0, int64_t q1) {
     std::vector<float> acc_buf(D);
     float* acc = acc_buf.data();
-    // The lookup stream of this task, in visiting order, is (b, t, i); `ahead` walks it `dist`
-    // lookups in front of the current one and prefetches the row it lands on.
-    int64_t pb = b0, pt = 0, pi = off[b0];
-    auto advance = [&]() {  // next lookup of the stream after (pb, pt, pi); false at the end
-      ++pi;
-      while (pb < b1 && pi >= off[pt * B + pb + 1]) {
-        if (++pt == nT) {
-          pt = 0;
-          ++pb;
-        }
-        if (pb < b1) pi = off[pt * B + pb];
+    for (int64_t q = q0; q < q1; ++q) {
+    const int64_t b0 = q * kBlock, b1 = std::min(B, b0 + kBlock);
+    // The lookups of (t, b0..b1) are the contiguous range [off[t*B+b0], off[t*B+b1]); the row
+    // `dist` lookups ahead is prefetched across bag boundaries (one-hot bags hold one), and the
+    // first rows of the next table's range one table ahead.
+    for (int64_t i = off[b0]; i < std::min<int64_t>(off[b1], off[b0] + dist); ++i)
+      prefetch_row(w + static_cast<int64_t>(idx[i]) * D, row_bytes);
+    for (int64_t t = 0; t < nT; ++t) {
+      const T* base = w + toff[t] * D;
+      const int64_t i_end = off[t * B + b1];
+      if (t + 1 < nT) {
+        const T* next = w + toff[t + 1] * D;
+        const int64_t n0 = off[(t + 1) * B + b0], n1 = std::min<int64_t>(off[(t + 1) * B + b1], n0 + dist);
+        for (int64_t i = n0; i < n1; ++i) prefetch_row(next + static_cast<int64_t>(idx[i]) * D, row_bytes);
       }
-      return pb < b1;
-    };
-    {  // position `ahead` on the first lookup, then `dist` further
-      pi = off[b0] - 1;
-      bool ok = advance();
-      for (int64_t s = 0; ok && s < dist; ++s) {
-        prefetch_row(w + (toff[pt] + static_cast<int64_t>(idx[pi])) * D, row_bytes);
-        ok = advance();
-      }
-    }
-    for (int64_t b = b0; b < b1; ++b) {
-      for (int64_t t = 0; t < nT; ++t) {
+      for (int64_t b = b0; b < b1; ++b) {
         const int64_t k = t * B + b;
         const int64_t i0 = off[k], i1 = off[k + 1];
-        const T* base = w + toff[t] * D;
         T* o = out + (b * nT + t) * D;
         if (mode == kMax) {
           int64_t* am = argmax + (b * nT + t) * D;
@@ -209,10 +250,7 @@ void forward_kernel(const T* w, const int64_t* toff, const I* idx, const I* off,
           std::fill(acc, acc + D, -std::numeric_limits<float>::infinity());
           std::fill(am, am + D, i0);
           for (int64_t i = i0; i < i1; ++i) {
-            if (pb < b1) {
-              prefetch_row(w + (toff[pt] + static_cast<int64_t>(idx[pi])) * D, row_bytes);
-              advance();
-            }
+            if (i + dist < i_end) prefetch_row(base + static_cast<int64_t>(idx[i + dist]) * D, row_bytes);
             const T* row = base + static_cast<int64_t>(idx[i]) * D;
             for (int64_t d = 0; d < D; ++d) {
               const float v = static_cast<float>(row[d]);
@@ -225,14 +263,27 @@ void forward_kernel(const T* w, const int64_t* toff, const I* idx, const I* off,
           store_row(o, acc, D);
           continue;
         }
-        std::fill(acc, acc + D, 0.f);
-        for (int64_t i = i0; i < i1; ++i) {
-          if (pb < b1) {
-            prefetch_row(w + (toff[pt] + static_cast<int64_t>(idx[pi])) * D, row_bytes);
-            advance();
+        bool done = false;
+#ifdef RANKOPS_EB_FIXED_D
+        if constexpr (kVectorType<T>) {
+          done = true;
+          switch (D) {
+            case 8: pool_fixed<8>(acc, base, idx, psw, i0, i1, i_end, dist); break;
+            case 16: pool_fixed<16>(acc, base, idx, psw, i0, i1, i_end, dist); break;
+            case 32: pool_fixed<32>(acc, base, idx, psw, i0, i1, i_end, dist); break;
+            case 64: pool_fixed<64>(acc, base, idx, psw, i0, i1, i_end, dist); break;
+            case 128: pool_fixed<128>(acc, base, idx, psw, i0, i1, i_end, dist); break;
+            default: done = false;
           }
-          const float s = psw ? static_cast<float>(psw[i]) : 1.f;
-          axpy(acc, base + static_cast<int64_t>(idx[i]) * D, s, D);
+        }
+#endif
+        if (!done) {
+          std::fill(acc, acc + D, 0.f);
+          for (int64_t i = i0; i < i1; ++i) {
+            if (i + dist < i_end) prefetch_row(base + static_cast<int64_t>(idx[i + dist]) * D, row_bytes);
+            const float s = psw ? static_cast<float>(psw[i]) : 1.f;
+            axpy(acc, base + static_cast<int64_t>(idx[i]) * D, s, D);
+          }
         }
         if (mode == kMean && i1 > i0) {
           const float inv = 1.f / static_cast<float>(i1 - i0);
@@ -241,6 +292,7 @@ void forward_kernel(const T* w, const int64_t* toff, const I* idx, const I* off,
         }
         store_row(o, acc, D);
       }
+    }
     }
   });
 }
