@@ -120,7 +120,10 @@ inline __m256 load8(const c10::Half* p) {
 
 // Sum-pool one bag of kD-wide rows with the accumulator in registers (kD/8 ymm), prefetching the
 // row `dist` lookups ahead within [.., i_end). The common dims get this; others the generic loop.
-template <int kD, typename T, typename I>
+// kD columns of rows kStride apart: D = 128 runs as two 64-column passes, since 16 accumulators
+// would take every ymm register and spill (the second pass finds the bag's rows in L1, and
+// prefetches nothing: dist = 0).
+template <int kD, int kStride = kD, typename T, typename I>
 inline void pool_fixed(float* out, const T* base, const I* idx, const T* psw, int64_t i0, int64_t i1, int64_t i_end,
                        int64_t dist) {
   constexpr int kV = kD / 8;
@@ -128,8 +131,9 @@ inline void pool_fixed(float* out, const T* base, const I* idx, const T* psw, in
 #pragma GCC unroll 16
   for (int j = 0; j < kV; ++j) acc[j] = _mm256_setzero_ps();
   for (int64_t i = i0; i < i1; ++i) {
-    if (i + dist < i_end) prefetch_row(base + static_cast<int64_t>(idx[i + dist]) * kD, kD * sizeof(T));
-    const T* row = base + static_cast<int64_t>(idx[i]) * kD;
+    if (dist > 0 && i + dist < i_end)
+      prefetch_row(base + static_cast<int64_t>(idx[i + dist]) * kStride, kStride * sizeof(T));
+    const T* row = base + static_cast<int64_t>(idx[i]) * kStride;
     const __m256 s = _mm256_set1_ps(psw ? static_cast<float>(psw[i]) : 1.f);
 #pragma GCC unroll 16
     for (int j = 0; j < kV; ++j) acc[j] = _mm256_fmadd_ps(s, load8(row + 8 * j), acc[j]);
@@ -209,8 +213,9 @@ void forward_kernel(const T* w, const int64_t* toff, const I* idx, const I* off,
                     int64_t* argmax, int64_t nT, int64_t B, int64_t D) {
   const int64_t row_bytes = D * static_cast<int64_t>(sizeof(T));
   // Prefetch distance in lookups: enough rows in flight to cover DRAM latency, not so many that
-  // they are evicted before use.
-  const int64_t dist = row_bytes <= 256 ? 16 : 8;
+  // they are evicted before use. Measured on the 2-core EPYC (D=64, L=20, 100k-row tables, one
+  // thread): 16 ahead 91 ms, 32 ahead 70 ms, 64 ahead 140 ms; FBGEMM's TBE 56-66 ms.
+  const int64_t dist = row_bytes <= 256 ? 32 : 16;
   const int64_t avg = std::max<int64_t>(1, (off[nT * B] + nT * B - 1) / std::max<int64_t>(1, nT * B));
   const int64_t grain = std::max<int64_t>(1, 1024 / avg);
   // Blocks of kBlock samples: within a block, table by table, so that ids and offsets are read
@@ -272,7 +277,10 @@ void forward_kernel(const T* w, const int64_t* toff, const I* idx, const I* off,
             case 16: pool_fixed<16>(acc, base, idx, psw, i0, i1, i_end, dist); break;
             case 32: pool_fixed<32>(acc, base, idx, psw, i0, i1, i_end, dist); break;
             case 64: pool_fixed<64>(acc, base, idx, psw, i0, i1, i_end, dist); break;
-            case 128: pool_fixed<128>(acc, base, idx, psw, i0, i1, i_end, dist); break;
+            case 128:
+              pool_fixed<64, 128>(acc, base, idx, psw, i0, i1, i_end, dist);
+              pool_fixed<64, 128>(acc + 64, base + 64, idx, psw, i0, i1, i_end, 0);
+              break;
             default: done = false;
           }
         }
