@@ -6,6 +6,7 @@ from rankops.backend import current as current_backend  # noqa: E402
 from rankops.backend import info, use_backend  # noqa: E402
 from rankops.ops.interaction import dot_interaction, fm_interaction  # noqa: E402
 from rankops.ops.embedding_bag import batched_embedding_bag, embedding_bag, fused_batched_embedding_bag  # noqa: E402
+from rankops import nn  # noqa: E402
 
-__all__ = ["__version__", "current_backend", "dot_interaction", "fm_interaction", "info", "use_backend"]
+__all__ = ["__version__", "current_backend", "dot_interaction", "fm_interaction", "info", "nn", "use_backend"]
 __all__ += ["batched_embedding_bag", "embedding_bag", "fused_batched_embedding_bag"]
