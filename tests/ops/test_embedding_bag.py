@@ -432,3 +432,16 @@ def test_fused_needs_weights_without_grad():
     with pytest.raises(ValueError, match="adagrad state must be float32"):
         fused_batched_embedding_bag(c["weights"], torch.zeros(3), c["table_offsets"], c["indices"], c["offsets"],
                                     optimizer=FusedOptimizer("adagrad"))
+
+
+def test_native_kernels_registered():
+    """The extension registers the CPU kernels, and the CUDA ones whenever it was built with CUDA
+    (they compile on the CPU machines and run only where a GPU is lent)."""
+    from rankops import backend
+
+    ext = backend.extension()
+    assert ext is not None, "rankops._C is not built"
+    for name in ("batched_embedding_bag", "batched_embedding_bag_backward", "batched_embedding_bag_update"):
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"rankops_C::{name}", "CPU"), name
+        if ext.with_cuda:
+            assert torch._C._dispatch_has_kernel_for_dispatch_key(f"rankops_C::{name}", "CUDA"), name
