@@ -223,7 +223,8 @@ def main(argv=None):
     note = (f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
             f"{'process CPU time' if args.cpu_time else 'wall time'}; 26 tables, fp32, sum pooling, uniform ids; "
             f"median of {args.rounds} interleaved rounds; command: python -m bench.embedding_bag {flags}")
-    print(*save(rows, args.out, note, "-cputime" if args.cpu_time else ""), sep="\n")
+    suffix = ("-cputime" if args.cpu_time else "") + ("-fwd" if args.fwd_only else "")
+    print(*save(rows, args.out, note, suffix), sep="\n")
 
 
 if __name__ == "__main__":
