@@ -244,93 +244,93 @@ bool forward_kernel(const T* w, const int64_t* toff, const I* idx, const I* off,
     // offsets clamped into [0, nnz] wherever they bound a read of idx
     auto at = [&](int64_t k) { return std::min<int64_t>(std::max<int64_t>(static_cast<int64_t>(off[k]), 0), nnz_all); };
     for (int64_t q = q0; q < q1; ++q) {
-    const int64_t b0 = q * kBlock, b1 = std::min(B, b0 + kBlock);
-    // The lookups of (t, b0..b1) are the contiguous range [off[t*B+b0], off[t*B+b1]); the row
-    // `dist` lookups ahead is prefetched across bag boundaries (one-hot bags hold one), and the
-    // first rows of the next table's range one table ahead.
-    for (int64_t i = at(b0); i < std::min<int64_t>(at(b1), at(b0) + dist); ++i)
-      prefetch_row(w + static_cast<int64_t>(idx[i]) * D, row_bytes);
-    for (int64_t t = 0; t < nT; ++t) {
-      const T* base = w + toff[t] * D;
-      const uint64_t rows = static_cast<uint64_t>(toff[t + 1] - toff[t]);
-      const int64_t i_end = at(t * B + b1);
-      if (t + 1 < nT) {
-        const T* next = w + toff[t + 1] * D;
-        const int64_t n0 = at((t + 1) * B + b0), n1 = std::min<int64_t>(at((t + 1) * B + b1), n0 + dist);
-        for (int64_t i = n0; i < n1; ++i) prefetch_row(next + static_cast<int64_t>(idx[i]) * D, row_bytes);
-      }
-      for (int64_t b = b0; b < b1; ++b) {
-        const int64_t k = t * B + b;
-        const int64_t i0 = off[k], i1 = off[k + 1];
-        T* o = out + (b * nT + t) * D;
-        if (i0 < 0 || i1 < i0 || i1 > nnz_all) {
-          bad = true;
-          continue;
+      const int64_t b0 = q * kBlock, b1 = std::min(B, b0 + kBlock);
+      // The lookups of (t, b0..b1) are the contiguous range [off[t*B+b0], off[t*B+b1]); the row
+      // `dist` lookups ahead is prefetched across bag boundaries (one-hot bags hold one), and the
+      // first rows of the next table's range one table ahead.
+      for (int64_t i = at(b0); i < std::min<int64_t>(at(b1), at(b0) + dist); ++i)
+        prefetch_row(w + static_cast<int64_t>(idx[i]) * D, row_bytes);
+      for (int64_t t = 0; t < nT; ++t) {
+        const T* base = w + toff[t] * D;
+        const uint64_t rows = static_cast<uint64_t>(toff[t + 1] - toff[t]);
+        const int64_t i_end = at(t * B + b1);
+        if (t + 1 < nT) {
+          const T* next = w + toff[t + 1] * D;
+          const int64_t n0 = at((t + 1) * B + b0), n1 = std::min<int64_t>(at((t + 1) * B + b1), n0 + dist);
+          for (int64_t i = n0; i < n1; ++i) prefetch_row(next + static_cast<int64_t>(idx[i]) * D, row_bytes);
         }
-        if (mode == kMax) {
-          int64_t* am = argmax + (b * nT + t) * D;
-          if (i0 == i1) {
-            std::fill(o, o + D, static_cast<T>(0.f));
-            std::fill(am, am + D, int64_t{-1});
+        for (int64_t b = b0; b < b1; ++b) {
+          const int64_t k = t * B + b;
+          const int64_t i0 = off[k], i1 = off[k + 1];
+          T* o = out + (b * nT + t) * D;
+          if (i0 < 0 || i1 < i0 || i1 > nnz_all) {
+            bad = true;
             continue;
           }
-          std::fill(acc, acc + D, -std::numeric_limits<float>::infinity());
-          std::fill(am, am + D, i0);
-          for (int64_t i = i0; i < i1; ++i) {
-            if (i + dist < i_end) prefetch_row(base + static_cast<int64_t>(idx[i + dist]) * D, row_bytes);
-            if (static_cast<uint64_t>(static_cast<int64_t>(idx[i])) >= rows) {
-              bad = true;
+          if (mode == kMax) {
+            int64_t* am = argmax + (b * nT + t) * D;
+            if (i0 == i1) {
+              std::fill(o, o + D, static_cast<T>(0.f));
+              std::fill(am, am + D, int64_t{-1});
               continue;
             }
-            const T* row = base + static_cast<int64_t>(idx[i]) * D;
-            for (int64_t d = 0; d < D; ++d) {
-              const float v = static_cast<float>(row[d]);
-              if (v > acc[d]) {  // strict: the first of equal values wins, as in the reference
-                acc[d] = v;
-                am[d] = i;
+            std::fill(acc, acc + D, -std::numeric_limits<float>::infinity());
+            std::fill(am, am + D, i0);
+            for (int64_t i = i0; i < i1; ++i) {
+              if (i + dist < i_end) prefetch_row(base + static_cast<int64_t>(idx[i + dist]) * D, row_bytes);
+              if (static_cast<uint64_t>(static_cast<int64_t>(idx[i])) >= rows) {
+                bad = true;
+                continue;
+              }
+              const T* row = base + static_cast<int64_t>(idx[i]) * D;
+              for (int64_t d = 0; d < D; ++d) {
+                const float v = static_cast<float>(row[d]);
+                if (v > acc[d]) {  // strict: the first of equal values wins, as in the reference
+                  acc[d] = v;
+                  am[d] = i;
+                }
               }
             }
+            store_row(o, acc, D);
+            continue;
+          }
+          bool done = false;
+#ifdef RANKOPS_EB_FIXED_D
+          if constexpr (kVectorType<T>) {
+            done = true;
+            switch (D) {
+              case 8: pool_fixed<8>(acc, base, idx, psw, i0, i1, i_end, dist, rows, bad); break;
+              case 16: pool_fixed<16>(acc, base, idx, psw, i0, i1, i_end, dist, rows, bad); break;
+              case 32: pool_fixed<32>(acc, base, idx, psw, i0, i1, i_end, dist, rows, bad); break;
+              case 64: pool_fixed<64>(acc, base, idx, psw, i0, i1, i_end, dist, rows, bad); break;
+              case 128:
+                pool_fixed<64, 128>(acc, base, idx, psw, i0, i1, i_end, dist, rows, bad);
+                pool_fixed<64, 128>(acc + 64, base + 64, idx, psw, i0, i1, i_end, 0, rows, bad);
+                break;
+              default: done = false;
+            }
+          }
+#endif
+          if (!done) {
+            std::fill(acc, acc + D, 0.f);
+            for (int64_t i = i0; i < i1; ++i) {
+              if (i + dist < i_end) prefetch_row(base + static_cast<int64_t>(idx[i + dist]) * D, row_bytes);
+              if (static_cast<uint64_t>(static_cast<int64_t>(idx[i])) >= rows) {
+                bad = true;
+                continue;
+              }
+              const float s = psw ? static_cast<float>(psw[i]) : 1.f;
+              axpy(acc, base + static_cast<int64_t>(idx[i]) * D, s, D);
+            }
+          }
+          if (mode == kMean && i1 > i0) {
+            const float inv = 1.f / static_cast<float>(i1 - i0);
+#pragma omp simd
+            for (int64_t d = 0; d < D; ++d) acc[d] *= inv;
           }
           store_row(o, acc, D);
-          continue;
         }
-        bool done = false;
-#ifdef RANKOPS_EB_FIXED_D
-        if constexpr (kVectorType<T>) {
-          done = true;
-          switch (D) {
-            case 8: pool_fixed<8>(acc, base, idx, psw, i0, i1, i_end, dist, rows, bad); break;
-            case 16: pool_fixed<16>(acc, base, idx, psw, i0, i1, i_end, dist, rows, bad); break;
-            case 32: pool_fixed<32>(acc, base, idx, psw, i0, i1, i_end, dist, rows, bad); break;
-            case 64: pool_fixed<64>(acc, base, idx, psw, i0, i1, i_end, dist, rows, bad); break;
-            case 128:
-              pool_fixed<64, 128>(acc, base, idx, psw, i0, i1, i_end, dist, rows, bad);
-              pool_fixed<64, 128>(acc + 64, base + 64, idx, psw, i0, i1, i_end, 0, rows, bad);
-              break;
-            default: done = false;
-          }
-        }
-#endif
-        if (!done) {
-          std::fill(acc, acc + D, 0.f);
-          for (int64_t i = i0; i < i1; ++i) {
-            if (i + dist < i_end) prefetch_row(base + static_cast<int64_t>(idx[i + dist]) * D, row_bytes);
-            if (static_cast<uint64_t>(static_cast<int64_t>(idx[i])) >= rows) {
-              bad = true;
-              continue;
-            }
-            const float s = psw ? static_cast<float>(psw[i]) : 1.f;
-            axpy(acc, base + static_cast<int64_t>(idx[i]) * D, s, D);
-          }
-        }
-        if (mode == kMean && i1 > i0) {
-          const float inv = 1.f / static_cast<float>(i1 - i0);
-#pragma omp simd
-          for (int64_t d = 0; d < D; ++d) acc[d] *= inv;
-        }
-        store_row(o, acc, D);
       }
-    }
     }
     if (bad) any_bad.store(true);
   });
@@ -524,7 +524,8 @@ std::tuple<at::Tensor, at::Tensor> batched_embedding_bag(const at::Tensor& weigh
   const auto toff = table_offsets_.to(at::kLong).contiguous();
   const auto idx = indices_.contiguous();
   const auto off = offsets_.contiguous();
-  const auto psw = psw_ ? std::optional<at::Tensor>(psw_->contiguous()) : std::nullopt;
+  std::optional<at::Tensor> psw;
+  if (psw_) psw = psw_->contiguous();
   auto out = at::empty({a.B, a.nT, a.D}, w.options());
   auto argmax = at::empty({mode == kMax ? a.B * a.nT * a.D : 0}, w.options().dtype(at::kLong));
   if (mode == kMax) argmax = argmax.view({a.B, a.nT, a.D});

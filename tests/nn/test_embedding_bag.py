@@ -168,3 +168,19 @@ def test_config_checks():
     with rankops.use_backend("reference"):
         ebc = EmbeddingBagCollection([EmbeddingBagConfig("a", 3, 4)])
         assert ebc([(torch.tensor([2]), torch.tensor([0, 1]))]).shape == (1, 4)
+
+
+def test_kjt_per_id_weights():
+    """A KJT's weights scale each id (sum pooling), as per_sample_weights of nn.EmbeddingBag."""
+    specs = [(10, 8, "sum"), (6, 8, "sum")]
+    bags = make_bags(specs)
+    ebc = EmbeddingBagCollection.from_embedding_bags(bags, ["a", "b"])
+    batch = make_batch(specs)
+    values = torch.cat([p[0] for p in batch])
+    lengths = torch.cat([p[1][1:] - p[1][:-1] for p in batch])
+    weights = torch.rand(values.numel(), generator=torch.Generator().manual_seed(5))
+    out = ebc(KeyedJaggedTensor(["a", "b"], values, lengths=lengths, weights=weights))
+    n0 = batch[0][0].numel()
+    want = torch.cat([bags[0](batch[0][0], batch[0][1][:-1], per_sample_weights=weights[:n0]),
+                      bags[1](batch[1][0], batch[1][1][:-1], per_sample_weights=weights[n0:])], 1)
+    assert_close(out, want, 1e-6, 1e-6, "kjt weights")
