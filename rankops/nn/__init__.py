@@ -1,7 +1,9 @@
 """nn.Module layers built on the rankops ops (drop-in for torch / TorchRec / DeepCTR layers)."""
 
 from rankops.nn.attention import DINAttention, MultiHeadTargetAttention
+from rankops.nn.embedding_bag import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor
 from rankops.nn.interaction import DotInteraction, FactorizationMachine
 
 __all__ = ["DINAttention", "MultiHeadTargetAttention"]
+__all__ += ["EmbeddingBagCollection", "EmbeddingBagConfig", "KeyedJaggedTensor"]
 __all__ += ["DotInteraction", "FactorizationMachine"]
