@@ -21,71 +21,82 @@ inline void load_row(const T* src, float* dst, int64_t n) {
   for (int64_t d = 0; d < n; ++d) dst[d] = static_cast<float>(src[d]);
 }
 
-// s[d] = sum_f x[f,d] over one sample; q[d] = sum_f x[f,d]^2 when q is given.
-template <typename T>
-inline void field_sums(const T* xb, int64_t F, int64_t D, float* s, float* q) {
-  std::fill(s, s + D, 0.f);
-  if (q) std::fill(q, q + D, 0.f);
+// FM works on column chunks of kChunk dims: the chunk's field sums live in registers while the
+// loop runs over the sample's fields (which sit in L1), instead of round-tripping through memory.
+constexpr int64_t kChunk = 16;
+
+// s[t] = sum_f x[f, d0+t], q[t] = sum_f x[f, d0+t]^2 for t < n (n == kChunk when kFull: unrolled).
+template <typename T, bool kFull>
+inline void chunk_sums(const T* xb, int64_t F, int64_t D, int64_t d0, float* s, float* q) {
+  const int64_t n = kFull ? kChunk : D - d0;
+  for (int64_t t = 0; t < kChunk; ++t) s[t] = q[t] = 0.f;
   for (int64_t f = 0; f < F; ++f) {
-    const T* row = xb + f * D;
-    if (q) {
+    const T* row = xb + f * D + d0;
 #pragma omp simd
-      for (int64_t d = 0; d < D; ++d) {
-        const float v = static_cast<float>(row[d]);
-        s[d] += v;
-        q[d] += v * v;
-      }
-    } else {
-#pragma omp simd
-      for (int64_t d = 0; d < D; ++d) s[d] += static_cast<float>(row[d]);
+    for (int64_t t = 0; t < n; ++t) {
+      const float v = static_cast<float>(row[t]);
+      s[t] += v;
+      q[t] += v * v;
     }
   }
+}
+
+template <typename T, bool kFull>
+inline float fm_forward_chunk(const T* xb, T* ob, int64_t F, int64_t D, int64_t d0, bool reduce) {
+  const int64_t n = kFull ? kChunk : D - d0;
+  float s[kChunk], q[kChunk];
+  chunk_sums<T, kFull>(xb, F, D, d0, s, q);
+  float acc = 0.f;
+  if (reduce) {
+#pragma omp simd reduction(+ : acc)
+    for (int64_t t = 0; t < n; ++t) acc += s[t] * s[t] - q[t];
+  } else {
+#pragma omp simd
+    for (int64_t t = 0; t < n; ++t) ob[d0 + t] = static_cast<T>(0.5f * (s[t] * s[t] - q[t]));
+  }
+  return acc;
 }
 
 template <typename T>
 void fm_forward_kernel(const T* x, T* out, int64_t B, int64_t F, int64_t D, bool reduce) {
   at::parallel_for(0, B, grain(F * D), [&](int64_t b0, int64_t b1) {
-    std::vector<float> buf(2 * D);
-    float* s = buf.data();
-    float* q = s + D;
     for (int64_t b = b0; b < b1; ++b) {
-      field_sums(x + b * F * D, F, D, s, q);
-      if (reduce) {
-        float acc = 0.f;
-#pragma omp simd reduction(+ : acc)
-        for (int64_t d = 0; d < D; ++d) acc += s[d] * s[d] - q[d];
-        out[b] = static_cast<T>(0.5f * acc);
-      } else {
-        T* o = out + b * D;
-#pragma omp simd
-        for (int64_t d = 0; d < D; ++d) o[d] = static_cast<T>(0.5f * (s[d] * s[d] - q[d]));
-      }
+      const T* xb = x + b * F * D;
+      T* ob = out + b * D;  // unused when reduce
+      float total = 0.f;
+      int64_t d0 = 0;
+      for (; d0 + kChunk <= D; d0 += kChunk) total += fm_forward_chunk<T, true>(xb, ob, F, D, d0, reduce);
+      if (d0 < D) total += fm_forward_chunk<T, false>(xb, ob, F, D, d0, reduce);
+      if (reduce) out[b] = static_cast<T>(0.5f * total);
     }
   });
 }
 
-// d out / d x[f,d] = g * (s[d] - x[f,d]); s is recomputed (the sample's rows are in L1 anyway).
+// d out / d x[f,d] = g * (s[d] - x[f,d]); s is recomputed per chunk (the sample's rows are in L1).
+template <typename T, bool kFull>
+inline void fm_backward_chunk(const T* gb, const T* xb, T* gxb, int64_t F, int64_t D, int64_t d0, bool reduce) {
+  const int64_t n = kFull ? kChunk : D - d0;
+  float s[kChunk], q[kChunk], g[kChunk];
+  chunk_sums<T, kFull>(xb, F, D, d0, s, q);  // q is dead: the compiler drops it
+  for (int64_t t = 0; t < kChunk; ++t) g[t] = reduce ? static_cast<float>(gb[0]) : (t < n ? static_cast<float>(gb[d0 + t]) : 0.f);
+  for (int64_t f = 0; f < F; ++f) {
+    const T* row = xb + f * D + d0;
+    T* grow = gxb + f * D + d0;
+#pragma omp simd
+    for (int64_t t = 0; t < n; ++t) grow[t] = static_cast<T>(g[t] * (s[t] - static_cast<float>(row[t])));
+  }
+}
+
 template <typename T>
 void fm_backward_kernel(const T* grad, const T* x, T* gx, int64_t B, int64_t F, int64_t D, bool reduce) {
   at::parallel_for(0, B, grain(2 * F * D), [&](int64_t b0, int64_t b1) {
-    std::vector<float> buf(2 * D);
-    float* s = buf.data();
-    float* g = s + D;
     for (int64_t b = b0; b < b1; ++b) {
+      const T* gb = grad + (reduce ? b : b * D);
       const T* xb = x + b * F * D;
-      field_sums(xb, F, D, s, nullptr);
-      if (reduce) {
-        std::fill(g, g + D, static_cast<float>(grad[b]));
-      } else {
-        load_row(grad + b * D, g, D);
-      }
-      T* gb = gx + b * F * D;
-      for (int64_t f = 0; f < F; ++f) {
-        const T* row = xb + f * D;
-        T* grow = gb + f * D;
-#pragma omp simd
-        for (int64_t d = 0; d < D; ++d) grow[d] = static_cast<T>(g[d] * (s[d] - static_cast<float>(row[d])));
-      }
+      T* gxb = gx + b * F * D;
+      int64_t d0 = 0;
+      for (; d0 + kChunk <= D; d0 += kChunk) fm_backward_chunk<T, true>(gb, xb, gxb, F, D, d0, reduce);
+      if (d0 < D) fm_backward_chunk<T, false>(gb, xb, gxb, F, D, d0, reduce);
     }
   });
 }
