@@ -16,7 +16,7 @@ def cin_layer(xk: Tensor, x0: Tensor, weight: Tensor, bias: Tensor | None) -> Te
     out = torch.einsum("nhi,bhid->bnd", weight.float(), z)
     if bias is not None:
         out = out + bias.float()[None, :, None]
-    return out.to(xk.dtype)
+    return out.to(xk.dtype).contiguous()
 
 
 def cin_layer_backward(
@@ -30,4 +30,4 @@ def cin_layer_backward(
     dw = torch.einsum("bnd,bhid->nhi", g, z)
     # db is always returned (an op cannot return None); the autograd formula drops it without a bias
     db = g.sum((0, 2)).to(weight.dtype)
-    return dxk.to(xk.dtype), dx0.to(x0.dtype), dw.to(weight.dtype), db
+    return dxk.to(xk.dtype).contiguous(), dx0.to(x0.dtype).contiguous(), dw.to(weight.dtype).contiguous(), db

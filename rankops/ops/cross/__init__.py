@@ -94,15 +94,15 @@ def _(grad, x0, xl, weight, p):
 
 
 def _cross_setup(ctx, inputs, output):
-    x0, xl, weight, _bias, _save = inputs
-    ctx.save_for_backward(x0, xl, weight, output[1])
+    x0, xl, weight, bias, _save = inputs
+    ctx.save_for_backward(x0, xl, weight, bias, output[1])
     ctx.mark_non_differentiable(output[1])
 
 
 def _cross_backward(ctx, grad, _grad_p):
-    x0, xl, weight, p = ctx.saved_tensors
-    if p.numel() != x0.numel():
-        raise RuntimeError("rankops.cross_layer: backward without the saved pre-activation (save=False)")
+    x0, xl, weight, bias, p = ctx.saved_tensors
+    if p.numel() != x0.numel():  # called with save=False (not by cross_layer): recompute p
+        p = _cross_layer(x0, xl, weight, bias, True)[1]
     dx0, dxl, dw, db = _cross_layer_backward(grad, x0, xl, weight, p)
     return dx0, dxl, dw, db, None
 
@@ -172,15 +172,15 @@ def _(grad, x0, xl, u, v, t, p):
 
 
 def _lowrank_setup(ctx, inputs, output):
-    x0, xl, u, v, _bias, _save = inputs
-    ctx.save_for_backward(x0, xl, u, v, output[1], output[2])
+    x0, xl, u, v, bias, _save = inputs
+    ctx.save_for_backward(x0, xl, u, v, bias, output[1], output[2])
     ctx.mark_non_differentiable(output[1], output[2])
 
 
 def _lowrank_backward(ctx, grad, _gt, _gp):
-    x0, xl, u, v, t, p = ctx.saved_tensors
-    if p.numel() != x0.numel():
-        raise RuntimeError("rankops.cross_layer_lowrank: backward without the saved intermediates (save=False)")
+    x0, xl, u, v, bias, t, p = ctx.saved_tensors
+    if p.numel() != x0.numel():  # called with save=False (not by cross_layer_lowrank): recompute
+        _, t, p = _cross_layer_lowrank(x0, xl, u, v, bias, True)
     dx0, dxl, du, dv, db = _cross_layer_lowrank_backward(grad, x0, xl, u, v, t, p)
     return dx0, dxl, du, dv, db, None
 
