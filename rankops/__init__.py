@@ -5,8 +5,11 @@ __version__ = "0.1.0"
 from rankops.backend import current as current_backend  # noqa: E402
 from rankops.backend import info, use_backend  # noqa: E402
 from rankops.ops.interaction import dot_interaction, fm_interaction  # noqa: E402
+from rankops import nn  # noqa: E402
+
+__all__ = ["__version__", "current_backend", "dot_interaction", "fm_interaction", "info", "nn", "use_backend"]
+
 from rankops.ops.cin import cin_layer  # noqa: E402
 from rankops.ops.cross import cross_layer, cross_layer_lowrank, cross_layer_v1  # noqa: E402
 
-__all__ = ["__version__", "current_backend", "dot_interaction", "fm_interaction", "info", "use_backend"]
 __all__ += ["cin_layer", "cross_layer", "cross_layer_lowrank", "cross_layer_v1"]

@@ -90,48 +90,67 @@ void fm_backward_kernel(const T* grad, const T* x, T* gx, int64_t B, int64_t F, 
   });
 }
 
-// Gram lower triangle of one sample. x is transposed into xt[d][f] so the inner loop runs over
-// the partner field j with a broadcast of x[i,d]: FMAs only, no horizontal sums.
+constexpr int64_t kLanes = 8;  // floats per AVX2 register
+constexpr int64_t kRows = 4;   // rows of the output computed together (4 x 2 accumulator registers)
+
+inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
+
+// Gram lower triangle of one sample. x is transposed into xt[d][j] (fields padded with zeros to a
+// multiple of 2*kLanes) so that a block of kRows rows i times 2*kLanes partners j accumulates in
+// registers over d: each xt load feeds kRows FMAs and nothing is summed horizontally.
 template <typename T>
 void dot_forward_kernel(const T* x, T* out, int64_t B, int64_t F, int64_t D, bool self) {
   const int64_t P = self ? F * (F + 1) / 2 : F * (F - 1) / 2;
+  constexpr int64_t W = 2 * kLanes;
+  const int64_t Fp = round_up(F, W);
   at::parallel_for(0, B, grain(F * F * D / 2 + 1), [&](int64_t b0, int64_t b1) {
-    std::vector<float> xt_buf(D * F), acc_buf(F);
+    std::vector<float> xt_buf(D * Fp, 0.f), xi_buf(kRows * D, 0.f);
     float* xt = xt_buf.data();
-    float* acc = acc_buf.data();
     for (int64_t b = b0; b < b1; ++b) {
       const T* xb = x + b * F * D;
       for (int64_t f = 0; f < F; ++f)
-        for (int64_t d = 0; d < D; ++d) xt[d * F + f] = static_cast<float>(xb[f * D + d]);
+        for (int64_t d = 0; d < D; ++d) xt[d * Fp + f] = static_cast<float>(xb[f * D + d]);
       T* ob = out + b * P;
-      for (int64_t i = self ? 0 : 1; i < F; ++i) {
-        const int64_t n = self ? i + 1 : i;  // partners j < n
-        std::fill(acc, acc + n, 0.f);
-        for (int64_t d = 0; d < D; ++d) {
-          const float xi = xt[d * F + i];
-          const float* col = xt + d * F;
+      for (int64_t i0 = 0; i0 < F; i0 += kRows) {
+        const int64_t rows = std::min(kRows, F - i0);
+        const int64_t n_max = self ? i0 + rows : i0 + rows - 1;  // partners j < n_max cover every row
+        for (int64_t jb = 0; jb < n_max; jb += W) {
+          float acc[kRows][W] = {};
+          for (int64_t d = 0; d < D; ++d) {
+            const float* col = xt + d * Fp + jb;
+            for (int64_t r = 0; r < kRows; ++r) {
+              const float xi = r < rows ? xt[d * Fp + i0 + r] : 0.f;
 #pragma omp simd
-          for (int64_t j = 0; j < n; ++j) acc[j] += xi * col[j];
+              for (int64_t t = 0; t < W; ++t) acc[r][t] += xi * col[t];
+            }
+          }
+          for (int64_t r = 0; r < rows; ++r) {
+            const int64_t i = i0 + r;
+            const int64_t n = self ? i + 1 : i;  // row i's partners: j < n
+            const int64_t row_start = self ? i * (i + 1) / 2 : i * (i - 1) / 2;
+            for (int64_t t = 0; t < W && jb + t < n; ++t) ob[row_start + jb + t] = static_cast<T>(acc[r][t]);
+          }
         }
-        for (int64_t j = 0; j < n; ++j) ob[j] = static_cast<T>(acc[j]);
-        ob += n;
       }
     }
   });
 }
 
 // gx = (G + G^T) x with G the lower triangle of grad (the diagonal counted twice with self).
+// Blocks of kRows output rows times 2*kLanes dims accumulate in registers over the partner j.
 template <typename T>
 void dot_backward_kernel(const T* grad, const T* x, T* gx, int64_t B, int64_t F, int64_t D, bool self) {
   const int64_t P = self ? F * (F + 1) / 2 : F * (F - 1) / 2;
+  constexpr int64_t W = 2 * kLanes;
+  const int64_t Dp = round_up(D, W);
+  const int64_t Fr = round_up(F, kRows);
   at::parallel_for(0, B, grain(F * F * D + 1), [&](int64_t b0, int64_t b1) {
-    std::vector<float> sym_buf(F * F), x_buf(F * D), acc_buf(D);
+    std::vector<float> sym_buf(Fr * F), x_buf(F * Dp, 0.f);
     float* sym = sym_buf.data();
     float* xf = x_buf.data();
-    float* acc = acc_buf.data();
     for (int64_t b = b0; b < b1; ++b) {
       const T* gb = grad + b * P;
-      std::fill(sym, sym + F * F, 0.f);
+      std::fill(sym, sym + Fr * F, 0.f);
       int64_t p = 0;
       for (int64_t i = self ? 0 : 1; i < F; ++i) {
         const int64_t n = self ? i + 1 : i;
@@ -141,20 +160,25 @@ void dot_backward_kernel(const T* grad, const T* x, T* gx, int64_t B, int64_t F,
           sym[j * F + i] += g;
         }
       }
-      load_row(x + b * F * D, xf, F * D);
+      const T* xb = x + b * F * D;
+      for (int64_t f = 0; f < F; ++f) load_row(xb + f * D, xf + f * Dp, D);
       T* out = gx + b * F * D;
-      for (int64_t i = 0; i < F; ++i) {
-        std::fill(acc, acc + D, 0.f);
-        const float* si = sym + i * F;
-        for (int64_t j = 0; j < F; ++j) {
-          const float w = si[j];
-          if (w == 0.f) continue;
-          const float* xj = xf + j * D;
+      for (int64_t i0 = 0; i0 < F; i0 += kRows) {
+        const int64_t rows = std::min(kRows, F - i0);
+        for (int64_t d0 = 0; d0 < D; d0 += W) {
+          float acc[kRows][W] = {};
+          for (int64_t j = 0; j < F; ++j) {
+            const float* xj = xf + j * Dp + d0;
+            for (int64_t r = 0; r < kRows; ++r) {
+              const float w = sym[(i0 + r) * F + j];  // rows past F are zero padding
 #pragma omp simd
-          for (int64_t d = 0; d < D; ++d) acc[d] += w * xj[d];
+              for (int64_t t = 0; t < W; ++t) acc[r][t] += w * xj[t];
+            }
+          }
+          const int64_t width = std::min(W, D - d0);
+          for (int64_t r = 0; r < rows; ++r)
+            for (int64_t t = 0; t < width; ++t) out[(i0 + r) * D + d0 + t] = static_cast<T>(acc[r][t]);
         }
-#pragma omp simd
-        for (int64_t d = 0; d < D; ++d) out[i * D + d] = static_cast<T>(acc[d]);
       }
     }
   });

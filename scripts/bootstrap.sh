@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Make (or refresh) the local environment: .venv with the pinned dev requirements, and the
+# native extension built in place. Idempotent: a second run only re-checks and rebuilds what changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  echo "[bootstrap] creating .venv with $($PY --version)"
+  "$PY" -m venv .venv
+fi
+
+# Re-install only when the pinned requirements changed since the last successful install.
+stamp=.venv/.rankops-requirements
+want=$(cat requirements-dev.txt requirements-anchors.txt | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "[bootstrap] installing requirements-dev.txt (torch's CUDA build is several GB; about a minute from a local mirror)"
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -r requirements-dev.txt
+  # Anchors for the benchmarks, without their dependency resolution (it would replace torch).
+  if ! .venv/bin/python -m pip install -q --no-deps -r requirements-anchors.txt; then
+    echo "[bootstrap] warning: benchmark anchors (fbgemm-gpu-cpu) not installed; their columns will be absent"
+  fi
+  echo "$want" > "$stamp"
+fi
+
+# The native extension (CMake + ninja; incremental).
+echo "[bootstrap] building rankops._C"
+MAX_JOBS=${MAX_JOBS:-$(nproc)} .venv/bin/python setup.py -q build_ext --inplace > .venv/build.log 2>&1 || {
+  tail -50 .venv/build.log
+  echo "[bootstrap] native build failed (full log: .venv/build.log)"
+  exit 1
+}
+.venv/bin/python -c "import rankops._C" || { echo "[bootstrap] rankops._C does not import"; exit 1; }
