@@ -22,8 +22,26 @@
 #include "cpu/parallel.h"
 #include "registration.h"
 
+// MKL's per-thread thread count (MKL_Set_Num_Threads_Local, by value; the lower-case names are
+// the Fortran entry taking a pointer), exported by libtorch_cpu when torch uses MKL; weak so that a
+// build against another BLAS still links). The GEMMs below run inside at::parallel_for, one per
+// thread: left to itself MKL threads each of them again, and the oversubscribed cores ran the
+// layer 8x slower than one thread did (measured, 2 cores).
+extern "C" __attribute__((weak)) int MKL_Set_Num_Threads_Local(int);
+
 namespace rankops::cpu {
 namespace {
+
+// Holds MKL to one thread on this thread for the guard's lifetime.
+struct SequentialBlas {
+  int prev = 0;
+  SequentialBlas() {
+    if (MKL_Set_Num_Threads_Local) prev = MKL_Set_Num_Threads_Local(1);
+  }
+  ~SequentialBlas() {
+    if (MKL_Set_Num_Threads_Local) MKL_Set_Num_Threads_Local(prev);
+  }
+};
 
 struct Blocking {
   int64_t S;   // samples per block
@@ -91,6 +109,7 @@ void cin_forward_kernel(const T* xk, const T* x0, const at::Tensor& W2, const fl
   const auto [S, hb] = blocking(B, H, M, D);
   const int64_t nblocks = (B + S - 1) / S;
   at::parallel_for(0, nblocks, 1, [&](int64_t i0, int64_t i1) {
+    const SequentialBlas seq;
     const int64_t C = S * D;
     std::vector<float> xk_buf(H * C), x0_buf(M * C), z_buf(hb * M * C), acc_buf(Hn * C);
     for (int64_t blk = i0; blk < i1; ++blk) {
@@ -121,6 +140,7 @@ void cin_backward_kernel(const T* g, const T* xk, const T* x0, const at::Tensor&
   const int64_t nblocks = (B + S - 1) / S;
   const int64_t K = H * M;
   for_chunks(nblocks, chunks, [&](int64_t chunk, int64_t i0, int64_t i1) {
+    const SequentialBlas seq;
     const int64_t C = S * D;
     std::vector<float> xk_buf(H * C), x0_buf(M * C), g_buf(Hn * C), z_buf(hb * M * C), dz_buf(hb * M * C),
         dxk_buf(H * C), dx0_buf(M * C);
