@@ -33,8 +33,9 @@ def _cin_fwd_kernel(
     HAS_BIAS: tl.constexpr, LOW_PRECISION_DOT: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
 ):
-    pid_m = tl.program_id(0).to(tl.int64)
-    pid_n = tl.program_id(1).to(tl.int64)
+    # int32 offsets (see _launch_fwd): int64 ones made the gathered A tile spill on sm_90
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
     r = pid_m * BM + tl.arange(0, BM)
     b = r // D
     d = r % D
@@ -72,8 +73,8 @@ def _cin_dw_kernel(
     BN: tl.constexpr, BK: tl.constexpr, BR: tl.constexpr,
 ):
     # dW2[n, k] = sum_r G[r, n] Z[r, k]; the programs of the first k column also sum G for db
-    pid_n = tl.program_id(0).to(tl.int64)
-    pid_k = tl.program_id(1).to(tl.int64)
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
     n = pid_n * BN + tl.arange(0, BN)
     k = pid_k * BK + tl.arange(0, BK)
     h = k // M
@@ -102,6 +103,14 @@ def _cin_dw_kernel(
         tl.store(db_ptr + n, gs, mask=n < Hn)
 
 
+def _check_int32(*ts) -> None:
+    # the kernels index with int32 (int64 address tiles cost registers and spilled on sm_90)
+    for t in ts:
+        if t.numel() >= 2**31:
+            raise ValueError(f"rankops.cin_layer (triton): tensors of 2^31 elements or more are not supported, got "
+                             f"{tuple(t.shape)}")
+
+
 def _low(dtype) -> bool:
     return (not triton_interpreting()) and dtype in (torch.float16, torch.bfloat16)
 
@@ -116,6 +125,7 @@ def _launch_fwd(xk, x0, w_strides, w, Hn, H, M, bias, out):
     """out[b, n, d] = sum_{h,i} W(n, h, i) xk[b,h,d] x0[b,i,d] (+ bias), W addressed by w_strides."""
     B, _, D = xk.shape
     R, K = B * D, H * M
+    _check_int32(xk, x0, out)
     cfg = _fwd_config()
     BM, BN, BK = cfg.pop("BM"), cfg.pop("BN"), cfg.pop("BK")
     grid = (triton.cdiv(R, BM), triton.cdiv(Hn, BN))

@@ -34,8 +34,10 @@ def _gemm_kernel(
     STORE_P: tl.constexpr, HAS_AUX: tl.constexpr, ROWSUM: tl.constexpr, LOW_PRECISION_DOT: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
 ):
-    pid_m = tl.program_id(0).to(tl.int64)
-    pid_n = tl.program_id(1).to(tl.int64)
+    # int32 offsets: int64 ones doubled the registers of the [BM, BK] address tiles and made the
+    # kernel spill on sm_90 (ptxas -v); the launcher refuses tensors of 2^31 elements or more
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
     rm = pid_m * BM + tl.arange(0, BM)
     rn = pid_n * BN + tl.arange(0, BN)
     rk = tl.arange(0, BK)
@@ -78,7 +80,7 @@ def _gemm_kernel(
 def _config():
     if triton_interpreting():  # every program instance costs ~0.5 ms: few, large-ish tiles
         return dict(BM=32, BN=64, BK=32, num_warps=4, num_stages=1)
-    return dict(BM=128, BN=128, BK=64, num_warps=8, num_stages=3)
+    return dict(BM=128, BN=128, BK=32, num_warps=8, num_stages=3)
 
 
 def _gemm(a, a_strides, b, b_strides, c, M, N, K, *, a2=None, bias=None, mul=None, add=None, p=None,
@@ -87,6 +89,9 @@ def _gemm(a, a_strides, b, b_strides, c, M, N, K, *, a2=None, bias=None, mul=Non
 
     mul / add / p / aux tensors share c's [M, N] contiguous layout; aux = (x, y, out) stores out = x * y.
     """
+    for t in (a, b, c, a2, mul, add, p):
+        if t is not None and t.numel() >= 2**31:
+            raise ValueError(f"rankops cross (triton): tensors of 2^31 elements or more are not supported, got {tuple(t.shape)}")
     cfg = _config()
     BM, BN, BK = cfg.pop("BM"), cfg.pop("BN"), cfg.pop("BK")
     dummy = c
