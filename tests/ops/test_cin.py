@@ -4,6 +4,8 @@ torch.compile(fullgraph=True), and the errors on bad input."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -159,3 +161,65 @@ def test_bad_inputs():
         cin_layer(xk.int(), x0.int(), w.int(), b.int())
     with pytest.raises(ValueError, match="weight"):
         cin_layer(xk, x0, w.to("meta"), b)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("RANKOPS_AOT_CHECK") != "1", reason="~1 min of ptxas: set RANKOPS_AOT_CHECK=1")
+def test_triton_kernels_compile_for_hopper_without_spills(tmp_path):
+    """Ahead-of-time compile of the shipped GPU configurations (bf16) for sm_90a: ptxas must report
+    no spills. Covers the CIN forward / weight-gradient kernels and the cross GEMM's three variants.
+    Runs in a subprocess: the kernels must be real JIT functions, not the interpreter's."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, TRITON_INTERPRET="0", TRITON_CACHE_DIR=str(tmp_path / "cache"))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out = subprocess.run([sys.executable, "-c", "import tests.ops.test_cin as t; t._aot_check()"], cwd=root, env=env,
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.count("no spills") == 5, out.stdout
+
+
+def _aot_check():
+    import subprocess
+    import tempfile
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    from rankops.ops.cin.triton import _cin_dw_kernel, _cin_fwd_kernel
+    from rankops.ops.cross.triton import _gemm_kernel
+
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    tmp = tempfile.mkdtemp()
+
+    def check(fn, ptrs, ints, consts, fp32_ptrs=()):
+        sig = {n: ("*fp32" if n in fp32_ptrs else "*bf16") for n in ptrs} | {n: "i32" for n in ints}
+        sig |= {n: "constexpr" for n in consts}
+        k = triton.compile(triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=consts),
+                           target=GPUTarget("cuda", 90, 32), options=dict(num_warps=8, num_stages=3))
+        ptx = os.path.join(tmp, f"{fn.__name__}.ptx")
+        with open(ptx, "w") as f:
+            f.write(k.asm["ptx"])
+        out = subprocess.run([ptxas, "-v", "--gpu-name", "sm_90a", ptx, "-o", os.devnull],
+                             capture_output=True, text=True, check=True).stderr
+        if "0 bytes spill stores, 0 bytes spill loads" not in out:
+            raise AssertionError(f"{fn.__name__} {consts} spills: {out}")
+        print(fn.__name__, "no spills")
+
+    strides = lambda p, dims: [f"s_{p}{c}" for c in dims]  # noqa: E731
+    check(_cin_fwd_kernel, ["xk_ptr", "x0_ptr", "w_ptr", "bias_ptr", "out_ptr"],
+          ["R", "D", "M", "Hn", "K"] + strides("k", "bhd") + strides("0", "bid") + strides("w", "nhi")
+          + strides("o", "bnd"),
+          dict(HAS_BIAS=True, LOW_PRECISION_DOT=True, BM=128, BN=128, BK=32))
+    check(_cin_dw_kernel, ["g_ptr", "xk_ptr", "x0_ptr", "dw_ptr", "db_ptr"],
+          ["R", "D", "M", "Hn", "K"] + strides("g", "bnd") + strides("k", "bhd") + strides("0", "bid"),
+          dict(LOW_PRECISION_DOT=True, BN=128, BK=64, BR=32), fp32_ptrs=("db_ptr",))
+    ptrs = ["a_ptr", "a2_ptr", "b_ptr", "bias_ptr", "mul_ptr", "add_ptr", "c_ptr", "p_ptr", "aux1_ptr", "aux2_ptr",
+            "aux_ptr", "rowsum_ptr"]
+    ints = ["M", "N", "K", "s_am", "s_ak", "s_bk", "s_bn", "s_cm", "s_cn"]
+    base = dict(HAS_A2=False, HAS_BIAS=True, HAS_MUL=True, HAS_ADD=True, STORE_P=True, HAS_AUX=False, ROWSUM=False,
+                LOW_PRECISION_DOT=True, BM=128, BN=128, BK=32)
+    for extra in ({}, dict(HAS_A2=True, HAS_BIAS=False, HAS_MUL=False, STORE_P=False, HAS_AUX=True),
+                  dict(HAS_A2=True, HAS_BIAS=False, HAS_MUL=False, HAS_ADD=False, STORE_P=False, ROWSUM=True)):
+        check(_gemm_kernel, ptrs, ints, base | extra, fp32_ptrs=("rowsum_ptr",))
