@@ -8,7 +8,7 @@
 // per thread the memory is a few hundred KB, against B*H*M*D elements for einsum + Conv1d.
 //
 // Backward, per (sample block, K block), with G the output gradient in the same [Hn, C] layout:
-//   dW2[:, kblk] += G @ Zblk^T       (per-chunk fp32 accumulators, added in chunk order)
+//   dW2[:, kblk] += G @ Zblk^T       (per-worker fp32 accumulators, added at the end)
 //   dZblk         = W2[:, kblk]^T @ G (in cache, never stored)
 //   dxk[h, :]    += sum_i dZ[(h,i), :] * x0[i, :];  dx0[i, :] += sum_h dZ[(h,i), :] * xk[h, :]
 // Two GEMMs of the forward's size, as for any linear layer; Z is formed again instead of saved.
@@ -17,6 +17,7 @@
 
 #include <ATen/Parallel.h>
 
+#include <atomic>
 #include <vector>
 
 #include "cpu/parallel.h"
@@ -108,11 +109,12 @@ void cin_forward_kernel(const T* xk, const T* x0, const at::Tensor& W2, const fl
                         int64_t H, int64_t M, int64_t D, int64_t Hn) {
   const auto [S, hb] = blocking(B, H, M, D);
   const int64_t nblocks = (B + S - 1) / S;
-  at::parallel_for(0, nblocks, 1, [&](int64_t i0, int64_t i1) {
+  std::atomic<int64_t> next{0};  // sample blocks handed out one at a time (cpu/parallel.h)
+  at::parallel_for(0, num_slots(nblocks), 1, [&](int64_t, int64_t) {
     const SequentialBlas seq;
     const int64_t C = S * D;
     std::vector<float> xk_buf(H * C), x0_buf(M * C), z_buf(hb * M * C), acc_buf(Hn * C);
-    for (int64_t blk = i0; blk < i1; ++blk) {
+    for (int64_t blk = next++; blk < nblocks; blk = next++) {
       const int64_t b0 = blk * S, s_n = std::min(S, B - b0), c_n = s_n * D;
       load_block(xk, xk_buf.data(), b0, s_n, H, D);
       load_block(x0, x0_buf.data(), b0, s_n, M, D);
@@ -139,14 +141,15 @@ void cin_backward_kernel(const T* g, const T* xk, const T* x0, const at::Tensor&
   const auto [S, hb] = blocking(B, H, M, D);
   const int64_t nblocks = (B + S - 1) / S;
   const int64_t K = H * M;
-  for_chunks(nblocks, chunks, [&](int64_t chunk, int64_t i0, int64_t i1) {
+  std::atomic<int64_t> next{0};  // sample blocks handed out one at a time (cpu/parallel.h)
+  at::parallel_for(0, chunks, 1, [&](int64_t chunk, int64_t) {
     const SequentialBlas seq;
     const int64_t C = S * D;
     std::vector<float> xk_buf(H * C), x0_buf(M * C), g_buf(Hn * C), z_buf(hb * M * C), dz_buf(hb * M * C),
         dxk_buf(H * C), dx0_buf(M * C);
     auto dw = wrap(dw_part + chunk * Hn * K, Hn, K);
     float* db = db_part + chunk * Hn;
-    for (int64_t blk = i0; blk < i1; ++blk) {
+    for (int64_t blk = next++; blk < nblocks; blk = next++) {
       const int64_t b0 = blk * S, s_n = std::min(S, B - b0), c_n = s_n * D;
       load_block(xk, xk_buf.data(), b0, s_n, H, D);
       load_block(x0, x0_buf.data(), b0, s_n, M, D);
@@ -239,7 +242,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cin_layer_backward(co
   auto dxk = at::empty_like(xk), dx0 = at::empty_like(x0);  // every element is stored
   const auto W2 = weight.to(at::kFloat).contiguous().view({Hn, H * M});
   const int64_t S = blocking(B, H, M, D).S;
-  const int64_t chunks = num_chunks((B + S - 1) / S, 1);
+  const int64_t chunks = num_slots((B + S - 1) / S);  // one dW / db accumulator per worker
   auto dw = at::zeros({chunks, Hn, H * M}, at::kFloat), db = at::zeros({chunks, Hn}, at::kFloat);
   RANKOPS_DISPATCH_FLOAT(xk.scalar_type(), "cin_layer_backward", [&] {
     cin_backward_kernel(g.data_ptr<scalar_t>(), xk.data_ptr<scalar_t>(), x0.data_ptr<scalar_t>(), W2,

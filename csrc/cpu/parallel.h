@@ -6,6 +6,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 
 namespace rankops::cpu {
@@ -26,5 +27,11 @@ void for_chunks(int64_t rows, int64_t chunks, const F& f) {
     }
   });
 }
+
+// Work handed out item by item from a shared counter, to at most one worker ("slot") per thread:
+// on a shared machine a statically split range waits for its slowest thread (a core busy with
+// another process), while here the other threads take over its items. Which slot gets which item
+// varies from run to run, so per-slot partial sums agree only up to rounding.
+inline int64_t num_slots(int64_t items) { return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), items)); }
 
 }  // namespace rankops::cpu
