@@ -1,10 +1,13 @@
 """nn.Module layers built on the rankops ops (drop-in for torch / TorchRec / DeepCTR layers)."""
 
+from rankops.nn.attention import DINAttention, MultiHeadTargetAttention
+from rankops.nn.embedding_bag import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor
 from rankops.nn.interaction import DotInteraction, FactorizationMachine
 
-__all__ = ["DotInteraction", "FactorizationMachine"]
+from rankops.nn.cin import CIN
+from rankops.nn.cross import CrossNet
 
-from rankops.nn.cin import CIN  # noqa: E402
-from rankops.nn.cross import CrossNet  # noqa: E402
-
+__all__ = ["DINAttention", "MultiHeadTargetAttention"]
+__all__ += ["EmbeddingBagCollection", "EmbeddingBagConfig", "KeyedJaggedTensor"]
+__all__ += ["DotInteraction", "FactorizationMachine"]
 __all__ += ["CIN", "CrossNet"]

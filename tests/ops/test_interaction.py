@@ -191,3 +191,18 @@ def test_torch_compile_inductor_default():
     (g_expected,) = torch.autograd.grad(expected.sum(), x)
     assert_close(out, expected, 1e-5, 1e-5)
     assert_close(g, g_expected, 1e-5, 1e-5)
+
+
+# Shapes that exercise the GPU kernels' layout edges: F not a multiple of 16 with a batch that is
+# not a multiple of the samples per block (odd output offsets, P=351 at F=27), D past one tile,
+# samples beyond 48 KB of shared memory (opt-in path) and beyond the opt-in limit (warp fallback).
+GPU_SHAPES = [(1001, 27, 13), (1001, 39, 16), (257, 27, 200), (64, 100, 256), (8, 400, 256)]
+
+
+@pytest.mark.parametrize("backend,device", [p for p in backend_devices("cuda", "triton") if p.values[1] == "cuda"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", GPU_SHAPES, ids=str)
+@pytest.mark.parametrize("flag", [False, True])
+def test_gpu_layout_edges(backend, device, dtype, shape, flag):
+    _check_fwd_bwd(rankops.fm_interaction, reference.fm_interaction, flag, backend, device, shape, dtype)
+    _check_fwd_bwd(rankops.dot_interaction, reference.dot_interaction, flag, backend, device, shape, dtype)

@@ -1,0 +1,189 @@
+"""Writers for a Bench's rows: CSV (every number), markdown (readable tables), PNG (the picture).
+Called by Bench.save(); nothing here measures anything."""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections import defaultdict
+from pathlib import Path
+
+from bench.common import BASELINES
+
+FIXED_HEAD = ["run", "device", "op", "case"]
+FIXED_TAIL = ["provider", "mode", "dtype", "median_ms", "p20_ms", "p80_ms", "min_ms", "samples", "bytes", "gbps", "bw_frac",
+              "flops", "tflops", "flops_frac", "vs_eager", "vs_compile", "rel_err", "error"]
+
+
+def columns(rows: list[dict]) -> list[str]:
+    """CSV columns: the fixed ones around the union of the case parameters (in first-seen order)."""
+    known = set(FIXED_HEAD) | set(FIXED_TAIL)
+    params: dict[str, None] = {}
+    for r in rows:
+        for k in r:
+            if k not in known:
+                params[k] = None
+    return FIXED_HEAD + list(params) + FIXED_TAIL
+
+
+def _num(v, digits=4):
+    if v is None or v == "":
+        return ""
+    if isinstance(v, float):
+        if math.isnan(v) or math.isinf(v):
+            return str(v)
+        return f"{v:.{digits}g}"
+    return str(v)
+
+
+def write_csv(bench, path: Path) -> None:
+    cols = columns(bench.rows)
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+        w.writeheader()
+        for r in bench.rows:
+            w.writerow({k: _num(r.get(k), 6) for k in cols})
+
+
+def _groups(rows):
+    """{(op, mode, dtype): {case: {provider: row}}}, in first-seen order."""
+    out: dict = {}
+    for r in rows:
+        out.setdefault((r["op"], r["mode"], r["dtype"]), {}).setdefault(r["case"], {})[r["provider"]] = r
+    return out
+
+
+def _providers(rows) -> list[str]:
+    seen = dict.fromkeys(r["provider"] for r in rows)
+    return [p for p in BASELINES if p in seen] + [p for p in seen if p not in BASELINES]
+
+
+def _x(v):
+    return f"{v:.2f}x" if v else "-"
+
+
+def _pct(v):
+    return f"{100 * v:.0f}%" if v is not None and v != "" else "-"
+
+
+def write_md(bench, path: Path) -> None:
+    rows = bench.rows
+    provs = _providers(rows)
+    lines = [f"# {bench.name} on {bench.tag}", ""]
+    for what, value in bench.header():
+        lines.append(f"- **{what}**: {value}")
+    for n in bench.notes:
+        lines.append(f"- {n}")
+    lines += [
+        "",
+        "Times are medians of single calls (p20-p80 in the details), providers interleaved in rounds; "
+        "`fwd` runs under torch.no_grad, `fwd+bwd` is the forward plus torch.autograd.grad with one fixed "
+        "random grad_out. `vs eager` / `vs compile` = that provider's time divided into the baseline's "
+        "(> 1 is faster). GB/s = bytes the op must move (formula in the benchmark) / median time; "
+        "% bw = that over the measured memory bandwidth.",
+        "",
+    ]
+    others = [p for p in provs if p != "eager"]
+    for (op, mode, dtype), cases in _groups(rows).items():
+        present = [p for p in provs if any(p in c for c in cases.values())]
+        lines += [f"## {op} - {mode} - {dtype}", ""]
+        head = ["case"] + [f"{p} ms" for p in present]
+        for p in others:
+            if p not in present:
+                continue
+            head.append(f"{p} vs eager")
+            if p != "compile" and "compile" in present:
+                head.append(f"{p} vs compile")
+        head.append("best % bw")
+        lines.append("| " + " | ".join(head) + " |")
+        lines.append("|" + "---|" * len(head))
+        for case, byp in cases.items():
+            cells = [case]
+            for p in present:
+                r = byp.get(p)
+                cells.append("-" if r is None else ("error" if r.get("error") else _num(r.get("median_ms"), 3)))
+            for p in others:
+                if p not in present:
+                    continue
+                r = byp.get(p, {})
+                cells.append(_x(r.get("vs_eager")))
+                if p != "compile" and "compile" in present:
+                    cells.append(_x(r.get("vs_compile")))
+            fr = [r.get("bw_frac") for r in byp.values() if r.get("bw_frac")]
+            cells.append(_pct(max(fr)) if fr else "-")
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+
+    lines += ["## Details", "",
+              "| op | mode | dtype | case | provider | median ms | p20-p80 ms | min ms | GB/s | % bw | TFLOP/s | % peak "
+              "| vs eager | vs compile | rel err |",
+              "|" + "---|" * 15]
+    for r in rows:
+        if r.get("error"):
+            lines.append(f"| {r['op']} | {r['mode']} | {r['dtype']} | {r['case']} | {r['provider']} | "
+                         f"error: {r['error'].replace('|', '/')} |" + " |" * 9)
+            continue
+        lines.append("| " + " | ".join([
+            r["op"], r["mode"], r["dtype"], r["case"], r["provider"], _num(r.get("median_ms"), 3),
+            f"{_num(r.get('p20_ms'), 3)}-{_num(r.get('p80_ms'), 3)}", _num(r.get("min_ms"), 3), _num(r.get("gbps"), 3), _pct(r.get("bw_frac")),
+            _num(r.get("tflops"), 3), _pct(r.get("flops_frac")), _x(r.get("vs_eager")), _x(r.get("vs_compile")),
+            _num(r.get("rel_err"), 2)]) + " |")
+    errs = sorted({r["error"] for r in rows if r.get("error")})
+    if errs:
+        lines += ["", "Errors:", ""] + [f"- `{e}`" for e in errs]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def write_png(bench, path: Path) -> None:
+    """One panel per (op, mode, dtype): speedup over eager of every provider, per case (log scale)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib import ticker
+
+    groups = _groups(bench.rows)
+    provs = [p for p in _providers(bench.rows) if p != "eager"]
+    n = max(1, len(groups))
+    ncol = 2 if n > 1 else 1
+    nrow = math.ceil(n / ncol)
+    ncase = max((len(c) for c in groups.values()), default=1)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(max(7, 0.9 * ncase + 2) * ncol, 3.8 * nrow), squeeze=False)
+    colors = dict(zip(provs, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 4))
+    width = 0.8 / max(1, len(provs))
+    for ax, ((op, mode, dtype), cases) in zip(axes.flat, groups.items()):
+        labels = list(cases)
+        lo, hi = 1.0, 1.0
+        for k, p in enumerate(provs):
+            xs, ys = [], []
+            for i, c in enumerate(labels):
+                v = cases[c].get(p, {}).get("vs_eager")
+                if v:
+                    xs.append(i + (k - (len(provs) - 1) / 2) * width)
+                    ys.append(v)
+            if not xs:
+                continue
+            # bars grow from 1x: up when faster than eager, down when slower
+            ax.bar(xs, [y - 1 for y in ys], width, bottom=1, label=p, color=colors[p])
+            for x, y in zip(xs, ys):
+                ax.annotate(f"{y:.3g}", (x, y), ha="center", va="bottom" if y >= 1 else "top", fontsize=7)
+            lo, hi = min(lo, *ys), max(hi, *ys)
+        ax.axhline(1.0, color="black", lw=1, ls="--")
+        ax.set_yscale("log")
+        ax.set_ylim(min(lo, 1 / 1.5) / 1.3, max(hi, 1.5) * 1.3)
+        ax.yaxis.set_major_locator(ticker.LogLocator(subs=(1, 2, 5)))
+        ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}x"))
+        ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+        ax.set_xticks(range(len(labels)))
+        ax.set_xticklabels([c.replace(" ", "\n") for c in labels], fontsize=7)
+        ax.set_ylabel("speedup over eager")
+        ax.set_title(f"{op}  {mode}  {dtype}", fontsize=10)
+        ax.grid(axis="y", which="both", alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
+    for ax in list(axes.flat)[len(groups):]:
+        ax.axis("off")
+    fig.suptitle(f"{bench.name} on {bench.tag}  (median time of eager / provider; dashed = eager; "
+                 f"bandwidth {bench.bandwidth:.0f} GB/s)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,390 @@
+"""EmbeddingBagCollection: many embedding tables looked up in as few calls as possible.
+
+Tables of equal dim and pooling are stacked row-wise into one weight buffer and served by one
+``rankops.batched_embedding_bag`` call; the state dict still shows one entry per table under
+TorchRec's names (``embedding_bags.<table>.weight``), so TorchRec checkpoints load directly.
+"""
+
+from __future__ import annotations
+
+import re
+
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from rankops.ops.embedding_bag import (FusedOptimizer, batched_embedding_bag, fused_batched_embedding_bag)
+
+POOLINGS = ("sum", "mean", "max")
+
+
+def _pooling_name(p) -> str:
+    # accepts "sum", TorchRec's PoolingType.SUM, or anything whose name is one of POOLINGS
+    name = str(getattr(p, "name", p)).lower()
+    if name not in POOLINGS:
+        raise ValueError(f"rankops.nn.EmbeddingBagCollection: pooling must be one of {POOLINGS}, got {p!r}")
+    return name
+
+
+@dataclass
+class EmbeddingBagConfig:
+    """One table: ``num_embeddings`` rows of ``embedding_dim``, looked up by the feature
+    ``feature_names[0]`` (default: the table's name) and pooled by ``pooling``.
+    Field names follow TorchRec's EmbeddingBagConfig."""
+
+    name: str
+    num_embeddings: int
+    embedding_dim: int
+    pooling: str = "sum"
+    feature_names: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.pooling = _pooling_name(self.pooling)
+        if not self.feature_names:
+            self.feature_names = [self.name]
+        if len(self.feature_names) != 1:
+            raise ValueError(f"rankops.nn.EmbeddingBagCollection: table {self.name!r} lists features "
+                             f"{self.feature_names}; one feature per table is supported")
+        if self.num_embeddings < 1 or self.embedding_dim < 1:
+            raise ValueError(f"rankops.nn.EmbeddingBagCollection: table {self.name!r} needs >= 1 rows and dim, got "
+                             f"{self.num_embeddings} x {self.embedding_dim}")
+
+
+class KeyedJaggedTensor:
+    """Sparse features laid out like TorchRec's KeyedJaggedTensor.
+
+    ``values[nnz]`` holds the ids of every key back to back (key-major), each key's part split into
+    B bags by ``lengths[K*B]`` (or ``offsets[K*B+1]``); ``weights[nnz]`` are optional per-id weights.
+    Feature k, sample b: ``values[offsets[k*B+b] : offsets[k*B+b+1]]``.
+    """
+
+    def __init__(self, keys: Sequence[str], values: Tensor, lengths: Tensor | None = None,
+                 offsets: Tensor | None = None, weights: Tensor | None = None):
+        if (lengths is None) == (offsets is None):
+            raise ValueError("KeyedJaggedTensor: give exactly one of lengths and offsets")
+        self._keys = list(keys)
+        self._values = values
+        self._weights = weights
+        if offsets is None:
+            offsets = torch.zeros(lengths.numel() + 1, dtype=lengths.dtype, device=lengths.device)
+            offsets[1:] = torch.cumsum(lengths, 0)
+        self._offsets = offsets
+        K = len(self._keys)
+        if K == 0 or (offsets.numel() - 1) % K:
+            raise ValueError(f"KeyedJaggedTensor: {offsets.numel() - 1} bags do not split evenly over {K} keys")
+
+    def keys(self) -> list[str]:
+        return self._keys
+
+    def values(self) -> Tensor:
+        return self._values
+
+    def offsets(self) -> Tensor:
+        return self._offsets
+
+    def lengths(self) -> Tensor:
+        return self._offsets[1:] - self._offsets[:-1]
+
+    def weights_or_none(self) -> Tensor | None:
+        return self._weights
+
+    def stride(self) -> int:
+        return (self._offsets.numel() - 1) // len(self._keys)
+
+
+def _kjt_parts(kjt) -> tuple[list[str], Tensor, Tensor, Tensor | None]:
+    """(keys, values, offsets [K*B+1], weights or None) from ours or TorchRec's KeyedJaggedTensor."""
+    keys = list(kjt.keys())
+    values = kjt.values()
+    off = kjt.offsets() if hasattr(kjt, "offsets") else None
+    if off is None:
+        lengths = kjt.lengths()
+        off = torch.zeros(lengths.numel() + 1, dtype=torch.int64, device=values.device)
+        off[1:] = torch.cumsum(lengths, 0)
+    weights = kjt.weights_or_none() if hasattr(kjt, "weights_or_none") else None
+    return keys, values, off, weights
+
+
+class EmbeddingBagCollection(nn.Module):
+    """Pooled embeddings of many sparse features, one table each.
+
+    ``out[b, cols(f)] = pool_f(table_f rows of feature f's ids for sample b)``, tables in the
+    order given, with ``cols(f)`` the feature's slice of the concatenated dims.
+
+    Args:
+        tables: the tables (``EmbeddingBagConfig``; each has its own rows, dim and pooling).
+        fused_optimizer: train the tables with the update fused into the backward (SGD, Adagrad or
+            row-wise Adagrad; ``rankops.FusedOptimizer``). The tables then take no part in a
+            torch optimizer and their optimizer state is saved in the state dict.
+        output: "concat" (``[B, sum of dims]``) or "stacked" (``[B, T, D]``, all dims equal).
+        sparse: sparse COO gradients for the tables (for torch.optim.SparseAdam / SGD).
+        dtype, device: of the tables.
+    Input (``forward``): a KeyedJaggedTensor (ours or TorchRec's; keys any order containing the
+    features), a dict ``{feature: (indices, offsets[B+1])}``, or a list of ``(indices, offsets)``
+    in table order; optional per-sample weights via the KJT's weights or a third tuple element.
+
+    Example::
+
+        ebc = EmbeddingBagCollection([EmbeddingBagConfig("user", 1000, 16),
+                                      EmbeddingBagConfig("item", 500, 16, pooling="mean")])
+        out = ebc({"user": (ids_u, offs_u), "item": (ids_i, offs_i)})   # [B, 32]
+    """
+
+    def __init__(self, tables: Sequence[EmbeddingBagConfig], *, fused_optimizer: FusedOptimizer | None = None,
+                 output: str = "concat", sparse: bool = False, dtype: torch.dtype = torch.float32,
+                 device: torch.device | str | None = None):
+        super().__init__()
+        if not tables:
+            raise ValueError("rankops.nn.EmbeddingBagCollection: needs at least one table")
+        names = [t.name for t in tables]
+        if len(set(names)) != len(names):
+            raise ValueError(f"rankops.nn.EmbeddingBagCollection: table names must be unique, got {names}")
+        if output not in ("concat", "stacked"):
+            raise ValueError(f"rankops.nn.EmbeddingBagCollection: output must be 'concat' or 'stacked', got {output!r}")
+        if output == "stacked" and len({t.embedding_dim for t in tables}) != 1:
+            raise ValueError("rankops.nn.EmbeddingBagCollection: output='stacked' needs tables of one dim")
+        if fused_optimizer is not None and sparse:
+            raise ValueError("rankops.nn.EmbeddingBagCollection: fused_optimizer and sparse exclude each other")
+        self.tables = list(tables)
+        self.features = [t.feature_names[0] for t in tables]
+        self.output = output
+        self.sparse = sparse
+        self.fused_optimizer = fused_optimizer
+        # Groups: tables of one (dim, pooling), in first-appearance order; each is one buffer.
+        groups: dict[tuple[int, str], list[int]] = {}
+        for i, t in enumerate(tables):
+            groups.setdefault((t.embedding_dim, t.pooling), []).append(i)
+        self._groups = list(groups.values())
+        self._group_mode = [tables[g[0]].pooling for g in self._groups]
+        self._where: dict[int, tuple[int, int, int]] = {}  # table -> (group, slot, first row)
+        self.weights = nn.ParameterList()
+        for gi, members in enumerate(self._groups):
+            rows = [tables[i].num_embeddings for i in members]
+            to = torch.zeros(len(rows) + 1, dtype=torch.int64)
+            to[1:] = torch.cumsum(torch.tensor(rows), 0)
+            w = torch.empty(int(to[-1]), tables[members[0]].embedding_dim, dtype=dtype, device=device)
+            for slot, i in enumerate(members):
+                self._where[i] = (gi, slot, int(to[slot]))
+                bound = (1.0 / tables[i].num_embeddings) ** 0.5  # TorchRec's default init
+                nn.init.uniform_(w[int(to[slot]):int(to[slot + 1])], -bound, bound)
+            self.weights.append(nn.Parameter(w, requires_grad=fused_optimizer is None))
+            self.register_buffer(f"_table_offsets_{gi}", to.to(device), persistent=False)
+            if fused_optimizer is not None:
+                self.register_buffer(f"_state_{gi}", fused_optimizer.init_state(w), persistent=False)
+        self._register_state_dict_hook(EmbeddingBagCollection._per_table_state_dict)
+        self._register_load_state_dict_pre_hook(EmbeddingBagCollection._load_per_table, with_module=True)
+
+    # -----------------------------------------------------------------------------------------
+    # state dict: one entry per table under TorchRec's names
+
+    def _state_name(self) -> str | None:
+        if self.fused_optimizer is None or self.fused_optimizer.name == "sgd":
+            return None
+        return {"adagrad": "adagrad_sum", "rowwise_adagrad": "rowwise_adagrad_sum"}[self.fused_optimizer.name]
+
+    def table_weight(self, name: str) -> Tensor:
+        """The rows of table ``name`` (a view into its group's buffer)."""
+        i = [t.name for t in self.tables].index(name)
+        gi, _, r0 = self._where[i]
+        return self.weights[gi][r0:r0 + self.tables[i].num_embeddings]
+
+    def table_state(self, name: str) -> Tensor | None:
+        i = [t.name for t in self.tables].index(name)
+        gi, _, r0 = self._where[i]
+        if self._state_name() is None:
+            return None
+        return getattr(self, f"_state_{gi}")[r0:r0 + self.tables[i].num_embeddings]
+
+    @staticmethod
+    def _per_table_state_dict(module, state_dict, prefix, local_metadata):
+        for k in [k for k in state_dict if k.startswith(prefix + "weights.")]:
+            del state_dict[k]
+        state = module._state_name()
+        for t in module.tables:
+            state_dict[f"{prefix}embedding_bags.{t.name}.weight"] = module.table_weight(t.name).detach()
+            if state is not None:
+                state_dict[f"{prefix}embedding_bags.{t.name}.{state}"] = module.table_state(t.name).detach()
+        return state_dict
+
+    def _load_per_table(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        state = self._state_name()
+        with torch.no_grad():
+            for t in self.tables:
+                key = f"{prefix}embedding_bags.{t.name}.weight"
+                if key not in state_dict:
+                    missing_keys.append(key)
+                    continue
+                src = state_dict.pop(key)
+                dst = self.table_weight(t.name)
+                if tuple(src.shape) != tuple(dst.shape):
+                    error_msgs.append(f"size mismatch for {key}: copying {tuple(src.shape)} into {tuple(dst.shape)}")
+                    continue
+                dst.copy_(src)
+                if state is not None:
+                    skey = f"{prefix}embedding_bags.{t.name}.{state}"
+                    if skey in state_dict:
+                        self.table_state(t.name).copy_(state_dict.pop(skey))
+                    else:
+                        missing_keys.append(skey)
+        # the group buffers were filled above; keep nn.Module from asking for them
+        for gi in range(len(self._groups)):
+            state_dict[f"{prefix}weights.{gi}"] = self.weights[gi].detach()
+
+    # -----------------------------------------------------------------------------------------
+    # construction from torch / TorchRec
+
+    @classmethod
+    def from_embedding_bags(cls, bags: Sequence[nn.EmbeddingBag], names: Sequence[str] | None = None,
+                            **kwargs) -> "EmbeddingBagCollection":
+        """One table per ``nn.EmbeddingBag`` (its weight, dim and mode), named ``names`` or t0, t1, ..."""
+        names = list(names) if names is not None else [f"t{i}" for i in range(len(bags))]
+        tables = [EmbeddingBagConfig(n, b.num_embeddings, b.embedding_dim, b.mode) for n, b in zip(names, bags)]
+        kwargs.setdefault("dtype", bags[0].weight.dtype)
+        kwargs.setdefault("device", bags[0].weight.device)
+        ebc = cls(tables, **kwargs)
+        with torch.no_grad():
+            for n, b in zip(names, bags):
+                ebc.table_weight(n).copy_(b.weight)
+        return ebc
+
+    @classmethod
+    def from_torchrec_state_dict(cls, state_dict: Mapping[str, Tensor], pooling: str | Mapping[str, str] = "sum",
+                                 prefix: str = "", **kwargs) -> "EmbeddingBagCollection":
+        """From the state dict of TorchRec's EmbeddingBagCollection (keys
+        ``<prefix>embedding_bags.<table>.weight``); sizes come from the weights, ``pooling`` (one
+        for all, or per table) from the caller since a state dict does not carry it."""
+        head = prefix + "embedding_bags."
+        weights = {k[len(head):-len(".weight")]: v for k, v in state_dict.items()
+                   if k.startswith(head) and k.endswith(".weight")}
+        if not weights:
+            raise ValueError(f"rankops.nn.EmbeddingBagCollection: no '{head}<table>.weight' keys in the state dict")
+        tables = [EmbeddingBagConfig(n, w.shape[0], w.shape[1],
+                                     pooling if isinstance(pooling, str) else pooling.get(n, "sum"))
+                  for n, w in weights.items()]
+        first = next(iter(weights.values()))
+        kwargs.setdefault("dtype", first.dtype)
+        kwargs.setdefault("device", first.device)
+        ebc = cls(tables, **kwargs)
+        with torch.no_grad():
+            for n, w in weights.items():
+                ebc.table_weight(n).copy_(w)
+        return ebc
+
+    # -----------------------------------------------------------------------------------------
+    # forward
+
+    def _per_table_inputs(self, features) -> list[tuple[Tensor, Tensor, Tensor | None]]:
+        """(indices, offsets [B+1], per-sample weights or None) of each table, in table order."""
+        if isinstance(features, Mapping):
+            items = []
+            for f in self.features:
+                if f not in features:
+                    raise ValueError(f"rankops.nn.EmbeddingBagCollection: feature {f!r} missing from the input")
+                items.append(features[f])
+        elif isinstance(features, (list, tuple)):
+            if len(features) != len(self.tables):
+                raise ValueError(f"rankops.nn.EmbeddingBagCollection: {len(features)} inputs for "
+                                 f"{len(self.tables)} tables")
+            items = list(features)
+        else:
+            keys, values, off, weights = _kjt_parts(features)
+            K = len(keys)
+            B = (off.numel() - 1) // K
+            items = []
+            for f in self.features:
+                if f not in keys:
+                    raise ValueError(f"rankops.nn.EmbeddingBagCollection: feature {f!r} missing from the "
+                                     f"KeyedJaggedTensor (keys {keys})")
+                k = keys.index(f)
+                o = off[k * B:(k + 1) * B + 1]
+                a, b = int(o[0]), int(o[-1])
+                items.append((values[a:b], o - a, None if weights is None else weights[a:b]))
+        out = []
+        for f, it in zip(self.features, items):
+            idx, off = it[0], it[1]
+            psw = it[2] if len(it) > 2 else None
+            if off.dim() != 1 or off.numel() != items[0][1].numel():
+                raise ValueError(f"rankops.nn.EmbeddingBagCollection: feature {f!r} has offsets of shape "
+                                 f"{tuple(off.shape)}; every feature needs B+1 = {items[0][1].numel()} offsets "
+                                 f"(as feature {self.features[0]!r})")
+            out.append((idx, off, psw))
+        return out
+
+    def _group_call(self, gi: int, parts):
+        """One batched call for group gi from its tables' (indices, offsets, psw)."""
+        B = parts[0][1].numel() - 1
+        for i, (idx, off, _) in enumerate(parts):
+            if off.numel() - 1 != B:
+                raise ValueError(f"rankops.nn.EmbeddingBagCollection: feature "
+                                 f"{self.features[self._groups[gi][i]]!r} has {off.numel() - 1} bags, "
+                                 f"the first has {B}")
+        if len(parts) == 1:
+            idx, off, psw = parts[0]
+        else:
+            idx = torch.cat([p[0] for p in parts])
+            base = 0
+            offs = []
+            for p in parts:
+                offs.append(p[1][:-1].to(torch.int64) + base)
+                base += p[0].numel()
+            offs.append(torch.tensor([base], dtype=torch.int64, device=idx.device))
+            off = torch.cat(offs).to(idx.dtype)
+            pws = [p[2] for p in parts]
+            if all(p is None for p in pws):
+                psw = None
+            else:
+                psw = torch.cat([p if p is not None else torch.ones(q[0].numel(), dtype=self.weights[gi].dtype,
+                                                                    device=idx.device) for p, q in zip(pws, parts)])
+        to = getattr(self, f"_table_offsets_{gi}")
+        mode = self._group_mode[gi]
+        w = self.weights[gi]
+        try:
+            if self.fused_optimizer is not None:
+                state = getattr(self, f"_state_{gi}")
+                return fused_batched_embedding_bag(w, state, to, idx, off, psw, mode, optimizer=self.fused_optimizer)
+            return batched_embedding_bag(w, to, idx, off, psw, mode, sparse=self.sparse)
+        except (IndexError, ValueError) as e:
+            raise type(e)(self._name_tables(str(e), gi)) from e
+
+    def _name_tables(self, msg: str, gi: int) -> str:
+        """The op numbers tables within its call; say which of ours that is."""
+        m = re.search(r"table (\d+)", msg)
+        members = self._groups[gi]
+        if m and int(m.group(1)) < len(members):
+            t = self.tables[members[int(m.group(1))]]
+            return f"{msg} [table {m.group(1)} of this call is {t.name!r}, feature {t.feature_names[0]!r}]"
+        return f"{msg} [tables of this call: {[self.tables[i].name for i in members]}]"
+
+    def forward(self, features) -> Tensor:
+        if len(self._groups) == 1 and not isinstance(features, (Mapping, list, tuple)):
+            keys, values, off, weights = _kjt_parts(features)
+            if keys == self.features:  # already table-major in table order: no copy at all
+                to = getattr(self, "_table_offsets_0")
+                w, mode = self.weights[0], self._group_mode[0]
+                if self.fused_optimizer is not None:
+                    g = fused_batched_embedding_bag(w, getattr(self, "_state_0"), to, values, off, weights, mode,
+                                                    optimizer=self.fused_optimizer)
+                else:
+                    g = batched_embedding_bag(w, to, values, off, weights, mode, sparse=self.sparse)
+                return g if self.output == "stacked" else g.reshape(g.shape[0], -1)
+        parts = self._per_table_inputs(features)
+        outs: list[Tensor | None] = [None] * len(self.tables)
+        for gi, members in enumerate(self._groups):
+            g = self._group_call(gi, [parts[i] for i in members])  # [B, T_g, D]
+            if len(self._groups) == 1:
+                return g if self.output == "stacked" else g.reshape(g.shape[0], -1)
+            for slot, i in enumerate(members):
+                outs[i] = g[:, slot]
+        if self.output == "stacked":
+            return torch.stack(outs, 1)
+        return torch.cat(outs, 1)
+
+    def extra_repr(self) -> str:
+        tabs = ", ".join(f"{t.name}:{t.num_embeddings}x{t.embedding_dim}/{t.pooling}" for t in self.tables)
+        fused = f", fused_optimizer={self.fused_optimizer}" if self.fused_optimizer else ""
+        return f"tables=[{tabs}], groups={len(self._groups)}, output={self.output}{fused}"
+
+
+__all__ = ["EmbeddingBagCollection", "EmbeddingBagConfig", "KeyedJaggedTensor"]

@@ -1,0 +1,186 @@
+"""EmbeddingBagCollection against a list of torch.nn.EmbeddingBag: inputs in every accepted form,
+grouping, gradients, the fused optimizers, and the TorchRec-named state dict."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import rankops
+from rankops.nn import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor
+from rankops.ops.embedding_bag import FusedOptimizer
+from tests.utils import assert_close
+
+# (rows, dim, mode): two groups of dim 8 (sum), a mean table and a max table of dim 4
+SPECS = [(20, 8, "sum"), (1, 8, "sum"), (9, 4, "mean"), (30, 8, "sum"), (12, 4, "max")]
+NAMES = ["user", "one_row", "cat", "item", "tags"]
+
+
+def make_bags(specs=SPECS, seed=0):
+    torch.manual_seed(seed)
+    return [nn.EmbeddingBag(n, d, mode=m) for n, d, m in specs]
+
+
+def make_batch(specs=SPECS, B=5, seed=1, index_dtype=torch.int64):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for n, _, _ in specs:
+        lengths = torch.randint(0, 4, (B,), generator=g)
+        lengths[0] = 0  # an empty bag in every feature
+        idx = torch.randint(0, n, (int(lengths.sum()),), generator=g).to(index_dtype)
+        off = torch.zeros(B + 1, dtype=index_dtype)
+        off[1:] = torch.cumsum(lengths, 0)
+        out.append((idx, off))
+    return out
+
+
+def loop_reference(bags, batch):
+    return torch.cat([b(idx, off[:-1]) for b, (idx, off) in zip(bags, batch)], 1)
+
+
+def test_groups_and_forward_all_input_forms():
+    bags = make_bags()
+    ebc = EmbeddingBagCollection.from_embedding_bags(bags, NAMES)
+    assert len(ebc._groups) == 3  # (8, sum), (4, mean), (4, max)
+    batch = make_batch()
+    want = loop_reference(bags, batch)
+    assert_close(ebc(batch), want, 1e-6, 1e-6, "list input")
+    assert_close(ebc(dict(zip(NAMES, batch))), want, 1e-6, 1e-6, "dict input")
+    # a KJT with the keys in another order and an extra key the collection ignores
+    order = [4, 2, 0, 3, 1]
+    keys = [NAMES[i] for i in order] + ["unused"]
+    parts = [batch[i] for i in order] + [(torch.tensor([0, 1]), torch.tensor([0, 1, 1, 1, 2, 2]))]
+    values = torch.cat([p[0] for p in parts])
+    lengths = torch.cat([p[1][1:] - p[1][:-1] for p in parts])
+    assert_close(ebc(KeyedJaggedTensor(keys, values, lengths=lengths)), want, 1e-6, 1e-6, "kjt input")
+
+
+def test_single_group_kjt_fast_path_and_stacked_output():
+    specs = [(10, 6, "sum"), (3, 6, "sum"), (7, 6, "sum")]
+    bags = make_bags(specs)
+    ebc = EmbeddingBagCollection.from_embedding_bags(bags, ["a", "b", "c"], output="stacked")
+    batch = make_batch(specs, index_dtype=torch.int32)
+    values = torch.cat([p[0] for p in batch])
+    lengths = torch.cat([p[1][1:] - p[1][:-1] for p in batch])
+    out = ebc(KeyedJaggedTensor(["a", "b", "c"], values, lengths=lengths))
+    assert out.shape == (5, 3, 6)
+    want = torch.stack([b(i.long(), o[:-1].long()) for b, (i, o) in zip(bags, batch)], 1)
+    assert_close(out, want, 1e-6, 1e-6, "stacked")
+
+
+def test_gradients_match_embedding_bags():
+    bags = make_bags()
+    ebc = EmbeddingBagCollection.from_embedding_bags(bags, NAMES)
+    batch = make_batch()
+    g = torch.randn(5, sum(d for _, d, _ in SPECS))
+    (ebc(batch) * g).sum().backward()
+    (loop_reference(bags, batch) * g).sum().backward()
+    for name, bag in zip(NAMES, bags):
+        i = NAMES.index(name)
+        gi, _, r0 = ebc._where[i]
+        got = ebc.weights[gi].grad[r0:r0 + bag.num_embeddings]
+        assert_close(got, bag.weight.grad, 1e-6, 1e-6, name)
+
+
+def test_sparse_gradients():
+    bags = make_bags()
+    ebc = EmbeddingBagCollection.from_embedding_bags(bags, NAMES, sparse=True)
+    ebc(make_batch()).sum().backward()
+    assert all(w.grad.layout == torch.sparse_coo for w in ebc.weights)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adagrad"])
+def test_fused_optimizer_matches_torch_optim(optimizer):
+    bags = make_bags()
+    opt = FusedOptimizer(optimizer, lr=0.2, eps=1e-8)
+    ebc = EmbeddingBagCollection.from_embedding_bags(bags, NAMES, fused_optimizer=opt)
+    assert not any(p.requires_grad for p in ebc.parameters())
+    params = [b.weight for b in bags]
+    torch_opt = torch.optim.SGD(params, lr=0.2) if optimizer == "sgd" else torch.optim.Adagrad(params, lr=0.2,
+                                                                                              eps=1e-8)
+    for step in range(3):
+        batch = make_batch(seed=10 + step)
+        target = torch.randn(5, 32, generator=torch.Generator().manual_seed(step))
+        ((ebc(batch) - target) ** 2).sum().backward()
+        torch_opt.zero_grad()
+        ((loop_reference(bags, batch) - target) ** 2).sum().backward()
+        torch_opt.step()
+        for name, bag in zip(NAMES, bags):
+            assert_close(ebc.table_weight(name), bag.weight, 1e-5, 1e-5, f"step {step} {name}")
+
+
+def test_state_dict_round_trip_with_optimizer_state():
+    opt = FusedOptimizer("rowwise_adagrad", lr=0.1)
+    ebc = EmbeddingBagCollection.from_embedding_bags(make_bags(), NAMES, fused_optimizer=opt)
+    ebc(make_batch(seed=3)).sum().backward()  # one step: non-trivial weights and state
+    sd = ebc.state_dict()
+    assert set(sd) == {f"embedding_bags.{n}.{k}" for n in NAMES for k in ("weight", "rowwise_adagrad_sum")}
+    assert sd["embedding_bags.item.weight"].shape == (30, 8)
+    assert sd["embedding_bags.item.rowwise_adagrad_sum"].shape == (30,)
+    assert float(sd["embedding_bags.item.rowwise_adagrad_sum"].abs().sum()) > 0
+    other = EmbeddingBagCollection([EmbeddingBagConfig(n, r, d, m) for n, (r, d, m) in zip(NAMES, SPECS)],
+                                   fused_optimizer=FusedOptimizer("rowwise_adagrad", lr=0.1))
+    other.load_state_dict(sd)
+    for n in NAMES:
+        assert torch.equal(other.table_weight(n), ebc.table_weight(n))
+        assert torch.equal(other.table_state(n), ebc.table_state(n))
+    # both continue identically
+    batch = make_batch(seed=4)
+    ebc(batch).sum().backward()
+    other(batch).sum().backward()
+    for n in NAMES:
+        assert torch.equal(other.table_weight(n), ebc.table_weight(n))
+
+
+def test_from_torchrec_state_dict():
+    sd = {f"embedding_bags.{n}.weight": torch.randn(r, d) for n, (r, d, _) in zip(NAMES, SPECS)}
+    ebc = EmbeddingBagCollection.from_torchrec_state_dict(sd, pooling={"cat": "mean", "tags": "max"})
+    bags = [nn.EmbeddingBag.from_pretrained(sd[f"embedding_bags.{n}.weight"], mode=m, freeze=False)
+            for n, (_, _, m) in zip(NAMES, SPECS)]
+    batch = make_batch()
+    assert_close(ebc(batch), loop_reference(bags, batch), 1e-6, 1e-6, "from torchrec")
+    assert set(ebc.state_dict()) == set(sd)
+
+
+def test_bad_input_names_the_table_and_leaves_weights():
+    opt = FusedOptimizer("adagrad", lr=0.1)
+    ebc = EmbeddingBagCollection.from_embedding_bags(make_bags(), NAMES, fused_optimizer=opt)
+    before = {k: v.clone() for k, v in ebc.state_dict().items()}
+    batch = make_batch()
+    bad = list(batch)
+    bad[3] = (torch.tensor([1, 30, 2]), torch.tensor([0, 0, 1, 2, 3, 3]))  # item has 30 rows
+    with pytest.raises(IndexError, match=r"indices\[.*\] = 30 is out of range.*'item'"):
+        ebc(bad).sum().backward()
+    with pytest.raises(ValueError, match="'cat'"):
+        bad = list(batch)
+        bad[2] = (batch[2][0], batch[2][1][:-1])
+        ebc(bad)
+    for k, v in ebc.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_config_checks():
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        EmbeddingBagConfig("a", 3, 4, pooling="min")
+    with pytest.raises(ValueError, match="one dim"):
+        EmbeddingBagCollection([EmbeddingBagConfig("a", 3, 4), EmbeddingBagConfig("b", 3, 5)], output="stacked")
+    with rankops.use_backend("reference"):
+        ebc = EmbeddingBagCollection([EmbeddingBagConfig("a", 3, 4)])
+        assert ebc([(torch.tensor([2]), torch.tensor([0, 1]))]).shape == (1, 4)
+
+
+def test_kjt_per_id_weights():
+    """A KJT's weights scale each id (sum pooling), as per_sample_weights of nn.EmbeddingBag."""
+    specs = [(10, 8, "sum"), (6, 8, "sum")]
+    bags = make_bags(specs)
+    ebc = EmbeddingBagCollection.from_embedding_bags(bags, ["a", "b"])
+    batch = make_batch(specs)
+    values = torch.cat([p[0] for p in batch])
+    lengths = torch.cat([p[1][1:] - p[1][:-1] for p in batch])
+    weights = torch.rand(values.numel(), generator=torch.Generator().manual_seed(5))
+    out = ebc(KeyedJaggedTensor(["a", "b"], values, lengths=lengths, weights=weights))
+    n0 = batch[0][0].numel()
+    want = torch.cat([bags[0](batch[0][0], batch[0][1][:-1], per_sample_weights=weights[:n0]),
+                      bags[1](batch[1][0], batch[1][1][:-1], per_sample_weights=weights[n0:])], 1)
+    assert_close(out, want, 1e-6, 1e-6, "kjt weights")

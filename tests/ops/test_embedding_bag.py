@@ -1,0 +1,447 @@
+"""embedding_bag / batched_embedding_bag: every backend against torch.nn.functional.embedding_bag
+(forward, weight and per-sample-weight gradients), the fused optimizers against torch.optim over
+several steps, and the bad inputs (raised before anything is written)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import rankops
+from rankops.ops.embedding_bag import (FusedOptimizer, batched_embedding_bag, embedding_bag,
+                                       fused_batched_embedding_bag)
+from tests.utils import DTYPES, assert_close, backend_devices, on, tol
+
+BACKENDS = backend_devices("reference", "cpp", "triton", "cuda")
+MODES = ["sum", "mean", "max"]
+
+
+def make_case(rows, D, lengths_per_table, dtype=torch.float32, index_dtype=torch.int64, device="cpu", psw=False,
+              seed=0, distinct=False):
+    """T tables (``rows[t]`` rows each) stacked in one buffer, and table-major bags.
+
+    ``lengths_per_table[t][b]`` is the length of bag b of table t. With ``distinct`` each column of
+    every table holds distinct multiples of 1/256 (exact in fp16 and bf16), so max has no ties.
+    """
+    g = torch.Generator().manual_seed(seed)
+    R = sum(rows)
+    if distinct:
+        w = torch.stack([torch.randperm(256, generator=g)[:R] for _ in range(D)], 1).float() / 256 - 0.5
+    else:
+        w = torch.randn(R, D, generator=g)
+    T = len(rows)
+    B = len(lengths_per_table[0])
+    indices, lengths = [], []
+    for t in range(T):
+        for b in range(B):
+            n = lengths_per_table[t][b]
+            indices.append(torch.randint(0, rows[t], (n,), generator=g))
+            lengths.append(n)
+    indices = torch.cat(indices) if indices else torch.zeros(0, dtype=torch.int64)
+    offsets = torch.zeros(T * B + 1, dtype=torch.int64)
+    offsets[1:] = torch.cumsum(torch.tensor(lengths, dtype=torch.int64), 0)
+    table_offsets = torch.zeros(T + 1, dtype=torch.int64)
+    table_offsets[1:] = torch.cumsum(torch.tensor(rows), 0)
+    p = torch.randn(indices.numel(), generator=g) if psw else None
+    return dict(
+        weights=w.to(dtype).to(device),
+        table_offsets=table_offsets.to(device),
+        indices=indices.to(index_dtype).to(device),
+        offsets=offsets.to(index_dtype).to(device),
+        psw=None if p is None else p.to(dtype).to(device),
+        T=T, B=B,
+    )
+
+
+def torch_pooled(c, mode, weights=None, psw=None):
+    """[B, T, D] fp32 via a loop of F.embedding_bag, one call per table."""
+    w = (c["weights"] if weights is None else weights)
+    to, off, idx = c["table_offsets"].long(), c["offsets"].long(), c["indices"].long()
+    T, B = c["T"], c["B"]
+    outs = []
+    for t in range(T):
+        o = off[t * B:(t + 1) * B + 1]
+        ps = None if psw is None else psw[o[0]:o[-1]]
+        outs.append(F.embedding_bag(idx[o[0]:o[-1]], w[to[t]:to[t + 1]], o - o[0], mode=mode,
+                                    per_sample_weights=ps, include_last_offset=True))
+    return torch.stack(outs, 1)
+
+
+# bag lengths [T][B]: duplicates inside bags (tables of 1 and 3 rows), empty bags, long bags.
+CASES = {
+    "mixed": ([5, 1, 3, 40], 13, [[2, 0, 3, 1, 4], [1, 1, 0, 2, 3], [4, 3, 0, 0, 2], [6, 1, 2, 9, 0]]),
+    "b1": ([7, 2], 16, [[3], [2]]),
+    "all_empty": ([4, 3], 8, [[0, 0, 0], [0, 0, 0]]),
+}
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("case", list(CASES))
+def test_batched_matches_torch_fp32(backend, device, mode, case):
+    rows, D, lengths = CASES[case]
+    c = make_case(rows, D, lengths, device=device, distinct=(mode == "max"))
+    w = c["weights"].clone().requires_grad_()
+    with on(backend, device):
+        out = batched_embedding_bag(w, c["table_offsets"], c["indices"], c["offsets"], mode=mode)
+        grad = torch.randn_like(out)
+        (gw,) = torch.autograd.grad(out, w, grad)
+    wr = c["weights"].clone().requires_grad_()
+    ref = torch_pooled(c, mode, wr)
+    (gr,) = torch.autograd.grad(ref, wr, grad)
+    assert_close(out, ref, **tol(torch.float32), name="out")
+    assert_close(gw, gr, **tol(torch.float32), name="grad weights")
+
+
+# every float dtype and both index dtypes, without the full product (interpreter time)
+DTYPE_PAIRS = [(torch.float32, torch.int32), (torch.float16, torch.int32), (torch.bfloat16, torch.int64)]
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("dtype,index_dtype", DTYPE_PAIRS, ids=["fp32-i32", "fp16-i32", "bf16-i64"])
+@pytest.mark.parametrize("mode", MODES)
+def test_batched_dtypes(backend, device, dtype, index_dtype, mode):
+    rows, D, lengths = CASES["mixed"]
+    c = make_case(rows, D, lengths, dtype=dtype, index_dtype=index_dtype, device=device, distinct=(mode == "max"),
+                  seed=1)
+    w = c["weights"].clone().requires_grad_()
+    with on(backend, device):
+        out = batched_embedding_bag(w, c["table_offsets"], c["indices"], c["offsets"], mode=mode)
+        grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(2)).to(dtype).to(device)
+        (gw,) = torch.autograd.grad(out, w, grad)
+    assert out.dtype == dtype and gw.dtype == dtype
+    wr = c["weights"].float().clone().requires_grad_()
+    ref = torch_pooled(c, mode, wr)
+    (gr,) = torch.autograd.grad(ref, wr, grad.float())
+    assert_close(out, ref, **tol(dtype), name="out")
+    assert_close(gw, gr, **tol(dtype, 2), name="grad weights")
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_per_sample_weights(backend, device, dtype):
+    rows, D, lengths = CASES["mixed"]
+    c = make_case(rows, D, lengths, dtype=dtype, device=device, psw=True, seed=3)
+    w = c["weights"].clone().requires_grad_()
+    p = c["psw"].clone().requires_grad_()
+    with on(backend, device):
+        out = batched_embedding_bag(w, c["table_offsets"], c["indices"], c["offsets"], p)
+        grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(4)).to(dtype).to(device)
+        gw, gp = torch.autograd.grad(out, (w, p), grad)
+    wr = c["weights"].float().clone().requires_grad_()
+    pr = c["psw"].float().clone().requires_grad_()
+    ref = torch_pooled(c, "sum", wr, pr)
+    gwr, gpr = torch.autograd.grad(ref, (wr, pr), grad.float())
+    assert_close(out, ref, **tol(dtype, 2), name="out")
+    assert_close(gw, gwr, **tol(dtype, 2), name="grad weights")
+    assert_close(gp, gpr, **tol(dtype, 4), name="grad per_sample_weights")
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("mode", MODES)
+def test_single_table_op(backend, device, mode):
+    c = make_case([30], 24, [[3, 0, 1, 5, 2, 2]], device=device, distinct=(mode == "max"), seed=5)
+    w = c["weights"].clone().requires_grad_()
+    with on(backend, device):
+        out = embedding_bag(w, c["indices"], c["offsets"], mode=mode)
+        grad = torch.randn_like(out)
+        (gw,) = torch.autograd.grad(out, w, grad)
+    wr = c["weights"].clone().requires_grad_()
+    ref = F.embedding_bag(c["indices"], wr, c["offsets"], mode=mode, include_last_offset=True)
+    (gr,) = torch.autograd.grad(ref, wr, grad)
+    assert out.shape == (6, 24)
+    assert_close(out, ref, **tol(torch.float32), name="out")
+    assert_close(gw, gr, **tol(torch.float32), name="grad")
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_sparse_grad(backend, device):
+    rows, D, lengths = CASES["mixed"]
+    c = make_case(rows, D, lengths, device=device, psw=True, seed=6)
+    w = c["weights"].clone().requires_grad_()
+    with on(backend, device):
+        out = batched_embedding_bag(w, c["table_offsets"], c["indices"], c["offsets"], c["psw"], sparse=True)
+        out.backward(torch.ones_like(out))
+    assert w.grad.layout == torch.sparse_coo
+    wr = c["weights"].clone().requires_grad_()
+    torch_pooled(c, "sum", wr, c["psw"]).backward(torch.ones_like(out))
+    assert_close(w.grad.to_dense(), wr.grad, **tol(torch.float32), name="sparse grad")
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpp"])
+@settings(max_examples=25, deadline=None)
+@given(data=st.data())
+def test_hypothesis_bag_lengths(backend, data):
+    T = data.draw(st.integers(1, 3))
+    B = data.draw(st.integers(1, 6))
+    rows = data.draw(st.lists(st.integers(1, 9), min_size=T, max_size=T))
+    lengths = data.draw(st.lists(st.lists(st.integers(0, 7), min_size=B, max_size=B), min_size=T, max_size=T))
+    D = data.draw(st.sampled_from([1, 3, 8, 17]))
+    mode = data.draw(st.sampled_from(MODES))
+    c = make_case(rows, D, lengths, distinct=(mode == "max"), seed=data.draw(st.integers(0, 99)))
+    w = c["weights"].clone().requires_grad_()
+    with on(backend, "cpu"):
+        out = batched_embedding_bag(w, c["table_offsets"], c["indices"], c["offsets"], mode=mode)
+        grad = torch.randn_like(out)
+        (gw,) = torch.autograd.grad(out, w, grad)
+    wr = c["weights"].clone().requires_grad_()
+    ref = torch_pooled(c, mode, wr)
+    (gr,) = torch.autograd.grad(ref, wr, grad)
+    assert_close(out, ref, **tol(torch.float32), name="out")
+    assert_close(gw, gr, **tol(torch.float32), name="grad")
+
+
+@pytest.mark.parametrize("backend", ["triton"])
+@settings(max_examples=6, deadline=None)
+@given(lengths=st.lists(st.integers(0, 9), min_size=2, max_size=6))
+def test_hypothesis_bag_lengths_triton(backend, lengths):
+    c = make_case([11, 4], 10, [lengths, lengths[::-1]], seed=len(lengths))
+    w = c["weights"].clone().requires_grad_()
+    with on(backend, "cpu"):
+        out = batched_embedding_bag(w, c["table_offsets"], c["indices"], c["offsets"], mode="mean")
+        (gw,) = torch.autograd.grad(out.sum(), w)
+    wr = c["weights"].clone().requires_grad_()
+    ref = torch_pooled(c, "mean", wr)
+    (gr,) = torch.autograd.grad(ref.sum(), wr)
+    assert_close(out, ref, **tol(torch.float32), name="out")
+    assert_close(gw, gr, **tol(torch.float32), name="grad")
+
+
+# ---------------------------------------------------------------------------------------------
+# torch.library / torch.compile
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_opcheck(mode):
+    c = make_case([6, 9], 5, [[2, 0, 3], [1, 4, 2]], psw=(mode == "sum"), distinct=(mode == "max"))
+    w = c["weights"].clone().requires_grad_()
+    p = None if c["psw"] is None else c["psw"].clone().requires_grad_()
+    with rankops.use_backend("cpp"):
+        torch.library.opcheck(torch.ops.rankops.batched_embedding_bag.default,
+                              (w, c["table_offsets"], c["indices"], c["offsets"], p, mode, False))
+        torch.library.opcheck(torch.ops.rankops.embedding_bag.default,
+                              (w[:6], c["indices"][:5], c["offsets"][:4], None if p is None else p[:5], mode, False))
+
+
+def test_torch_compile_fullgraph():
+    c = make_case([6, 9], 5, [[2, 0, 3], [1, 4, 2]], psw=True)
+
+    def f(w, p):
+        return batched_embedding_bag(w, c["table_offsets"], c["indices"], c["offsets"], p).square().sum()
+
+    w = c["weights"].clone().requires_grad_()
+    p = c["psw"].clone().requires_grad_()
+    with rankops.use_backend("cpp"):
+        got = torch.compile(f, fullgraph=True, backend="aot_eager")(w, p)
+        got.backward()
+        w2 = c["weights"].clone().requires_grad_()
+        p2 = c["psw"].clone().requires_grad_()
+        want = f(w2, p2)
+        want.backward()
+    assert_close(got, want, 1e-5, 1e-5, "loss")
+    assert_close(w.grad, w2.grad, 1e-5, 1e-5, "grad w")
+    assert_close(p.grad, p2.grad, 1e-5, 1e-5, "grad psw")
+
+
+# ---------------------------------------------------------------------------------------------
+# bad input
+
+
+def _bad_cases(c):
+    idx, off = c["indices"], c["offsets"]
+    neg = idx.clone()
+    neg[4] = -1
+    big = idx.clone()
+    big[7] = 3  # position 7 is in table 1 (1 row)
+    start = off.clone()
+    start[0] = 1
+    dec = off.clone()
+    dec[3] = off[2] - 1 if off[2] > 0 else 0
+    dec[2] = dec[3] + 2
+    end = off.clone()
+    end[-1] = idx.numel() - 1
+    return [
+        ("negative", IndexError, r"indices\[4\] = -1 is out of range for table 0", dict(indices=neg)),
+        ("too big", IndexError, r"indices\[7\] = 3 is out of range for table 1 with 1 rows", dict(indices=big)),
+        ("start", ValueError, r"offsets\[0\] = 1 must be 0", dict(offsets=start)),
+        ("decrease", ValueError, r"offsets decrease at position 3.*table 0, bag 2", dict(offsets=dec)),
+        ("end", ValueError, r"offsets\[-1\].*must equal the number of indices", dict(offsets=end)),
+        ("length", ValueError, r"offsets must have T\*B\+1 entries", dict(offsets=off[:-1])),
+        ("psw size", ValueError, r"per_sample_weights has 3 entries", dict(psw=torch.ones(3, device=idx.device))),
+    ]
+
+
+def _bad_base(device):
+    # table 0 bags: [3, 2, 1, ...]; position 7 falls in table 1.
+    return make_case([5, 1, 3], 4, [[3, 2, 1, 0], [2, 1, 0, 1], [1, 2, 1, 1]], device=device, seed=7)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_bad_inputs(backend, device):
+    c = _bad_base(device)
+    assert c["offsets"][:4].tolist() == [0, 3, 5, 6] and c["offsets"][4:6].tolist() == [6, 8]
+    for name, exc, msg, change in _bad_cases(c):
+        args = dict(weights=c["weights"], table_offsets=c["table_offsets"], indices=c["indices"],
+                    offsets=c["offsets"], psw=None)
+        args.update(change)
+        with on(backend, device), pytest.raises(exc, match=msg):
+            batched_embedding_bag(args["weights"], args["table_offsets"], args["indices"], args["offsets"],
+                                  args["psw"])
+
+
+def test_bad_static_arguments():
+    c = _bad_base("cpu")
+    with pytest.raises(ValueError, match="mode must be one of"):
+        batched_embedding_bag(c["weights"], c["table_offsets"], c["indices"], c["offsets"], mode="min")
+    with pytest.raises(TypeError, match="indices must be int32 or int64"):
+        batched_embedding_bag(c["weights"], c["table_offsets"], c["indices"].float(), c["offsets"])
+    with pytest.raises(ValueError, match="per_sample_weights need mode='sum'"):
+        batched_embedding_bag(c["weights"], c["table_offsets"], c["indices"], c["offsets"],
+                              torch.ones(c["indices"].numel()), mode="mean")
+    bad_to = c["table_offsets"].clone()
+    bad_to[-1] += 1
+    for b in ("reference", "cpp"):
+        with rankops.use_backend(b), pytest.raises(ValueError, match="table_offsets must rise from 0"):
+            batched_embedding_bag(c["weights"], bad_to, c["indices"], c["offsets"])
+
+
+# ---------------------------------------------------------------------------------------------
+# fused backward + optimizer
+
+
+def _rowwise_adagrad_reference(w, s, g, lr, eps):
+    """Row-wise Adagrad on a dense gradient: untouched rows have g = 0 and do not move."""
+    s += (g * g).mean(1)
+    w -= lr * g / (s.sqrt() + eps)[:, None]
+
+
+FUSED_BACKENDS = backend_devices("reference", "cpp", "triton", "cuda")
+
+
+@pytest.mark.parametrize("backend,device", FUSED_BACKENDS)
+@pytest.mark.parametrize("optimizer", ["sgd", "adagrad", "rowwise_adagrad"])
+@pytest.mark.parametrize("mode,psw", [("sum", False), ("sum", True), ("mean", False), ("max", False)])
+def test_fused_optimizer_matches_dense(backend, device, optimizer, mode, psw):
+    rows, D, lengths = CASES["mixed"]
+    lr, eps = 0.1, 1e-8
+    opt = FusedOptimizer(optimizer, lr=lr, eps=eps)
+    c0 = make_case(rows, D, lengths, device=device, distinct=(mode == "max"), seed=8)
+    w = c0["weights"].clone()
+    state = opt.init_state(w)
+    wd = c0["weights"].clone().requires_grad_()  # the dense reference
+    if optimizer == "sgd":
+        torch_opt = torch.optim.SGD([wd], lr=lr)
+    elif optimizer == "adagrad":
+        torch_opt = torch.optim.Adagrad([wd], lr=lr, eps=eps)
+    sd = torch.zeros(w.shape[0], device=device)
+    for step in range(2 if backend == "triton" else 3):
+        c = make_case(rows, D, lengths, device=device, psw=psw, seed=100 + step)
+        target = torch.randn(c["B"], c["T"], D, generator=torch.Generator().manual_seed(step)).to(device)
+        with on(backend, device):
+            out = fused_batched_embedding_bag(w, state, c["table_offsets"], c["indices"], c["offsets"], c["psw"],
+                                              mode, optimizer=opt)
+            ((out - target) ** 2).sum().backward()
+        ref = torch_pooled(c, mode, wd, c["psw"])
+        assert_close(out, ref, 1e-5, 1e-5, f"step {step} forward")
+        ((ref - target) ** 2).sum().backward()
+        if optimizer == "rowwise_adagrad":
+            with torch.no_grad():
+                _rowwise_adagrad_reference(wd, sd, wd.grad, lr, eps)
+        else:
+            torch_opt.step()
+        wd.grad = None
+        assert_close(w, wd, 1e-5, 1e-5, f"step {step} weights")
+    if optimizer == "adagrad":
+        assert_close(state, torch_opt.state[wd]["sum"], 1e-5, 1e-5, "adagrad state")
+    if optimizer == "rowwise_adagrad":
+        assert_close(state, sd, 1e-5, 1e-5, "row-wise state")
+
+
+@pytest.mark.parametrize("backend,device", FUSED_BACKENDS)
+def test_fused_psw_grad_and_lr_change(backend, device):
+    """psw gets its gradient from the weights before the update; a new lr applies at once."""
+    rows, D, lengths = CASES["mixed"]
+    c = make_case(rows, D, lengths, device=device, psw=True, seed=9)
+    opt = FusedOptimizer("sgd", lr=0.5)
+    w = c["weights"].clone()
+    p = c["psw"].clone().requires_grad_()
+    with on(backend, device):
+        out = fused_batched_embedding_bag(w, opt.init_state(w), c["table_offsets"], c["indices"], c["offsets"], p,
+                                          optimizer=opt)
+        opt.lr = 0.25
+        out.sum().backward()
+    wr = c["weights"].clone().requires_grad_()
+    pr = c["psw"].clone().requires_grad_()
+    torch_pooled(c, "sum", wr, pr).sum().backward()
+    assert_close(p.grad, pr.grad, 1e-5, 1e-5, "psw grad")
+    assert_close(w, c["weights"] - 0.25 * wr.grad, 1e-5, 1e-5, "weights")
+
+
+@pytest.mark.parametrize("backend,device", FUSED_BACKENDS)
+def test_fused_deterministic(backend, device):
+    """Many duplicates of few rows: two runs give bit-identical weights and state."""
+    c = make_case([3, 2], 16, [[9, 8, 7, 9], [5, 9, 9, 3]], device=device, psw=True, seed=10)
+    results = []
+    for _ in range(2):
+        opt = FusedOptimizer("adagrad", lr=0.1)
+        w = c["weights"].clone()
+        s = opt.init_state(w)
+        with on(backend, device):
+            out = fused_batched_embedding_bag(w, s, c["table_offsets"], c["indices"], c["offsets"], c["psw"],
+                                              optimizer=opt)
+            out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(0)).to(device))
+        results.append((w, s))
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+
+
+@pytest.mark.parametrize("backend,device", FUSED_BACKENDS)
+@pytest.mark.parametrize("optimizer", ["adagrad", "rowwise_adagrad"])
+def test_fused_bad_input_leaves_state(backend, device, optimizer):
+    c = _bad_base(device)
+    opt = FusedOptimizer(optimizer, lr=0.1)
+    w = c["weights"].clone()
+    s = opt.init_state(w) + 0.5
+    w0, s0 = w.clone(), s.clone()
+    for name, exc, msg, change in _bad_cases(c):
+        args = dict(indices=c["indices"], offsets=c["offsets"], psw=None)
+        args.update(change)
+        with on(backend, device), pytest.raises(exc, match=msg):
+            out = fused_batched_embedding_bag(w, s, c["table_offsets"], args["indices"], args["offsets"],
+                                              args["psw"], optimizer=opt)
+            out.sum().backward()
+        assert torch.equal(w, w0) and torch.equal(s, s0), name
+    # The direct update op validates too, before writing.
+    bad = c["indices"].clone()
+    bad[0] = 99
+    with on(backend, device), pytest.raises(IndexError, match=r"indices\[0\] = 99"):
+        torch.ops.rankops.batched_embedding_bag_update(
+            w, s, torch.ones(c["B"], c["T"], 4, device=device), c["table_offsets"], bad, c["offsets"], None, "sum",
+            torch.empty(0, dtype=torch.int64, device=device), optimizer, 0.1, 1e-10)
+    assert torch.equal(w, w0) and torch.equal(s, s0)
+
+
+def test_fused_needs_weights_without_grad():
+    c = _bad_base("cpu")
+    opt = FusedOptimizer("sgd")
+    with pytest.raises(ValueError, match="must not require grad"):
+        fused_batched_embedding_bag(c["weights"].clone().requires_grad_(), opt.init_state(c["weights"]),
+                                    c["table_offsets"], c["indices"], c["offsets"], optimizer=opt)
+    with pytest.raises(ValueError, match="adagrad state must be float32"):
+        fused_batched_embedding_bag(c["weights"], torch.zeros(3), c["table_offsets"], c["indices"], c["offsets"],
+                                    optimizer=FusedOptimizer("adagrad"))
+
+
+def test_native_kernels_registered():
+    """The extension registers the CPU kernels, and the CUDA ones whenever it was built with CUDA
+    (they compile on the CPU machines and run only where a GPU is lent)."""
+    from rankops import backend
+
+    ext = backend.extension()
+    assert ext is not None, "rankops._C is not built"
+    for name in ("batched_embedding_bag", "batched_embedding_bag_backward", "batched_embedding_bag_update"):
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"rankops_C::{name}", "CPU"), name
+        if ext.with_cuda:
+            assert torch._C._dispatch_has_kernel_for_dispatch_key(f"rankops_C::{name}", "CUDA"), name

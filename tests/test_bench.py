@@ -1,0 +1,104 @@
+"""The benchmark harness (bench/common.py) on tiny cases: it runs, writes csv/md/png with the
+expected rows and columns, records a failing provider instead of crashing, and the CLI dispatches.
+Speed is never asserted here."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+
+import rankops
+from bench.common import MODES, Bench, measure_peak, providers
+from rankops.ops.interaction import reference
+from tests.utils import require
+
+CASE = dict(B=8, F=5, D=4)
+
+
+def _ref(x):
+    return reference.fm_interaction(x, True)
+
+
+def _op(x):
+    return rankops.fm_interaction(x, True)
+
+
+def _broken(x):
+    raise RuntimeError("this provider always fails")
+
+
+def _read(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_harness_writes_csv_md_png(tmp_path):
+    require("cpp", "cpu")
+    bench = Bench("tiny", "cpu", out_dir=tmp_path, min_time=0.01, peak=1.0, progress=False)
+    provs = providers(reference=_ref, op=_op, device="cpu", compile=False)
+    assert set(provs) == {"eager", "cpp"}  # no triton interpreter, no cuda on a CPU device
+    provs["broken"] = _broken
+    for c in bench.grid(mode=MODES):
+        x = torch.randn(CASE["B"], CASE["F"], CASE["D"], requires_grad=c["mode"] == "fwd+bwd")
+        rows = bench.run(op="fm_interaction", case=CASE, mode=c["mode"], inputs=(x,), providers=provs,
+                         bytes=x.numel() * 4, flops=3 * x.numel())
+        assert [r["provider"] for r in rows] == ["eager", "cpp", "broken"]
+    paths = bench.save()
+    for kind in ("csv", "md", "png"):
+        assert paths[kind].exists() and paths[kind].stat().st_size > 0, kind
+    assert paths["csv"].name == f"tiny-{bench.tag}.csv" and bench.tag.startswith("cpu-")
+
+    rows = _read(paths["csv"])
+    assert len(rows) == 2 * 3
+    for col in ("op", "case", "B", "F", "D", "provider", "mode", "dtype", "median_ms", "p20_ms", "p80_ms",
+                "gbps", "bw_frac", "tflops", "flops_frac", "vs_eager", "vs_compile", "rel_err", "error"):
+        assert col in rows[0], col
+    assert {(r["provider"], r["mode"]) for r in rows} == {(p, m) for p in ("eager", "cpp", "broken") for m in MODES}
+    for r in rows:
+        assert (r["op"], r["dtype"], r["B"], r["F"], r["D"]) == ("fm_interaction", "fp32", "8", "5", "4")
+        if r["provider"] == "broken":
+            assert "this provider always fails" in r["error"] and r["median_ms"] == ""
+            continue
+        assert r["error"] == ""
+        p20, med, p80 = float(r["p20_ms"]), float(r["median_ms"]), float(r["p80_ms"])
+        assert 0 < p20 <= med <= p80
+        assert float(r["gbps"]) > 0 and float(r["vs_eager"]) > 0 and r["vs_compile"] == ""
+        assert float(r["rel_err"]) < 1e-5  # cpp computes what eager computes, fwd and grads
+    md = paths["md"].read_text()
+    assert "## fm_interaction - fwd+bwd - fp32" in md and "cpp vs eager" in md and "memory bandwidth" in md
+
+
+def test_filters(tmp_path):
+    bench = Bench("f", "cpu", out_dir=tmp_path, cases=["B=8,16 mode=fwd"], providers=["eager"], bandwidth=1.0,
+                  progress=False)
+    assert [c["B"] for c in bench.grid(B=[8, 16, 32], mode=["fwd"])] == [8, 16]
+    assert list(bench.grid(B=[8], mode=["fwd+bwd"])) == []
+    x = torch.randn(16, 5, 4)
+    rows = bench.run(op="fm_interaction", case=dict(B=16, F=5, D=4), mode="fwd", inputs=(x,),
+                     providers={"eager": _ref, "other": _ref})
+    assert [r["provider"] for r in rows] == ["eager"]
+    assert bench.run(op="fm_interaction", case=dict(B=32, F=5, D=4), mode="fwd", inputs=(x,),
+                     providers={"eager": _ref}) == []
+    with pytest.raises(ValueError):
+        Bench("f", "cpu", cases=["B"], bandwidth=1.0)
+
+
+def test_peak_is_measured():
+    tflops, what = measure_peak(torch.device("cpu"), n=128)
+    assert tflops > 0 and "fp32 matmul" in what
+
+
+def test_cli_quick(tmp_path):
+    require("cpp", "cpu")
+    from bench.__main__ import main
+
+    assert main(["interaction", "--device", "cpu", "--quick", "--providers", "eager", "cpp", "--cases",
+                 "op=fm_interaction", "mode=fwd", "--min-time", "0.01", "--out", str(tmp_path)]) == 0
+    (csv_path,) = tmp_path.glob("interaction-cpu-*.csv")
+    rows = _read(csv_path)
+    assert [(r["op"], r["mode"], r["provider"]) for r in rows] == [
+        ("fm_interaction", "fwd", "eager"), ("fm_interaction", "fwd", "cpp")]
+    assert rows[0]["case"] == "B=4096 F=39 D=16"
+    assert (tmp_path / csv_path.name.replace(".csv", ".png")).exists()
