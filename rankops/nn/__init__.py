@@ -4,6 +4,10 @@ from rankops.nn.attention import DINAttention, MultiHeadTargetAttention
 from rankops.nn.embedding_bag import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor
 from rankops.nn.interaction import DotInteraction, FactorizationMachine
 
+from rankops.nn.cin import CIN
+from rankops.nn.cross import CrossNet
+
 __all__ = ["DINAttention", "MultiHeadTargetAttention"]
 __all__ += ["EmbeddingBagCollection", "EmbeddingBagConfig", "KeyedJaggedTensor"]
 __all__ += ["DotInteraction", "FactorizationMachine"]
+__all__ += ["CIN", "CrossNet"]

@@ -1,0 +1,285 @@
+"""DCN and DCN-V2 cross layers: full rank, low rank, and DCN's vector (v1) form.
+
+Each is a public torch op (``torch.ops.rankops.cross_layer`` etc.) with a fake implementation and
+an autograd formula, so it runs under torch.compile(fullgraph=True) and torch.export.
+
+The full-rank and low-rank forwards also return the pre-activation ``p = xl @ W.T + b`` (and the
+low-rank projection ``t = xl @ v.T``) when ``save`` is set: the backward needs ``p`` for
+``d x0 = g * p``, and recomputing it would cost one more GEMM than eager PyTorch does. The public
+functions set ``save`` only when autograd will need it, so inference writes ``out`` alone (on a GPU
+the forward is memory-bound: x0 and xl in, out out). The backward ops are custom ops of their own;
+they are not differentiable (no double backward).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from rankops.ops import _checks, _dispatch
+
+_REF = "rankops.ops.cross.reference"
+_TRITON = "rankops.ops.cross.triton"
+_NATIVE = "torch.ops:rankops_C"
+
+
+def _impls(name: str) -> dict[str, str]:
+    # no hand-written CUDA kernels: on a GPU the Triton GEMM with the fused epilogue serves (see
+    # bench/cross.py); "cuda" is therefore absent and auto picks triton on CUDA tensors.
+    return {
+        "reference": f"{_REF}:{name}",
+        "cpp": f"{_NATIVE}.{name}",
+        "triton": f"{_TRITON}:{name}",
+    }
+
+
+def _needs_grad(*ts: Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in ts)
+
+
+def _check_pair(op: str, x0, xl) -> tuple[int, int]:
+    _checks.tensor(op, "x0", x0, 2, "[batch, in_dim]")
+    _checks.floating(op, "x0", x0)
+    _checks.tensor(op, "xl", xl, 2, "[batch, in_dim]")
+    if xl.shape != x0.shape:
+        raise ValueError(f"rankops.{op}: xl has shape {tuple(xl.shape)} but x0 has {tuple(x0.shape)}; they must match")
+    return x0.shape[0], x0.shape[1]
+
+
+def _check_shape(op: str, name: str, t, shape: tuple[int, ...], dims: str) -> None:
+    _checks.tensor(op, name, t, len(shape), dims)
+    if tuple(t.shape) != shape:
+        raise ValueError(f"rankops.{op}: {name} must have shape {shape} {dims}, got {tuple(t.shape)}")
+
+
+def _check_common(op: str, x0: Tensor, **others: Tensor) -> None:
+    _checks.same_dtype(op, "x0", x0, **others)
+    _checks.same_device(op, "x0", x0, **others)
+
+
+# ---------------------------------------------------------------------------------------------
+# DCN-V2 full rank
+
+
+@torch.library.custom_op("rankops::cross_layer", mutates_args=())
+def _cross_layer(x0: Tensor, xl: Tensor, weight: Tensor, bias: Tensor, save: bool) -> tuple[Tensor, Tensor]:
+    return _dispatch.call(
+        "cross_layer", _impls("cross_layer"), x0.device,
+        x0.contiguous(), xl.contiguous(), weight.contiguous(), bias.contiguous(), save,
+    )
+
+
+@_cross_layer.register_fake
+def _(x0, xl, weight, bias, save):
+    return torch.empty_like(x0, memory_format=torch.contiguous_format), (
+        torch.empty_like(x0, memory_format=torch.contiguous_format) if save else x0.new_empty(0)
+    )
+
+
+@torch.library.custom_op("rankops::cross_layer_backward", mutates_args=())
+def _cross_layer_backward(
+    grad: Tensor, x0: Tensor, xl: Tensor, weight: Tensor, p: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return _dispatch.call(
+        "cross_layer", _impls("cross_layer_backward"), x0.device,
+        grad.contiguous(), x0.contiguous(), xl.contiguous(), weight.contiguous(), p.contiguous(),
+    )
+
+
+@_cross_layer_backward.register_fake
+def _(grad, x0, xl, weight, p):
+    c = torch.contiguous_format
+    return (torch.empty_like(x0, memory_format=c), torch.empty_like(xl, memory_format=c),
+            torch.empty_like(weight, memory_format=c), weight.new_empty(weight.shape[0]))
+
+
+def _cross_setup(ctx, inputs, output):
+    x0, xl, weight, bias, _save = inputs
+    ctx.save_for_backward(x0, xl, weight, bias, output[1])
+    ctx.mark_non_differentiable(output[1])
+
+
+def _cross_backward(ctx, grad, _grad_p):
+    x0, xl, weight, bias, p = ctx.saved_tensors
+    if p.numel() != x0.numel():  # called with save=False (not by cross_layer): recompute p
+        p = _cross_layer(x0, xl, weight, bias, True)[1]
+    dx0, dxl, dw, db = _cross_layer_backward(grad, x0, xl, weight, p)
+    return dx0, dxl, dw, db, None
+
+
+_cross_layer.register_autograd(_cross_backward, setup_context=_cross_setup)
+
+
+def cross_layer(x0: Tensor, xl: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """DCN-V2 cross layer (full rank).
+
+    ``out = x0 * (xl @ weight.T + bias) + xl``, i.e. ``out[b,j] = x0[b,j] * (sum_k W[j,k] xl[b,k] + b[j]) + xl[b,j]``.
+
+    Args:
+        x0: ``[B, N]`` the cross network's input, fp32 / fp16 / bf16 (accumulated in fp32).
+        xl: ``[B, N]`` this layer's input (x0 for the first layer).
+        weight: ``[N, N]`` (TorchRec ``kernels[l]``, DeepCTR ``kernels[l]`` with 'matrix').
+        bias: ``[N]``.
+    Returns:
+        ``[B, N]`` in x0's dtype.
+    """
+    op = "cross_layer"
+    B, N = _check_pair(op, x0, xl)
+    _check_shape(op, "weight", weight, (N, N), "[in_dim, in_dim]")
+    _check_shape(op, "bias", bias, (N,), "[in_dim]")
+    _check_common(op, x0, xl=xl, weight=weight, bias=bias)
+    return _cross_layer(x0, xl, weight, bias, _needs_grad(x0, xl, weight, bias))[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# DCN-V2 low rank
+
+
+@torch.library.custom_op("rankops::cross_layer_lowrank", mutates_args=())
+def _cross_layer_lowrank(
+    x0: Tensor, xl: Tensor, u: Tensor, v: Tensor, bias: Tensor, save: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    return _dispatch.call(
+        "cross_layer_lowrank", _impls("cross_layer_lowrank"), x0.device,
+        x0.contiguous(), xl.contiguous(), u.contiguous(), v.contiguous(), bias.contiguous(), save,
+    )
+
+
+@_cross_layer_lowrank.register_fake
+def _(x0, xl, u, v, bias, save):
+    out = torch.empty_like(x0, memory_format=torch.contiguous_format)
+    if not save:
+        return out, x0.new_empty(0), x0.new_empty(0)
+    return out, x0.new_empty(x0.shape[0], u.shape[1]), torch.empty_like(out)
+
+
+@torch.library.custom_op("rankops::cross_layer_lowrank_backward", mutates_args=())
+def _cross_layer_lowrank_backward(
+    grad: Tensor, x0: Tensor, xl: Tensor, u: Tensor, v: Tensor, t: Tensor, p: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return _dispatch.call(
+        "cross_layer_lowrank", _impls("cross_layer_lowrank_backward"), x0.device,
+        grad.contiguous(), x0.contiguous(), xl.contiguous(), u.contiguous(), v.contiguous(),
+        t.contiguous(), p.contiguous(),
+    )
+
+
+@_cross_layer_lowrank_backward.register_fake
+def _(grad, x0, xl, u, v, t, p):
+    c = torch.contiguous_format
+    return (torch.empty_like(x0, memory_format=c), torch.empty_like(xl, memory_format=c),
+            torch.empty_like(u, memory_format=c), torch.empty_like(v, memory_format=c), u.new_empty(u.shape[0]))
+
+
+def _lowrank_setup(ctx, inputs, output):
+    x0, xl, u, v, bias, _save = inputs
+    ctx.save_for_backward(x0, xl, u, v, bias, output[1], output[2])
+    ctx.mark_non_differentiable(output[1], output[2])
+
+
+def _lowrank_backward(ctx, grad, _gt, _gp):
+    x0, xl, u, v, bias, t, p = ctx.saved_tensors
+    if p.numel() != x0.numel():  # called with save=False (not by cross_layer_lowrank): recompute
+        _, t, p = _cross_layer_lowrank(x0, xl, u, v, bias, True)
+    dx0, dxl, du, dv, db = _cross_layer_lowrank_backward(grad, x0, xl, u, v, t, p)
+    return dx0, dxl, du, dv, db, None
+
+
+_cross_layer_lowrank.register_autograd(_lowrank_backward, setup_context=_lowrank_setup)
+
+
+def cross_layer_lowrank(x0: Tensor, xl: Tensor, u: Tensor, v: Tensor, bias: Tensor) -> Tensor:
+    """DCN-V2 low-rank cross layer.
+
+    ``out = x0 * ((xl @ v.T) @ u.T + bias) + xl``: the full-rank layer with ``W = u @ v``.
+
+    Args:
+        x0, xl: ``[B, N]``, fp32 / fp16 / bf16.
+        u: ``[N, r]`` (TorchRec ``W_kernels[l]``), r >= 1.
+        v: ``[r, N]`` (TorchRec ``V_kernels[l]``).
+        bias: ``[N]``.
+    Returns:
+        ``[B, N]`` in x0's dtype.
+    """
+    op = "cross_layer_lowrank"
+    B, N = _check_pair(op, x0, xl)
+    _checks.tensor(op, "u", u, 2, "[in_dim, rank]")
+    _checks.tensor(op, "v", v, 2, "[rank, in_dim]")
+    r = u.shape[1]
+    if r < 1:
+        raise ValueError(f"rankops.{op}: rank must be >= 1, got u of shape {tuple(u.shape)} (rank 0)")
+    _check_shape(op, "u", u, (N, r), "[in_dim, rank]")
+    _check_shape(op, "v", v, (r, N), "[rank, in_dim]")
+    _check_shape(op, "bias", bias, (N,), "[in_dim]")
+    _check_common(op, x0, xl=xl, u=u, v=v, bias=bias)
+    return _cross_layer_lowrank(x0, xl, u, v, bias, _needs_grad(x0, xl, u, v, bias))[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# DCN (v1): rank one, weight vector
+
+
+@torch.library.custom_op("rankops::cross_layer_v1", mutates_args=())
+def _cross_layer_v1(x0: Tensor, xl: Tensor, w: Tensor, bias: Tensor) -> Tensor:
+    return _dispatch.call(
+        "cross_layer_v1", _impls("cross_layer_v1"), x0.device,
+        x0.contiguous(), xl.contiguous(), w.contiguous(), bias.contiguous(),
+    )
+
+
+@_cross_layer_v1.register_fake
+def _(x0, xl, w, bias):
+    return torch.empty_like(x0, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("rankops::cross_layer_v1_backward", mutates_args=())
+def _cross_layer_v1_backward(
+    grad: Tensor, x0: Tensor, xl: Tensor, w: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return _dispatch.call(
+        "cross_layer_v1", _impls("cross_layer_v1_backward"), x0.device,
+        grad.contiguous(), x0.contiguous(), xl.contiguous(), w.contiguous(),
+    )
+
+
+@_cross_layer_v1_backward.register_fake
+def _(grad, x0, xl, w):
+    c = torch.contiguous_format
+    return (torch.empty_like(x0, memory_format=c), torch.empty_like(xl, memory_format=c),
+            torch.empty_like(w, memory_format=c), torch.empty_like(w, memory_format=c))
+
+
+def _v1_setup(ctx, inputs, output):
+    x0, xl, w, _bias = inputs
+    ctx.save_for_backward(x0, xl, w)
+
+
+def _v1_backward(ctx, grad):
+    x0, xl, w = ctx.saved_tensors
+    return _cross_layer_v1_backward(grad, x0, xl, w)
+
+
+_cross_layer_v1.register_autograd(_v1_backward, setup_context=_v1_setup)
+
+
+def cross_layer_v1(x0: Tensor, xl: Tensor, w: Tensor, bias: Tensor) -> Tensor:
+    """DCN (v1) cross layer.
+
+    ``out = x0 * (xl @ w)[:, None] + bias + xl`` (memory-bound: one dot product per row).
+
+    Args:
+        x0, xl: ``[B, N]``, fp32 / fp16 / bf16.
+        w: ``[N]`` (TorchRec / DeepCTR ``kernels[l]`` of shape ``[N, 1]``, flattened).
+        bias: ``[N]``.
+    Returns:
+        ``[B, N]`` in x0's dtype.
+    """
+    op = "cross_layer_v1"
+    B, N = _check_pair(op, x0, xl)
+    _check_shape(op, "w", w, (N,), "[in_dim]")
+    _check_shape(op, "bias", bias, (N,), "[in_dim]")
+    _check_common(op, x0, xl=xl, w=w, bias=bias)
+    return _cross_layer_v1(x0, xl, w, bias)
+
+
+__all__ = ["cross_layer", "cross_layer_lowrank", "cross_layer_v1"]

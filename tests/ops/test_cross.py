@@ -1,0 +1,221 @@
+"""cross_layer, cross_layer_lowrank, cross_layer_v1: every backend against the reference, forward
+and every gradient, fp32 / fp16 / bf16, odd widths (N=429, N=1, r=1), non-contiguous inputs,
+opcheck, torch.compile(fullgraph=True), and the errors on bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import rankops
+from rankops.ops.cross import cross_layer, cross_layer_lowrank, cross_layer_v1
+from tests.utils import DTYPES, assert_close, backend_devices, on, tol
+
+KERNELS = backend_devices("cpp", "triton")
+
+# (B, N, r): DCN-V2's usual 429 (13 dense + 26 x 16), size-1 edges, a rank-1 low-rank layer
+SHAPES = [(67, 429, 7), (1, 1, 1), (9, 33, 1)]
+SHAPE_IDS = ["B67-N429-r7", "B1-N1-r1", "B9-N33-r1"]
+
+
+def _inputs(op: str, B: int, N: int, r: int, dtype, device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g) * scale).to(device=device, dtype=dtype)
+
+    x0, xl = rnd(B, N), rnd(B, N)
+    if op == "v2":
+        return [x0, xl, rnd(N, N, scale=N**-0.5), rnd(N)]
+    if op == "lowrank":
+        return [x0, xl, rnd(N, r, scale=N**-0.25), rnd(r, N, scale=N**-0.25), rnd(N)]
+    return [x0, xl, rnd(N, scale=N**-0.5), rnd(N)]
+
+
+FNS = {"v2": cross_layer, "lowrank": cross_layer_lowrank, "v1": cross_layer_v1}
+
+
+def _fwd_bwd(fn, args, grad, backend, device):
+    leaves = [a.detach().clone().requires_grad_(True) for a in args]
+    with on(backend, device) if backend != "reference" else rankops.use_backend("reference"):
+        out = fn(*leaves)
+        out.backward(grad)
+    return out, [a.grad for a in leaves]
+
+
+def _check(out, grads, ref_out, ref_grads, dtype, names):
+    # a GEMM's rounding error scales with its output: tolerances relative to the tensor's magnitude
+    def close(a, e, name):
+        t = tol(dtype)
+        scale = max(1.0, e.detach().float().abs().max().item())
+        assert_close(a, e, atol=t["atol"] * scale, rtol=t["rtol"], name=name)
+
+    close(out, ref_out, "out")
+    for n, a, e in zip(names, grads, ref_grads):
+        assert a is not None, f"no gradient for {n}"
+        assert a.dtype == e.dtype and a.shape == e.shape, n
+        close(a, e, f"grad {n}")
+
+
+NAMES = {"v2": ["x0", "xl", "weight", "bias"], "lowrank": ["x0", "xl", "u", "v", "bias"], "v1": ["x0", "xl", "w", "bias"]}
+
+
+@pytest.mark.parametrize("backend,device", KERNELS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+@pytest.mark.parametrize("op", ["v2", "lowrank", "v1"])
+def test_matches_reference(op, shape, dtype, backend, device):
+    args = _inputs(op, *shape, dtype, device)
+    grad = torch.randn(shape[0], shape[1], generator=torch.Generator().manual_seed(1)).to(device=device, dtype=dtype)
+    ref_out, ref_grads = _fwd_bwd(FNS[op], args, grad, "reference", device)
+    out, grads = _fwd_bwd(FNS[op], args, grad, backend, device)
+    assert out.dtype == dtype
+    _check(out, grads, ref_out, ref_grads, dtype, NAMES[op])
+
+
+def test_reference_matches_autograd_of_the_formula():
+    """The reference's hand-written backwards against autograd of the plain formulas, in fp64."""
+    from rankops.ops.cross import reference as R
+
+    B, N, r = 6, 11, 3
+    x0, xl = torch.randn(B, N, dtype=torch.float64), torch.randn(B, N, dtype=torch.float64)
+    W, b, u, v, w = (torch.randn(*s, dtype=torch.float64) for s in [(N, N), (N,), (N, r), (r, N), (N,)])
+    g = torch.randn(B, N, dtype=torch.float64)
+    cases = [
+        (lambda x0, xl, W, b: x0 * (xl @ W.T + b) + xl, [x0, xl, W, b],
+         lambda: R.cross_layer(x0, xl, W, b, True),
+         lambda saved: R.cross_layer_backward(g, x0, xl, W, saved[0])),
+        (lambda x0, xl, u, v, b: x0 * ((xl @ v.T) @ u.T + b) + xl, [x0, xl, u, v, b],
+         lambda: R.cross_layer_lowrank(x0, xl, u, v, b, True),
+         lambda saved: R.cross_layer_lowrank_backward(g, x0, xl, u, v, *saved)),
+        (lambda x0, xl, w, b: x0 * (xl @ w)[:, None] + b + xl, [x0, xl, w, b],
+         lambda: (R.cross_layer_v1(x0, xl, w, b),),
+         lambda saved: R.cross_layer_v1_backward(g, x0, xl, w)),
+    ]
+    for formula, args, fwd, bwd in cases:
+        leaves = [a.clone().requires_grad_(True) for a in args]
+        expect = formula(*leaves)
+        expect.backward(g)
+        res = fwd()
+        torch.testing.assert_close(res[0].double(), expect.detach(), atol=1e-5, rtol=1e-5)  # fp32 inside
+        for a, e in zip(bwd(res[1:]), leaves):
+            torch.testing.assert_close(a.double(), e.grad, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend,device", KERNELS)
+@pytest.mark.parametrize("op", ["v2", "lowrank", "v1"])
+def test_non_contiguous(op, backend, device):
+    B, N, r = 13, 40, 4
+    args = _inputs(op, B, N, r, torch.float32, device)
+    # x0 a column slice of a wider tensor, xl transposed storage, weights transposed views
+    x0 = torch.stack([args[0], args[0]], 2)[:, :, 0]
+    xl = args[1].T.contiguous().T
+    nc = [x0, xl] + [a.T.contiguous().T if a.dim() == 2 else torch.stack([a, a], 1)[:, 0] for a in args[2:]]
+    assert not nc[0].is_contiguous() and not nc[2].is_contiguous()
+    grad = torch.randn(B, 2 * N, device=device)[:, ::2]
+    ref_out, ref_grads = _fwd_bwd(FNS[op], args, grad.contiguous(), "reference", device)
+    out, grads = _fwd_bwd(FNS[op], nc, grad, backend, device)
+    _check(out, grads, ref_out, ref_grads, torch.float32, NAMES[op])
+
+
+@pytest.mark.parametrize("backend,device", backend_devices("cpp", "triton", "reference"))
+def test_inference_does_not_save(backend, device):
+    """Without autograd the fused forward writes out only (the saved p comes back empty)."""
+    args = _inputs("v2", 5, 8, 2, torch.float32, device)
+    with on(backend, device) if backend != "reference" else rankops.use_backend("reference"):
+        out, p = torch.ops.rankops.cross_layer(*args, False)
+        out2, p2 = torch.ops.rankops.cross_layer(*args, True)
+    assert p.numel() == 0 and p2.shape == out.shape
+    torch.testing.assert_close(out, out2)
+    torch.testing.assert_close(p2, args[1] @ args[2].T + args[3])
+
+
+@pytest.mark.parametrize("backend,device", backend_devices("cpp", "triton", "reference"))
+def test_opcheck(backend, device):
+    B, N, r = 5, 12, 3
+    v2 = [a.requires_grad_(True) for a in _inputs("v2", B, N, r, torch.float32, device)]
+    lr = [a.requires_grad_(True) for a in _inputs("lowrank", B, N, r, torch.float32, device)]
+    v1 = [a.requires_grad_(True) for a in _inputs("v1", B, N, r, torch.float32, device)]
+    g = torch.randn(B, N, device=device)
+    ctx = on(backend, device) if backend != "reference" else rankops.use_backend("reference")
+    with ctx:
+        for save in (True, False):
+            torch.library.opcheck(torch.ops.rankops.cross_layer.default, (*v2, save))
+            torch.library.opcheck(torch.ops.rankops.cross_layer_lowrank.default, (*lr, save))
+        torch.library.opcheck(torch.ops.rankops.cross_layer_v1.default, tuple(v1))
+        p = v2[1] @ v2[2].T + v2[3]
+        torch.library.opcheck(torch.ops.rankops.cross_layer_backward.default,
+                              (g, *[a.detach() for a in v2[:3]], p.detach()))
+        t = (lr[1] @ lr[3].T).detach()
+        p = (t @ lr[2].T + lr[4]).detach()
+        torch.library.opcheck(torch.ops.rankops.cross_layer_lowrank_backward.default,
+                              (g, *[a.detach() for a in lr[:4]], t, p))
+        torch.library.opcheck(torch.ops.rankops.cross_layer_v1_backward.default,
+                              (g, *[a.detach() for a in v1[:3]]))
+
+
+def test_compile_fullgraph_cpu():
+    """A 3-layer stack of each kind under torch.compile(fullgraph=True) on the CPU path (cpp)."""
+    B, N, r = 7, 21, 3
+
+    def stack(x0, W, b, u, v, w):
+        x = x0
+        x = cross_layer(x0, x, W, b)
+        x = cross_layer_lowrank(x0, x, u, v, b)
+        x = cross_layer_v1(x0, x, w, b)
+        return x
+
+    g = torch.Generator().manual_seed(3)
+    args = [torch.randn(*s, generator=g) for s in [(B, N), (N, N), (N,), (N, r), (r, N), (N,)]]
+    args[1] = args[1] / N**0.5
+    compiled = torch.compile(stack, fullgraph=True, backend="aot_eager")
+    out_e, grads_e = _fwd_bwd(stack, args, torch.ones(B, N), "cpp", "cpu")
+    torch._dynamo.reset()
+    out_c, grads_c = _fwd_bwd(compiled, args, torch.ones(B, N), "cpp", "cpu")
+    torch.testing.assert_close(out_c, out_e)
+    for a, e in zip(grads_c, grads_e):
+        torch.testing.assert_close(a, e)
+    # and inductor, inference: the custom ops stay opaque calls inside the compiled graph
+    with on("cpp", "cpu"), torch.no_grad():
+        torch._dynamo.reset()
+        torch.testing.assert_close(torch.compile(stack, fullgraph=True)(*args), out_e.detach())
+
+
+# ---------------------------------------------------------------------------------------------
+# bad input: a clear exception naming the argument
+
+
+def test_bad_inputs():
+    B, N = 4, 6
+    x0, xl = torch.randn(B, N), torch.randn(B, N)
+    W, b = torch.randn(N, N), torch.randn(N)
+    with pytest.raises(ValueError, match="xl"):
+        cross_layer(x0, torch.randn(B, N + 1), W, b)
+    with pytest.raises(ValueError, match="weight"):
+        cross_layer(x0, xl, torch.randn(N + 1, N + 1), b)
+    with pytest.raises(ValueError, match="bias"):
+        cross_layer(x0, xl, W, torch.randn(N + 2))
+    with pytest.raises(ValueError, match="x0"):
+        cross_layer(torch.randn(B, N, 1), xl, W, b)
+    with pytest.raises(TypeError, match="weight"):
+        cross_layer(x0, xl, W.double(), b)
+    with pytest.raises(TypeError, match="x0"):
+        cross_layer(x0.long(), xl.long(), W.long(), b.long())
+    with pytest.raises(ValueError, match="weight"):
+        cross_layer(x0, xl, W.to("meta"), b)
+    with pytest.raises(TypeError, match="xl"):
+        cross_layer(x0, xl.numpy(), W, b)
+    # low rank: rank 0 and mismatched factors
+    with pytest.raises(ValueError, match="rank"):
+        cross_layer_lowrank(x0, xl, torch.randn(N, 0), torch.randn(0, N), b)
+    with pytest.raises(ValueError, match="v"):
+        cross_layer_lowrank(x0, xl, torch.randn(N, 2), torch.randn(3, N), b)
+    with pytest.raises(ValueError, match="u"):
+        cross_layer_lowrank(x0, xl, torch.randn(N + 1, 2), torch.randn(2, N), b)
+    with pytest.raises(TypeError, match="u"):
+        cross_layer_lowrank(x0, xl, torch.randn(N, 2, dtype=torch.float16), torch.randn(2, N), b)
+    # v1
+    with pytest.raises(ValueError, match="w"):
+        cross_layer_v1(x0, xl, torch.randn(N, 1), b)
+    with pytest.raises(ValueError, match="bias"):
+        cross_layer_v1(x0, xl, torch.randn(N), torch.randn(1))
