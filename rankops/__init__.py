@@ -5,11 +5,11 @@ __version__ = "0.1.0"
 from rankops.backend import current as current_backend  # noqa: E402
 from rankops.backend import info, use_backend  # noqa: E402
 from rankops.ops.attention import din_attention, jagged_target_attention, target_attention  # noqa: E402
+from rankops.ops.cin import cin_layer  # noqa: E402
+from rankops.ops.cross import cross_layer, cross_layer_lowrank, cross_layer_v1  # noqa: E402
 from rankops.ops.embedding_bag import batched_embedding_bag, embedding_bag, fused_batched_embedding_bag  # noqa: E402
 from rankops.ops.interaction import dot_interaction, fm_interaction  # noqa: E402
 
-from rankops.ops.cin import cin_layer  # noqa: E402
-from rankops.ops.cross import cross_layer, cross_layer_lowrank, cross_layer_v1  # noqa: E402
 from rankops import nn  # noqa: E402  (after the ops: the layers import them)
 
 __all__ = ["__version__", "current_backend", "info", "nn", "use_backend"]

@@ -1,11 +1,10 @@
 """nn.Module layers built on the rankops ops (drop-in for torch / TorchRec / DeepCTR layers)."""
 
 from rankops.nn.attention import DINAttention, MultiHeadTargetAttention
-from rankops.nn.embedding_bag import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor
-from rankops.nn.interaction import DotInteraction, FactorizationMachine
-
 from rankops.nn.cin import CIN
 from rankops.nn.cross import CrossNet
+from rankops.nn.embedding_bag import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor
+from rankops.nn.interaction import DotInteraction, FactorizationMachine
 
 __all__ = ["DINAttention", "MultiHeadTargetAttention"]
 __all__ += ["EmbeddingBagCollection", "EmbeddingBagConfig", "KeyedJaggedTensor"]
