@@ -16,6 +16,7 @@
 #include "cpu/cin.h"
 
 #include <ATen/Parallel.h>
+#include <c10/core/GradMode.h>
 
 #include <atomic>
 #include <vector>
@@ -111,6 +112,8 @@ void cin_forward_kernel(const T* xk, const T* x0, const at::Tensor& W2, const fl
   const int64_t nblocks = (B + S - 1) / S;
   std::atomic<int64_t> next{0};  // sample blocks handed out one at a time (cpu/parallel.h)
   at::parallel_for(0, num_slots(nblocks), 1, [&](int64_t, int64_t) {
+    // OpenMP workers start with grad mode on; the ATen GEMMs here must not see autograd.
+    const c10::NoGradGuard no_grad;
     const SequentialBlas seq;
     const int64_t C = S * D;
     std::vector<float> xk_buf(H * C), x0_buf(M * C), z_buf(hb * M * C), acc_buf(Hn * C);
@@ -143,6 +146,8 @@ void cin_backward_kernel(const T* g, const T* xk, const T* x0, const at::Tensor&
   const int64_t K = H * M;
   std::atomic<int64_t> next{0};  // sample blocks handed out one at a time (cpu/parallel.h)
   at::parallel_for(0, chunks, 1, [&](int64_t chunk, int64_t) {
+    // OpenMP workers start with grad mode on; the ATen GEMMs here must not see autograd.
+    const c10::NoGradGuard no_grad;
     const SequentialBlas seq;
     const int64_t C = S * D;
     std::vector<float> xk_buf(H * C), x0_buf(M * C), g_buf(Hn * C), z_buf(hb * M * C), dz_buf(hb * M * C),
