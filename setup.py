@@ -59,8 +59,7 @@ class CMakeBuild(build_ext):
 
 
 setup(
-    packages=find_packages(include=["rankops", "rankops.*"]) + ["rankops.models"],
-    package_dir={"rankops.models": "models"},
+    packages=find_packages(include=["rankops", "rankops.*"]),
     ext_modules=[Extension("rankops._C", sources=[])],
     cmdclass={"build_ext": CMakeBuild},
 )
