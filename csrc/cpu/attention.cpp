@@ -741,6 +741,18 @@ struct DinAct {
   const float* rstd;
 };
 
+// y[o] = bias[o] + sum_i x[i] * wT[i * n_out + o]: one dense layer with its weight stored
+// input-major, so the inner loop runs over contiguous outputs (FMAs with a broadcast of x[i]).
+inline void affine(float* y, const float* bias, const float* x, int64_t n_in, const float* wT, int64_t n_out) {
+  std::copy(bias, bias + n_out, y);
+  for (int64_t i = 0; i < n_in; ++i) {
+    const float xi = x[i];
+    const float* row = wT + i * n_out;
+#pragma omp simd
+    for (int64_t o = 0; o < n_out; ++o) y[o] += xi * row[o];
+  }
+}
+
 inline void activate(float* h, int64_t n, const DinAct& a) {
   if (a.kind == 0) {
 #pragma omp simd
@@ -794,23 +806,11 @@ void din_kernel(const T* q, const T* keys, const int64_t* lengths, const float* 
       for (int64_t j = 0; j < len; ++j) {
         const T* kr = keys + (b * L + j) * d;
         for (int64_t e = 0; e < d; ++e) kf[e] = static_cast<float>(kr[e]);
-        std::copy(c, c + H1, h1);
-        for (int64_t e = 0; e < d; ++e) {
-          const float x = kf[e];
-          const float* row = MT + e * H1;
-#pragma omp simd
-          for (int64_t o = 0; o < H1; ++o) h1[o] += x * row[o];
-        }
+        affine(h1, c, kf, d, MT, H1);
         activate(h1, H1, act1);
         const float* last = h1;
         if (H2 > 0) {
-          std::copy(b2, b2 + H2, h2);
-          for (int64_t o = 0; o < H1; ++o) {
-            const float x = h1[o];
-            const float* row = w2T + o * H2;
-#pragma omp simd
-            for (int64_t o2 = 0; o2 < H2; ++o2) h2[o2] += x * row[o2];
-          }
+          affine(h2, b2, h1, H1, w2T, H2);
           activate(h2, H2, act2);
           last = h2;
         }
