@@ -28,6 +28,7 @@
 #include <immintrin.h>
 #endif
 
+#include "cpu/alloc.h"
 #include "registration.h"
 
 namespace rankops::cpu {
@@ -230,14 +231,18 @@ bool forward_kernel(const T* w, const int64_t* toff, const I* idx, const I* off,
   // they are evicted before use. Measured on the 2-core EPYC (D=64, L=20, 100k-row tables, one
   // thread): 16 ahead 91 ms, 32 ahead 70 ms, 64 ahead 140 ms; FBGEMM's TBE 56-66 ms.
   const int64_t dist = row_bytes <= 256 ? 32 : 16;
-  const int64_t avg = std::max<int64_t>(1, (nnz_all + nT * B - 1) / std::max<int64_t>(1, nT * B));
-  const int64_t grain = std::max<int64_t>(1, 1024 / avg);
-  // Blocks of kBlock samples: within a block, table by table, so that ids and offsets are read
-  // sequentially (bags are table-major) while the block's output ([kBlock, T, D], contiguous)
-  // stays in cache until it is complete.
-  constexpr int64_t kBlock = 32;
+  // Each thread takes one contiguous range of samples and pools it table by table: ids and
+  // offsets are then read sequentially (bags are table-major), and while the threads work on
+  // table t only that table's rows are live, so a table that fits in the L2 TLB and the L3 stays
+  // there for all its lookups, as in a loop of one embedding_bag per table. Measured at D=16,
+  // L=20, 26 tables of 100k rows (6.4 MB each), B=4096, 2 threads: 10 ms, against 30 ms with
+  // blocks of 32 samples that visit all 26 tables in turn (166 MB of rows live: a TLB and DRAM
+  // miss for nearly every lookup).
+  // (A call of a few thousand lookups stays on one thread.)
+  const int64_t threads = nnz_all + nT * B < 8192 ? 1 : at::get_num_threads();
+  const int64_t kBlock = std::max<int64_t>(1, (B + threads - 1) / threads);
   const int64_t nblocks = (B + kBlock - 1) / kBlock;
-  at::parallel_for(0, nblocks, std::max<int64_t>(1, grain / kBlock), [&](int64_t q0, int64_t q1) {
+  at::parallel_for(0, nblocks, 1, [&](int64_t q0, int64_t q1) {
     std::vector<float> acc_buf(D);
     float* acc = acc_buf.data();
     bool bad = false;
@@ -526,7 +531,7 @@ std::tuple<at::Tensor, at::Tensor> batched_embedding_bag(const at::Tensor& weigh
   const auto off = offsets_.contiguous();
   std::optional<at::Tensor> psw;
   if (psw_) psw = psw_->contiguous();
-  auto out = at::empty({a.B, a.nT, a.D}, w.options());
+  auto out = empty_large({a.B, a.nT, a.D}, w.options());
   auto argmax = at::empty({mode == kMax ? a.B * a.nT * a.D : 0}, w.options().dtype(at::kLong));
   if (mode == kMax) argmax = argmax.view({a.B, a.nT, a.D});
   RANKOPS_DISPATCH_INDEX(idx.scalar_type(), [&] {

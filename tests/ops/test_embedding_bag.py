@@ -157,6 +157,25 @@ def test_single_table_op(backend, device, mode):
     assert_close(gw, gr, **tol(torch.float32), name="grad")
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_large_output_cpp(mode):
+    """An output of several MiB comes from the huge-page allocator (csrc/cpu/alloc.h): same values,
+    and an ordinary tensor afterwards (resizable, freed, usable in place)."""
+    T, B, D = 2, 1100, 512  # [B, T, D] fp32 = 4.3 MiB
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(T * 50, D, generator=g)
+    lengths = torch.randint(0, 4, (T * B,), generator=g)
+    offsets = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)])
+    indices = torch.cat([torch.randint(0, 50, (int(n),), generator=g) for n in lengths.view(T, B).sum(1)])
+    c = dict(weights=w, table_offsets=torch.tensor([0, 50, 100]), indices=indices, offsets=offsets, T=T, B=B)
+    with rankops.use_backend("cpp"):
+        got = batched_embedding_bag(w, c["table_offsets"], indices, offsets, mode=mode)
+    assert got.numel() * 4 >= 4 << 20
+    assert_close(got, torch_pooled(c, mode), 1e-5, 1e-5, mode)
+    got.mul_(2).resize_(B * T * D + 7)  # in place, then a larger storage from the same allocator
+    assert got.shape == (B * T * D + 7,)
+
+
 @pytest.mark.parametrize("backend,device", BACKENDS)
 def test_sparse_grad(backend, device):
     rows, D, lengths = CASES["mixed"]
