@@ -399,6 +399,48 @@ def test_fused_psw_grad_and_lr_change(backend, device):
     assert_close(w, c["weights"] - 0.25 * wr.grad, 1e-5, 1e-5, "weights")
 
 
+@pytest.mark.parametrize("backend,device", backend_devices("cpp", "cuda"))
+def test_fused_torch_compile(backend, device):
+    """A compiled training step (fullgraph, inductor) updates the tables as the eager step does,
+    psw gradient included, and reads a changed lr without recompiling."""
+    import torch._dynamo
+
+    rows, D, lengths = CASES["mixed"]
+    c = make_case(rows, D, lengths, device=device, psw=True, seed=11)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    runs = []
+    for compiled in (False, True):
+        opt = FusedOptimizer("rowwise_adagrad", lr=0.1, eps=1e-8)
+        w = c["weights"].clone()
+        s = opt.init_state(w)
+        p = c["psw"].clone().requires_grad_()
+        x = torch.randn(c["B"], D, generator=torch.Generator().manual_seed(1)).to(device)
+
+        def loss_fn(w, s, p, x):
+            out = fused_batched_embedding_bag(w, s, c["table_offsets"], c["indices"], c["offsets"], p,
+                                              optimizer=opt)
+            return ((out.sum(1) - x) ** 2).sum()
+
+        fn = torch.compile(loss_fn, fullgraph=True) if compiled else loss_fn
+        losses = []
+        with on(backend, device):
+            for i in range(3):
+                if i == 2:
+                    opt.lr = 0.3
+                loss = fn(w, s, p, x)
+                loss.backward()  # the compiled backward graph: the fused update
+                losses.append(loss.detach())
+        runs.append((w, s, p.grad, torch.stack(losses)))
+    (w0, s0, g0, l0), (w1, s1, g1, l1) = runs
+    assert not torch.equal(w0, c["weights"])
+    assert_close(l1, l0, 1e-5, 1e-5, "losses")
+    assert_close(w1, w0, 1e-5, 1e-5, "weights")
+    assert_close(s1, s0, 1e-5, 1e-5, "state")
+    assert_close(g1, g0, 1e-5, 1e-5, "psw grad")
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+
+
 @pytest.mark.parametrize("backend,device", FUSED_BACKENDS)
 def test_fused_deterministic(backend, device):
     """Many duplicates of few rows: two runs give bit-identical weights and state."""
@@ -438,7 +480,8 @@ def test_fused_bad_input_leaves_state(backend, device, optimizer):
     with on(backend, device), pytest.raises(IndexError, match=r"indices\[0\] = 99"):
         torch.ops.rankops.batched_embedding_bag_update(
             w, s, torch.ones(c["B"], c["T"], 4, device=device), c["table_offsets"], bad, c["offsets"], None, "sum",
-            torch.empty(0, dtype=torch.int64, device=device), optimizer, 0.1, 1e-10)
+            torch.empty(0, dtype=torch.int64, device=device), optimizer, torch.tensor(0.1, dtype=torch.float64),
+            1e-10)
     assert torch.equal(w, w0) and torch.equal(s, s0)
 
 

@@ -349,8 +349,11 @@ def embedding_bag(weight: Tensor, indices: Tensor, offsets: Tensor, per_sample_w
 
 @torch.library.custom_op("rankops::batched_embedding_bag_update", mutates_args=("weights", "state"))
 def _update(weights: Tensor, state: Tensor, grad: Tensor, table_offsets: Tensor, indices: Tensor, offsets: Tensor,
-            per_sample_weights: Optional[Tensor], mode: str, argmax: Tensor, optimizer: str, lr: float,
+            per_sample_weights: Optional[Tensor], pooling: str, argmax: Tensor, optimizer: str, lr: Tensor,
             eps: float) -> None:
+    """``lr`` is a 0-d tensor read when the step runs (see FusedOptimizer.lr_tensor). ``pooling``
+    is the other ops' ``mode``: torch.compile's functionalization of a mutating op passes a
+    ``mode`` keyword of its own."""
     op = "batched_embedding_bag_update"
     if not weights.is_contiguous() or not state.is_contiguous():
         raise ValueError(f"rankops.{op}: weights and state must be contiguous (they are updated in place)")
@@ -360,12 +363,12 @@ def _update(weights: Tensor, state: Tensor, grad: Tensor, table_offsets: Tensor,
         raise ValueError(f"rankops.{op}: grad has shape {tuple(grad.shape)}, expected [B, T, D] = {list(want)}")
     _run(_UPDATE, "batched_embedding_bag_update", weights, table_offsets.contiguous(), indices.contiguous(),
          offsets.contiguous(), state, grad.contiguous(),
-         None if per_sample_weights is None else per_sample_weights.contiguous(), MODES.index(mode),
+         None if per_sample_weights is None else per_sample_weights.contiguous(), MODES.index(pooling),
          argmax.contiguous(), OPTIMIZERS.index(optimizer), float(lr), float(eps))
 
 
 @_update.register_fake
-def _(weights, state, grad, table_offsets, indices, offsets, per_sample_weights, mode, argmax, optimizer, lr, eps):
+def _(weights, state, grad, table_offsets, indices, offsets, per_sample_weights, pooling, argmax, optimizer, lr, eps):
     return None
 
 
@@ -381,15 +384,17 @@ def check_state(op: str, optimizer: str, weights: Tensor, state: Tensor) -> None
 
 class _FusedLookup(torch.autograd.Function):
     """Forward: the plain lookup. Backward: the optimizer step on the touched rows, in place; the
-    weights get no .grad. ``anchor`` is a scalar that requires grad so that autograd runs the
-    backward even though the weights themselves do not require grad."""
+    weights get no .grad. ``anchor`` (FusedOptimizer.anchor) requires grad so that autograd runs
+    the backward even though the weights themselves do not. Only tensors, strings and floats
+    cross into the function, so that torch.compile traces it whole."""
 
     @staticmethod
-    def forward(ctx, anchor, weights, state, table_offsets, indices, offsets, psw, mode, opt: FusedOptimizer):
+    def forward(ctx, anchor, weights, state, table_offsets, indices, offsets, psw, mode: str, optimizer: str,
+                lr: Tensor, eps: float):
         out, argmax = _batched(weights, table_offsets, indices, offsets, psw, mode, False)
         ctx.save_for_backward(weights, state, table_offsets, indices, offsets, psw, argmax)
-        ctx.mode, ctx.opt = mode, opt
-        ctx.mark_non_differentiable(argmax)
+        # not saved: a saved tensor may not change before the backward, and lr may (a schedule)
+        ctx.lr, ctx.mode, ctx.optimizer, ctx.eps = lr, mode, optimizer, eps
         return out
 
     @staticmethod
@@ -399,10 +404,9 @@ class _FusedLookup(torch.autograd.Function):
         if psw is not None and ctx.needs_input_grad[6]:  # before the update: it reads the old rows
             gp = _batched_backward(grad, weights, table_offsets, indices, offsets, psw, ctx.mode, argmax, False,
                                    True)[1]
-        opt = ctx.opt
-        _update(weights, state, grad, table_offsets, indices, offsets, psw, ctx.mode, argmax, opt.name, opt.lr,
-                opt.eps)
-        return torch.zeros((), device=grad.device), None, None, None, None, None, gp, None, None
+        _update(weights, state, grad, table_offsets, indices, offsets, psw, ctx.mode, argmax, ctx.optimizer, ctx.lr,
+                ctx.eps)
+        return None, None, None, None, None, None, gp, None, None, None, None
 
 
 def fused_batched_embedding_bag(weights: Tensor, state: Tensor, table_offsets: Tensor, indices: Tensor,
@@ -429,9 +433,8 @@ def fused_batched_embedding_bag(weights: Tensor, state: Tensor, table_offsets: T
     if weights.requires_grad:
         raise ValueError(f"rankops.{op}: weights must not require grad (the backward updates them in place)")
     check_state(op, optimizer.name, weights, state)
-    anchor = torch.zeros((), device=weights.device, requires_grad=torch.is_grad_enabled())
-    return _FusedLookup.apply(anchor, weights, state, table_offsets, indices, offsets, per_sample_weights, mode,
-                              optimizer)
+    return _FusedLookup.apply(optimizer.anchor, weights, state, table_offsets, indices, offsets, per_sample_weights,
+                              mode, optimizer.name, optimizer.lr_tensor, optimizer.eps)
 
 
 __all__ = ["FusedOptimizer", "MODES", "OPTIMIZERS", "batched_embedding_bag", "embedding_bag",
