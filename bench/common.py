@@ -16,7 +16,9 @@ neighbour slows all of them alike):
   * every provider is warmed up first (torch.compile's compile time and Triton's JIT stay out);
   * "fwd" calls ``fn(*inputs)`` under torch.no_grad(); "fwd+bwd" calls ``fn(*inputs)`` and
     ``torch.autograd.grad(out, <inputs that require grad>, grad_out)`` with one fixed random
-    grad_out shared by all providers, so nothing accumulates between calls;
+    grad_out shared by all providers, so nothing accumulates between calls; "step" calls
+    ``fn(*inputs)`` with grad enabled and leaves the rest to it: a training step that updates its
+    own weights (forward, backward and optimizer), whose result is not compared;
   * inputs (and grad_out) are cloned into several sets that together exceed the last-level cache
     (CPU L3 / GPU L2) and the calls rotate through them, so a small case is not timed from cache;
   * CPU: time.perf_counter around each call; GPU: CUDA events around each call;
@@ -45,8 +47,8 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
-MODES = ("fwd", "fwd+bwd")
-BASELINES = ("eager", "compile")  # speedups are reported against these two
+MODES = ("fwd", "fwd+bwd", "step")
+BASELINES = ("eager", "compile")  # speedups are reported against these (a run may add more: Bench.baselines)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 ROUND_TIME = 0.02  # seconds each provider runs per round
@@ -223,6 +225,10 @@ def _call(fn: Callable, inputs: Sequence[Any], mode: str, grad: Any):
     if mode == "fwd":
         with torch.no_grad():
             return fn(*inputs)
+    if mode == "step":
+        with torch.enable_grad():
+            fn(*inputs)
+        return None
     out = fn(*inputs)
     wrt = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
     outs, grads = _as_list(out), _as_list(grad)
@@ -313,6 +319,8 @@ class Bench:
         self.started = _dt.datetime.now().astimezone()
         self.load = [_loadavg()]
         self.bandwidth = bandwidth if bandwidth is not None else measure_bandwidth(self.device)
+        # providers the speedup columns divide by; a family adds its anchors (e.g. "fbgemm")
+        self.baselines: tuple[str, ...] = BASELINES
         self._peak = (peak, "given") if peak is not None else None
 
     # -- limits
@@ -366,7 +374,7 @@ class Bench:
             providers: {name: fn}; ``fn(*inputs)`` returns the output (a tensor or a tuple).
                 "eager" and "compile" are the baselines of the speedup columns.
             inputs: the arguments; in "fwd+bwd" the tensors with requires_grad are differentiated.
-            mode: "fwd" or "fwd+bwd".
+            mode: "fwd", "fwd+bwd" or "step" (see the module docstring).
             dtype: the dtype label; default the first floating input's.
             bytes: bytes the mode must move (each input read once, each output written once)
                 -> GB/s and the fraction of the measured bandwidth.
@@ -451,12 +459,12 @@ class Bench:
                     row.update(flops=flops, tflops=flops / med / 1e9, flops_frac=flops / med / 1e9 / self.peak)
                 if ref is not None and p in results and p != ref_name:
                     row["rel_err"] = _rel_err(results[p], ref)
-                elif p == ref_name:
+                elif p == ref_name and ref is not None:
                     row["rel_err"] = 0.0
             else:
                 row["error"] = errors.get(p, "no samples")
             rows.append(row)
-        _speedups(rows)
+        _speedups(rows, self.baselines)
         self.rows += rows
         return rows
 
@@ -554,10 +562,10 @@ def _parse_filters(terms: Sequence[str]) -> dict[str, set[str]]:
     return out
 
 
-def _speedups(rows: list[dict]) -> None:
+def _speedups(rows: list[dict], baselines: Sequence[str] = BASELINES) -> None:
     med = {r["provider"]: r.get("median_ms") for r in rows}
     for r in rows:
-        for b in BASELINES:
+        for b in baselines:
             if r.get("median_ms") and med.get(b):
                 r[f"vs_{b}"] = med[b] / r["median_ms"]
 

@@ -15,15 +15,21 @@ FIXED_TAIL = ["provider", "mode", "dtype", "median_ms", "p20_ms", "p80_ms", "min
               "flops", "tflops", "flops_frac", "vs_eager", "vs_compile", "rel_err", "error"]
 
 
+def _vs_columns(rows: list[dict]) -> list[str]:
+    """vs_<baseline> columns beyond eager and compile (a run's own anchors, e.g. vs_fbgemm)."""
+    return list(dict.fromkeys(k for r in rows for k in r if k.startswith("vs_") and k not in FIXED_TAIL))
+
+
 def columns(rows: list[dict]) -> list[str]:
     """CSV columns: the fixed ones around the union of the case parameters (in first-seen order)."""
-    known = set(FIXED_HEAD) | set(FIXED_TAIL)
+    extra = _vs_columns(rows)
+    known = set(FIXED_HEAD) | set(FIXED_TAIL) | set(extra)
     params: dict[str, None] = {}
     for r in rows:
         for k in r:
             if k not in known:
                 params[k] = None
-    return FIXED_HEAD + list(params) + FIXED_TAIL
+    return FIXED_HEAD + list(params) + FIXED_TAIL[:-2] + extra + FIXED_TAIL[-2:]
 
 
 def _num(v, digits=4):
@@ -53,9 +59,9 @@ def _groups(rows):
     return out
 
 
-def _providers(rows) -> list[str]:
+def _providers(rows, baselines=BASELINES) -> list[str]:
     seen = dict.fromkeys(r["provider"] for r in rows)
-    return [p for p in BASELINES if p in seen] + [p for p in seen if p not in BASELINES]
+    return [p for p in baselines if p in seen] + [p for p in seen if p not in baselines]
 
 
 def _x(v):
@@ -68,7 +74,9 @@ def _pct(v):
 
 def write_md(bench, path: Path) -> None:
     rows = bench.rows
-    provs = _providers(rows)
+    baselines = getattr(bench, "baselines", BASELINES)
+    provs = _providers(rows, baselines)
+    anchors = [b for b in baselines if b not in ("eager", "compile")]
     lines = [f"# {bench.name} on {bench.tag}", ""]
     for what, value in bench.header():
         lines.append(f"- **{what}**: {value}")
@@ -78,7 +86,8 @@ def write_md(bench, path: Path) -> None:
         "",
         "Times are medians of single calls (p20-p80 in the details), providers interleaved in rounds; "
         "`fwd` runs under torch.no_grad, `fwd+bwd` is the forward plus torch.autograd.grad with one fixed "
-        "random grad_out. `vs eager` / `vs compile` = that provider's time divided into the baseline's "
+        "random grad_out, `step` a whole training step (forward, backward, optimizer update). "
+        "`vs eager` / `vs compile` = that provider's time divided into the baseline's "
         "(> 1 is faster). GB/s = bytes the op must move (formula in the benchmark) / median time; "
         "% bw = that over the measured memory bandwidth.",
         "",
@@ -94,6 +103,8 @@ def write_md(bench, path: Path) -> None:
             head.append(f"{p} vs eager")
             if p != "compile" and "compile" in present:
                 head.append(f"{p} vs compile")
+            if p not in baselines:
+                head += [f"{p} vs {a}" for a in anchors if a in present]
         head.append("best % bw")
         lines.append("| " + " | ".join(head) + " |")
         lines.append("|" + "---|" * len(head))
@@ -109,6 +120,8 @@ def write_md(bench, path: Path) -> None:
                 cells.append(_x(r.get("vs_eager")))
                 if p != "compile" and "compile" in present:
                     cells.append(_x(r.get("vs_compile")))
+                if p not in baselines:
+                    cells += [_x(r.get(f"vs_{a}")) for a in anchors if a in present]
             fr = [r.get("bw_frac") for r in byp.values() if r.get("bw_frac")]
             cells.append(_pct(max(fr)) if fr else "-")
             lines.append("| " + " | ".join(cells) + " |")

@@ -15,6 +15,7 @@ from rankops.ops.interaction import reference
 from tests.utils import require
 
 CASE = dict(B=8, F=5, D=4)
+GRAD_MODES = ("fwd", "fwd+bwd")
 
 
 def _ref(x):
@@ -40,7 +41,7 @@ def test_harness_writes_csv_md_png(tmp_path):
     provs = providers(reference=_ref, op=_op, device="cpu", compile=False)
     assert set(provs) == {"eager", "cpp"}  # no triton interpreter, no cuda on a CPU device
     provs["broken"] = _broken
-    for c in bench.grid(mode=MODES):
+    for c in bench.grid(mode=GRAD_MODES):
         x = torch.randn(CASE["B"], CASE["F"], CASE["D"], requires_grad=c["mode"] == "fwd+bwd")
         rows = bench.run(op="fm_interaction", case=CASE, mode=c["mode"], inputs=(x,), providers=provs,
                          bytes=x.numel() * 4, flops=3 * x.numel())
@@ -55,7 +56,8 @@ def test_harness_writes_csv_md_png(tmp_path):
     for col in ("op", "case", "B", "F", "D", "provider", "mode", "dtype", "median_ms", "p20_ms", "p80_ms",
                 "gbps", "bw_frac", "tflops", "flops_frac", "vs_eager", "vs_compile", "rel_err", "error"):
         assert col in rows[0], col
-    assert {(r["provider"], r["mode"]) for r in rows} == {(p, m) for p in ("eager", "cpp", "broken") for m in MODES}
+    assert {(r["provider"], r["mode"]) for r in rows} == {(p, m) for p in ("eager", "cpp", "broken")
+                                                           for m in GRAD_MODES}
     for r in rows:
         assert (r["op"], r["dtype"], r["B"], r["F"], r["D"]) == ("fm_interaction", "fp32", "8", "5", "4")
         if r["provider"] == "broken":
@@ -68,6 +70,35 @@ def test_harness_writes_csv_md_png(tmp_path):
         assert float(r["rel_err"]) < 1e-5  # cpp computes what eager computes, fwd and grads
     md = paths["md"].read_text()
     assert "## fm_interaction - fwd+bwd - fp32" in md and "cpp vs eager" in md and "memory bandwidth" in md
+
+
+def test_step_mode_and_extra_baseline(tmp_path):
+    """"step": the provider runs a whole training step itself (here an SGD step on its own weight);
+    a run's own anchor gets its vs_<anchor> column, in the csv and the markdown."""
+    assert "step" in MODES
+    bench = Bench("steps", "cpu", out_dir=tmp_path, min_time=0.01, bandwidth=1.0, progress=False)
+    bench.baselines = ("eager", "compile", "anchor")
+    weights = {p: torch.zeros(4, requires_grad=True) for p in ("eager", "anchor", "ours")}
+
+    def step(name):
+        def fn(x):
+            w = weights[name]
+            (w * x).sum().backward()  # grad enabled although the harness times without autograd.grad
+            with torch.no_grad():
+                w -= 0.1 * w.grad
+            w.grad = None
+        return fn
+
+    rows = bench.run(op="sgd", case=dict(N=4), mode="step", dtype=torch.float32, inputs=(torch.ones(4),),
+                     providers={p: step(p) for p in weights})
+    assert [r["provider"] for r in rows] == ["eager", "anchor", "ours"]
+    assert all(not r.get("error") and r["samples"] >= 10 for r in rows)
+    assert all(float(w[0]) < -0.5 for w in weights.values())  # every provider stepped, many times
+    assert "rel_err" not in rows[2] and rows[2]["vs_anchor"] > 0
+    paths = bench.save()
+    assert "vs_anchor" in _read(paths["csv"])[0]
+    md = paths["md"].read_text()
+    assert "## sgd - step - fp32" in md and "ours vs anchor" in md and "anchor vs eager" in md
 
 
 def test_filters(tmp_path):
