@@ -76,8 +76,8 @@ def loop_forward(tables: Tables, B: int, L: int, sparse: bool = False):
     def fn(idx, off, *_):
         views = tables.leaves if sparse else tables.views
         o = off[:B + 1]  # every table's bags have the same layout (exactly L ids each)
-        return torch.cat([F.embedding_bag(idx[t * B * L:(t + 1) * B * L], views[t], o, include_last_offset=True,
-                                          sparse=sparse) for t in range(T)], 1)
+        return torch.cat([F.embedding_bag(idx[t * B * L:(t + 1) * B * L], views[t], o, mode="sum",  # default: mean
+                                          include_last_offset=True, sparse=sparse) for t in range(T)], 1)
     return fn
 
 
