@@ -569,7 +569,7 @@ std::tuple<at::Tensor, at::Tensor> batched_embedding_bag_backward(
   const auto idx = indices_.contiguous();
   const auto off = offsets_.contiguous();
   const auto argmax = argmax_.contiguous();
-  at::Tensor gw = need_weight_grad ? at::zeros_like(w) : at::empty({0}, w.options());
+  at::Tensor gw = need_weight_grad ? empty_large_like(w).zero_() : at::empty({0}, w.options());
   at::Tensor gp = (need_psw_grad && psw_) ? at::empty({a.nnz}, w.options()) : at::empty({0}, w.options());
   RANKOPS_DISPATCH_INDEX(idx.scalar_type(), [&] {
     const index_t* op = off.data_ptr<index_t>();
