@@ -507,3 +507,17 @@ def test_native_kernels_registered():
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"rankops_C::{name}", "CPU"), name
         if ext.with_cuda:
             assert torch._C._dispatch_has_kernel_for_dispatch_key(f"rankops_C::{name}", "CUDA"), name
+
+
+def test_triton_aot_specs():
+    """The specs scripts/gpu_report.py compiles for sm_90a name every argument of their kernel, and
+    cover the three kernels at every benchmark dim and dtype."""
+    from rankops.ops.embedding_bag import triton as K
+
+    specs = K.aot_specs()
+    assert {s["kernel"] for s in specs} == {"_forward_kernel", "_segment_kernel", "_psw_grad_kernel"}
+    for s in specs:
+        assert set(s["signature"]) == set(s["fn"].arg_names), s["config"]
+        assert all(s["signature"][n] == "constexpr" for n in s["constexprs"])
+    assert len({(s["kernel"], s["config"]) for s in specs}) == len(specs), "configs must be unique"
+    assert len(specs) == 3 * len(K.BENCH_DIMS) * (4 + 6 + 1)

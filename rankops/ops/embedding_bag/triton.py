@@ -183,6 +183,11 @@ def _scale(psw, mode, offsets, bag):
     return None
 
 
+def _segment_warps(block_d: int) -> int:
+    # 4 warps at D=128 spilled in the Adagrad update (sm_90a, scripts/gpu_report.py)
+    return 8 if block_d >= 128 else 4
+
+
 def _run_segments(op, weights, state, gw, grad, table_offsets, indices, offsets, psw, mode, argmax, lr, eps):
     T = table_offsets.numel() - 1
     B = (offsets.numel() - 1) // T
@@ -197,7 +202,8 @@ def _run_segments(op, weights, state, gw, grad, table_offsets, indices, offsets,
         grad, perm, bag, scale if scale is not None else grad, argmax if mode == MAX else perm, seg, urows,
         weights, state if state is not None and state.numel() else dummy, gw if gw is not None else dummy,
         T, B, D, float(lr), float(eps),
-        MODE=mode, OP=op, HAS_SCALE=scale is not None, BLOCK_L=block_l, BLOCK_D=block_d)
+        MODE=mode, OP=op, HAS_SCALE=scale is not None, BLOCK_L=block_l, BLOCK_D=block_d,
+        num_warps=_segment_warps(block_d))
 
 
 def backward(grad, weights, table_offsets, indices, offsets, psw, mode: int, argmax, need_weight_grad: bool,
@@ -227,4 +233,44 @@ def update(weights, table_offsets, indices, offsets, state, grad, psw, mode: int
                   offsets, psw, mode, argmax, lr, eps)
 
 
-__all__ = ["backward", "forward", "update"]
+# ---------------------------------------------------------------------------------------------
+# ahead-of-time specs for scripts/gpu_report.py: the constexprs the launchers above pick at the
+# benchmark's dims (bench/embedding_bag.py), for every dtype
+
+BENCH_DIMS = (16, 64, 128)
+
+
+def aot_specs() -> list[dict]:
+    from rankops.ops import _aot
+
+    specs = []
+    ints = [("T", "i32", 26), ("B", "i32", 16384)]
+    for dtype, t in _aot.SIG.items():
+        w = "*" + t
+        for D in BENCH_DIMS:
+            block_l, block_d = _blocks(D)
+            dims = ints + [("D", "i32", D)]
+            fwd_d = min(block_d, 128)
+            for mode, has_psw in ((0, False), (0, True), (1, False), (MAX, False)):
+                args = [("w_ptr", w, None), ("toff_ptr", "*i64", None), ("idx_ptr", "*i64", None),
+                        ("off_ptr", "*i64", None), ("psw_ptr", w, None), ("out_ptr", w, None),
+                        ("am_ptr", "*i64" if mode == MAX else w, None)] + dims
+                specs.append(_aot.spec(_forward_kernel, f"{t} D={D} mode={mode} psw={int(has_psw)}", args,
+                                       dict(MODE=mode, HAS_PSW=has_psw, BLOCK_L=block_l, BLOCK_D=fwd_d)))
+            for op, mode, has_scale in ((WRITE_GRAD, 0, False), (WRITE_GRAD, MAX, False), (SGD, 0, True),
+                                        (ADAGRAD, 0, False), (ROWWISE, 0, False), (ROWWISE, MEAN, True)):
+                args = [("grad_ptr", w, None), ("perm_ptr", "*i64", None), ("bag_ptr", "*i64", None),
+                        ("scale_ptr", "*fp32" if has_scale else w, None),
+                        ("am_ptr", "*i64", None), ("seg_ptr", "*i64", None), ("urow_ptr", "*i64", None),
+                        ("w_ptr", w, None), ("state_ptr", "*fp32" if op in (ADAGRAD, ROWWISE) else w, None),
+                        ("gw_ptr", w, None)] + dims + [("lr", "fp32", 1), ("eps", "fp32", 1)]
+                specs.append(_aot.spec(_segment_kernel, f"{t} D={D} op={op} mode={mode} scale={int(has_scale)}",
+                                       args, dict(MODE=mode, OP=op, HAS_SCALE=has_scale, BLOCK_L=block_l,
+                                                  BLOCK_D=block_d), num_warps=_segment_warps(block_d)))
+            args = [("grad_ptr", w, None), ("w_ptr", w, None), ("toff_ptr", "*i64", None),
+                    ("idx_ptr", "*i64", None), ("off_ptr", "*i64", None), ("gp_ptr", w, None)] + dims
+            specs.append(_aot.spec(_psw_grad_kernel, f"{t} D={D}", args, dict(BLOCK_L=block_l, BLOCK_D=block_d)))
+    return specs
+
+
+__all__ = ["aot_specs", "backward", "forward", "update"]

@@ -37,6 +37,8 @@ import torch
 import triton
 import triton.language as tl
 
+from rankops.ops import _aot
+
 
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -423,22 +425,11 @@ def dot_interaction_backward(grad: torch.Tensor, x: torch.Tensor, self_interacti
 # report also covers the tile-pair kernels (F > SMALL_F).
 BENCH_B = 65536
 BENCH_FD = [(26, 16), (26, 64), (26, 128), (39, 16), (39, 64), (39, 128), (128, 64)]
-_SIG = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+_SIG = _aot.SIG
 
 
 def _spec(plan: _Plan, variant: str, args: list) -> dict:
-    """args: [(name, type, value)] in the kernel's order, value None for pointers (torch's
-    allocations are 16-byte aligned). Integers divisible by 16 get the divisibility hint the JIT
-    gives them at launch, so the AOT compile matches what runs."""
-    signature, attrs = {}, {}
-    for idx, (name, ty, value) in enumerate(args):
-        signature[name] = ty
-        if ty.startswith("*") or value % 16 == 0:
-            attrs[(idx,)] = [["tt.divisibility", 16]]
-    constexprs = dict(plan.constexprs)
-    signature.update({name: "constexpr" for name in constexprs})
-    return dict(kernel=plan.kernel, fn=plan.fn, config=f"{plan.name()} {variant}", signature=signature,
-                constexprs=constexprs, attrs=attrs, num_warps=plan.num_warps, num_stages=3)
+    return _aot.spec(plan.fn, f"{plan.name()} {variant}", args, dict(plan.constexprs), plan.num_warps)
 
 
 def aot_specs() -> list[dict]:
