@@ -1,10 +1,11 @@
 // CPU kernels for the cross family. The GEMMs go to ATen (MKL / oneDNN: nothing to gain by
 // re-writing them); everything elementwise around them is fused into single passes over the
 // [B, N] activations, in fp32, parallel over rows:
-//   forward   p = addmm(b, xl, W.T) (the bias rides in the GEMM's C), then out = x0 * p + xl in one
-//             pass (in place over p when p is not saved: no second [B, N] buffer);
-//   backward  one pass makes dp = g * x0, dx0 = g * p and the column sums of dp (db); then
-//             dxl = addmm(g, dp, W) (the residual's gradient rides in the GEMM's C) and dW = dp.T @ xl.
+//   forward   q = xl @ W.T, then one pass makes p = q + b (over q, when saved) and out = x0 * p + xl
+//             (in place over q when p is not saved: no second [B, N] buffer);
+//   backward  one pass makes dp = g * x0, dx0 = g * p, a copy of g into dxl and the column sums of dp
+//             (db); then dxl += dp @ W in place (the residual's gradient is the GEMM's C) and dW = dp.T @ xl.
+// [B, N] outputs come from huge pages (alloc.h): torch's fresh ones fault 4 KiB at a time.
 // Eager PyTorch does the same three GEMMs plus five separate elementwise passes and temporaries.
 // The v1 layer has no GEMM: forward and backward are one pass over the rows each.
 #include "cpu/cross.h"
@@ -23,18 +24,27 @@ namespace {
 
 constexpr int64_t kGrain = 16384;  // elements per task of the flat elementwise passes
 
+// out = x0 * (q + b) + xl for q = the GEMM's product without bias, q overwritten by p = q + b when
+// save (the bias added here rather than copied into the GEMM's output beforehand: one pass fewer).
 template <typename T>
-void epilogue(const T* x0, const T* xl, const T* p, T* out, int64_t n) {
-  at::parallel_for(0, n, kGrain, [&](int64_t i0, int64_t i1) {
+void epilogue(const T* x0, const T* xl, T* q, const float* bias, T* out, bool save, int64_t B, int64_t N) {
+  at::parallel_for(0, B, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, N)), [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t o = b * N;
 #pragma omp simd
-    for (int64_t i = i0; i < i1; ++i)
-      out[i] = static_cast<T>(static_cast<float>(x0[i]) * static_cast<float>(p[i]) + static_cast<float>(xl[i]));
+      for (int64_t j = 0; j < N; ++j) {
+        const float p = static_cast<float>(q[o + j]) + bias[j];
+        if (save) q[o + j] = static_cast<T>(p);
+        out[o + j] = static_cast<T>(static_cast<float>(x0[o + j]) * p + static_cast<float>(xl[o + j]));
+      }
+    }
   });
 }
 
-// dp = g * x0, dx0 = g * p, and per-chunk column sums of dp (fp32, before rounding dp).
+// dp = g * x0, dx0 = g * p, gcopy = g (the C the dxl GEMM then accumulates into, in place), and
+// per-chunk column sums of dp (fp32, before rounding dp).
 template <typename T>
-at::Tensor grad_pass(const T* g, const T* x0, const T* p, T* dp, T* dx0, int64_t B, int64_t N) {
+at::Tensor grad_pass(const T* g, const T* x0, const T* p, T* dp, T* dx0, T* gcopy, int64_t B, int64_t N) {
   const int64_t chunks = num_chunks(B, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, N)));
   auto partial = at::zeros({chunks, N}, at::kFloat);
   float* part = partial.data_ptr<float>();
@@ -48,6 +58,7 @@ at::Tensor grad_pass(const T* g, const T* x0, const T* p, T* dp, T* dx0, int64_t
         const float d = gv * static_cast<float>(x0[o + j]);
         dp[o + j] = static_cast<T>(d);
         dx0[o + j] = static_cast<T>(gv * static_cast<float>(p[o + j]));
+        gcopy[o + j] = g[o + j];
         acc[j] += d;
       }
     }
@@ -69,11 +80,14 @@ std::tuple<at::Tensor, at::Tensor> cross_layer(const at::Tensor& x0_, const at::
   TORCH_CHECK_VALUE(xl.sizes() == x0.sizes() && w_.sizes() == at::IntArrayRef({N, N}) && b_.numel() == N,
                     "cross_layer: shapes do not match: x0 ", x0.sizes(), ", xl ", xl.sizes(), ", weight ", w_.sizes(),
                     ", bias ", b_.sizes());
-  auto p = at::addmm(b_.reshape({1, N}), xl, w_.t());
-  auto out = save ? at::empty_like(x0) : p;  // without save the epilogue overwrites p in place
+  // outputs from huge pages (alloc.h): a fresh [B, N] of torch's faults in 4 KiB pages at ~1.8 us each
+  auto p = empty_large_like(x0);
+  at::mm_out(p, xl, w_.t());
+  auto out = save ? empty_large_like(x0) : p;  // without save the epilogue overwrites p in place
+  const auto bias = b_.to(at::kFloat).contiguous();
   RANKOPS_DISPATCH_FLOAT(x0.scalar_type(), "cross_layer", [&] {
-    epilogue(x0.data_ptr<scalar_t>(), xl.data_ptr<scalar_t>(), p.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
-             B * N);
+    epilogue(x0.data_ptr<scalar_t>(), xl.data_ptr<scalar_t>(), p.data_ptr<scalar_t>(), bias.data_ptr<float>(),
+             out.data_ptr<scalar_t>(), save, B, N);
   });
   return {out, save ? p : x0.new_empty({0})};
 }
@@ -90,13 +104,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cross_layer_backward(
   const int64_t B = x0.size(0), N = x0.size(1);
   TORCH_CHECK_VALUE(g.sizes() == x0.sizes() && p.sizes() == x0.sizes(), "cross_layer_backward: grad ", g.sizes(),
                     " and p ", p.sizes(), " must have x0's shape ", x0.sizes());
-  auto dp = at::empty_like(x0), dx0 = at::empty_like(x0);
+  auto dp = empty_large_like(x0), dx0 = empty_large_like(x0), dxl = empty_large_like(x0);
   at::Tensor db;
   RANKOPS_DISPATCH_FLOAT(x0.scalar_type(), "cross_layer_backward", [&] {
     db = grad_pass(g.data_ptr<scalar_t>(), x0.data_ptr<scalar_t>(), p.data_ptr<scalar_t>(), dp.data_ptr<scalar_t>(),
-                   dx0.data_ptr<scalar_t>(), B, N);
+                   dx0.data_ptr<scalar_t>(), dxl.data_ptr<scalar_t>(), B, N);
   });
-  auto dxl = at::addmm(g, dp, w);
+  dxl.addmm_(dp, w);  // dxl = g + dp @ W: the residual's gradient is already in dxl
   auto dw = at::mm(dp.t(), xl);
   return {dx0, dxl, dw, db.to(w.scalar_type())};
 }
@@ -112,11 +126,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_layer_lowrank(const at::Ten
                     "cross_layer_lowrank: shapes do not match: x0 ", x0.sizes(), ", u ", u.sizes(), ", v ", v.sizes(),
                     ", bias ", b_.sizes());
   auto t = at::mm(xl, v.t());
-  auto p = at::addmm(b_.reshape({1, N}), t, u.t());
-  auto out = save ? at::empty_like(x0) : p;
+  auto p = empty_large_like(x0);
+  at::mm_out(p, t, u.t());
+  auto out = save ? empty_large_like(x0) : p;
+  const auto bias = b_.to(at::kFloat).contiguous();
   RANKOPS_DISPATCH_FLOAT(x0.scalar_type(), "cross_layer_lowrank", [&] {
-    epilogue(x0.data_ptr<scalar_t>(), xl.data_ptr<scalar_t>(), p.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
-             B * N);
+    epilogue(x0.data_ptr<scalar_t>(), xl.data_ptr<scalar_t>(), p.data_ptr<scalar_t>(), bias.data_ptr<float>(),
+             out.data_ptr<scalar_t>(), save, B, N);
   });
   if (!save) return {out, x0.new_empty({0}), x0.new_empty({0})};
   return {out, t, p};
@@ -132,16 +148,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> cross_lay
   TORCH_CHECK_VALUE(g.sizes() == x0.sizes() && p.sizes() == x0.sizes() && t.dim() == 2 && t.size(0) == B,
                     "cross_layer_lowrank_backward: grad ", g.sizes(), ", t ", t.sizes(), " and p ", p.sizes(),
                     " do not match x0 ", x0.sizes());
-  auto dp = at::empty_like(x0), dx0 = at::empty_like(x0);
+  auto dp = empty_large_like(x0), dx0 = empty_large_like(x0), dxl = empty_large_like(x0);
   at::Tensor db;
   RANKOPS_DISPATCH_FLOAT(x0.scalar_type(), "cross_layer_lowrank_backward", [&] {
     db = grad_pass(g.data_ptr<scalar_t>(), x0.data_ptr<scalar_t>(), p.data_ptr<scalar_t>(), dp.data_ptr<scalar_t>(),
-                   dx0.data_ptr<scalar_t>(), B, N);
+                   dx0.data_ptr<scalar_t>(), dxl.data_ptr<scalar_t>(), B, N);
   });
   auto du = at::mm(dp.t(), t);
   auto dt = at::mm(dp, u);
   auto dv = at::mm(dt.t(), xl);
-  auto dxl = at::addmm(g, dt, v);
+  dxl.addmm_(dt, v);  // dxl = g + dt @ v
   return {dx0, dxl, du, dv, db.to(u.scalar_type())};
 }
 
@@ -201,7 +217,7 @@ at::Tensor cross_layer_v1(const at::Tensor& x0_, const at::Tensor& xl_, const at
   TORCH_CHECK_VALUE(xl.sizes() == x0.sizes() && w_.numel() == N && b_.numel() == N, "cross_layer_v1: shapes do not "
                     "match: x0 ", x0.sizes(), ", xl ", xl.sizes(), ", w ", w_.sizes(), ", bias ", b_.sizes());
   const auto w = w_.to(at::kFloat).contiguous(), bias = b_.to(at::kFloat).contiguous();
-  auto out = at::empty_like(x0);
+  auto out = empty_large_like(x0);
   RANKOPS_DISPATCH_FLOAT(x0.scalar_type(), "cross_layer_v1", [&] {
     v1_forward(x0.data_ptr<scalar_t>(), xl.data_ptr<scalar_t>(), w.data_ptr<float>(), bias.data_ptr<float>(),
                out.data_ptr<scalar_t>(), B, N);
@@ -220,7 +236,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cross_layer_v1_backwa
   TORCH_CHECK_VALUE(g.sizes() == x0.sizes() && xl.sizes() == x0.sizes() && w_.numel() == N,
                     "cross_layer_v1_backward: shapes do not match");
   const auto w = w_.to(at::kFloat).contiguous();
-  auto dx0 = at::empty_like(x0), dxl = at::empty_like(x0);
+  auto dx0 = empty_large_like(x0), dxl = empty_large_like(x0);
   const int64_t chunks = num_chunks(B, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, N)));
   auto dw = at::zeros({chunks, N}, at::kFloat), db = at::zeros({chunks, N}, at::kFloat);
   RANKOPS_DISPATCH_FLOAT(x0.scalar_type(), "cross_layer_v1_backward", [&] {
