@@ -12,7 +12,7 @@ from bench.common import BASELINES
 
 FIXED_HEAD = ["run", "device", "op", "case"]
 FIXED_TAIL = ["provider", "mode", "dtype", "median_ms", "p20_ms", "p80_ms", "min_ms", "samples", "bytes", "gbps", "bw_frac",
-              "flops", "tflops", "flops_frac", "vs_eager", "vs_compile", "rel_err", "error"]
+              "flops", "tflops", "flops_frac", "vs_eager", "vs_compile", "rel_err", "peak_MiB", "error"]
 
 
 def columns(rows: list[dict]) -> list[str]:
@@ -94,6 +94,8 @@ def write_md(bench, path: Path) -> None:
             head.append(f"{p} vs eager")
             if p != "compile" and "compile" in present:
                 head.append(f"{p} vs compile")
+        mem = [p for p in present if any(c.get(p, {}).get("peak_MiB") is not None for c in cases.values())]
+        head += [f"{p} peak MiB" for p in mem]
         head.append("best % bw")
         lines.append("| " + " | ".join(head) + " |")
         lines.append("|" + "---|" * len(head))
@@ -109,6 +111,7 @@ def write_md(bench, path: Path) -> None:
                 cells.append(_x(r.get("vs_eager")))
                 if p != "compile" and "compile" in present:
                     cells.append(_x(r.get("vs_compile")))
+            cells += [_num(byp.get(p, {}).get("peak_MiB"), 4) or "-" for p in mem]
             fr = [r.get("bw_frac") for r in byp.values() if r.get("bw_frac")]
             cells.append(_pct(max(fr)) if fr else "-")
             lines.append("| " + " | ".join(cells) + " |")
