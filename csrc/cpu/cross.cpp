@@ -307,10 +307,11 @@ void pad_rows(const T* src, T* dst, int64_t B, int64_t N, int64_t ld) {
 // stride ldg; for the top layer the caller's gradient, which `top` also copies into G, the buffer
 // the GEMMs then update in place):
 //   dp = g * x0 and its column sums (db, per chunk in fp32);
-//   dx0 = g * p on the top layer, += on the others.
+//   dx0 = g * p on the top layer, += on the others, and += g too when `residual` (layer 0, whose
+//   input is x0, when its dx0 += dp @ W_0 then goes straight into dx0).
 template <typename T>
 void net_grad_pass(const T* g, int64_t ldg, const T* x0, const T* p, T* dp, T* dx0, T* G, float* db_part,
-                   int64_t chunks, bool top, int64_t B, int64_t N, int64_t ld) {
+                   int64_t chunks, bool top, bool residual, int64_t B, int64_t N, int64_t ld) {
   for_chunks(B, chunks, [&](int64_t c, int64_t r0, int64_t r1) {
     float* acc = db_part + c * N;
     for (int64_t b = r0; b < r1; ++b) {
@@ -328,6 +329,7 @@ void net_grad_pass(const T* g, int64_t ldg, const T* x0, const T* p, T* dp, T* d
         acc[j] += d;
         float a = gv * static_cast<float>(pr[j]);
         if (!top) a += static_cast<float>(dxr[j]);
+        if (residual) a += gv;
         dxr[j] = static_cast<T>(a);
         if (top) Gr[j] = gr[j];
       }
@@ -420,20 +422,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_net_backward(const at::Tens
   auto dp = empty_large({B, ld}, x0.options());
   const int64_t chunks = num_chunks(B, row_grain(N));
   auto db_part = at::zeros({L, chunks, N}, at::kFloat);
+  // the GEMM writing into dx0 [B, N] directly runs at MKL's unaligned-row speed when ld != N
+  const bool fold = ld == N;
   RANKOPS_DISPATCH_FLOAT(x0.scalar_type(), "cross_net_backward", [&] {
     for (int64_t l = L - 1; l >= 0; --l) {
       const bool top = l == L - 1;
       net_grad_pass(top ? g.data_ptr<scalar_t>() : G.data_ptr<scalar_t>(), top ? N : ld, x0.data_ptr<scalar_t>(),
                     ps[l].data_ptr<scalar_t>(), dp.data_ptr<scalar_t>(), dx0.data_ptr<scalar_t>(),
-                    G.data_ptr<scalar_t>(), db_part[l].data_ptr<float>(), chunks, top, B, N, ld);
+                    G.data_ptr<scalar_t>(), db_part[l].data_ptr<float>(), chunks, top, fold && l == 0, B, N, ld);
       const auto dpv = cols(dp, N);
       auto dwl = dw[l];
       at::mm_out(dwl, dpv.t(), l == 0 ? x0 : cols(xs[l - 1], N));  // dW_l = dp.T @ x_l
-      auto Gv = cols(G, N);
-      Gv.addmm_(dpv, cols(wp[l], N));  // G += dp @ W_l: the residual's gradient is already in G
+      // G += dp @ W_l (the residual's gradient is already in G); layer 0's input is x0, so its
+      // gradient joins dx0: straight into dx0 when rows are unpadded, else through G and one more pass
+      auto Gv = l == 0 && fold ? dx0 : cols(G, N);
+      Gv.addmm_(dpv, cols(wp[l], N));
     }
-    // layer 0's input is x0: G, now the gradient of x_0 (residual included), joins dx0
-    add_rows(dx0.data_ptr<scalar_t>(), G.data_ptr<scalar_t>(), B, N, ld);
+    if (!fold) add_rows(dx0.data_ptr<scalar_t>(), G.data_ptr<scalar_t>(), B, N, ld);
   });
   return {dx0, dw, db_part.sum(1).to(w.scalar_type())};
 }

@@ -224,9 +224,9 @@ def test_bad_inputs():
 # ---------------------------------------------------------------------------------------------
 # cross_net: L stacked full-rank layers in one op
 
-# (B, N, L): 429 with 3 layers (a padded row stride), size-1 edges, one layer, N a multiple of 16
-NET_SHAPES = [(67, 429, 3), (1, 1, 1), (9, 33, 2), (5, 32, 1)]
-NET_IDS = ["B67-N429-L3", "B1-N1-L1", "B9-N33-L2", "B5-N32-L1"]
+# (B, N, L): 429 with 3 layers (padded rows), size-1 edges, N a multiple of 16 (unpadded: layer 0 GEMMs into dx0)
+NET_SHAPES = [(67, 429, 3), (1, 1, 1), (9, 33, 2), (5, 32, 3)]
+NET_IDS = ["B67-N429-L3", "B1-N1-L1", "B9-N33-L2", "B5-N32-L3"]
 
 
 def _net_inputs(B, N, L, dtype, device, seed=0):

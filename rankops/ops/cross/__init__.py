@@ -52,6 +52,11 @@ def _check_shape(op: str, name: str, t, shape: tuple[int, ...], dims: str) -> No
         raise ValueError(f"rankops.{op}: {name} must have shape {shape} {dims}, got {tuple(t.shape)}")
 
 
+def _zeros_if_none(grad, like: Tensor) -> Tensor:
+    # with materialize_grads off an unused output's gradient arrives as None
+    return torch.zeros_like(like) if grad is None else grad
+
+
 def _check_common(op: str, x0: Tensor, **others: Tensor) -> None:
     _checks.same_dtype(op, "x0", x0, **others)
     _checks.same_device(op, "x0", x0, **others)
@@ -97,10 +102,14 @@ def _cross_setup(ctx, inputs, output):
     x0, xl, weight, bias, _save = inputs
     ctx.save_for_backward(x0, xl, weight, bias, output[1])
     ctx.mark_non_differentiable(output[1])
+    # the saved outputs get no gradient: without this autograd would hand the backward a zero-filled
+    # tensor for each (a [B, N] memset per layer; [L, B, N] ones for cross_net), unread
+    ctx.set_materialize_grads(False)
 
 
 def _cross_backward(ctx, grad, _grad_p):
     x0, xl, weight, bias, p = ctx.saved_tensors
+    grad = _zeros_if_none(grad, x0)
     if p.numel() != x0.numel():  # called with save=False (not by cross_layer): recompute p
         p = _cross_layer(x0, xl, weight, bias, True)[1]
     dx0, dxl, dw, db = _cross_layer_backward(grad, x0, xl, weight, p)
@@ -176,10 +185,12 @@ def _net_setup(ctx, inputs, output):
     x0, weight, bias, _save = inputs
     ctx.save_for_backward(x0, weight, bias, output[1], output[2])
     ctx.mark_non_differentiable(output[1], output[2])
+    ctx.set_materialize_grads(False)  # see _cross_setup
 
 
 def _net_backward(ctx, grad, _gxs, _gps):
     x0, weight, bias, xs, ps = ctx.saved_tensors
+    grad = _zeros_if_none(grad, x0)
     if ps.numel() == 0 and x0.numel():  # called with save=False (not by cross_net): recompute
         _, xs, ps = _cross_net(x0, weight, bias, True)
     dx0, dw, db = _cross_net_backward(grad, x0, weight, xs, ps)
@@ -259,10 +270,12 @@ def _lowrank_setup(ctx, inputs, output):
     x0, xl, u, v, bias, _save = inputs
     ctx.save_for_backward(x0, xl, u, v, bias, output[1], output[2])
     ctx.mark_non_differentiable(output[1], output[2])
+    ctx.set_materialize_grads(False)  # see _cross_setup
 
 
 def _lowrank_backward(ctx, grad, _gt, _gp):
     x0, xl, u, v, bias, t, p = ctx.saved_tensors
+    grad = _zeros_if_none(grad, x0)
     if p.numel() != x0.numel():  # called with save=False (not by cross_layer_lowrank): recompute
         _, t, p = _cross_layer_lowrank(x0, xl, u, v, bias, True)
     dx0, dxl, du, dv, db = _cross_layer_lowrank_backward(grad, x0, xl, u, v, t, p)
