@@ -19,7 +19,8 @@ namespace {
 constexpr size_t kHugePage = size_t{2} << 20;
 constexpr size_t kHugeMinBytes = size_t{4} << 20;  // below this the faults cost little
 // Freed blocks are kept for reuse up to this many bytes: a fresh block, even of huge pages, is
-// zeroed by the kernel on first touch (16 MiB: ~1.5 ms here), and a training step allocates the
+// zeroed by the kernel on first touch (a cost eager often escapes: glibc hands back its freed
+// blocks below the mmap threshold without faults), and a training step allocates the
 // same sizes every time. A block that would exceed the cap is freed.
 constexpr size_t kCacheBytes = size_t{1} << 30;
 
