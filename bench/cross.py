@@ -16,6 +16,11 @@ In fwd+bwd every input is differentiated (x0 and all parameters), as in training
 flops: forward 2*B*N*N per full-rank layer, 4*B*N*r low rank, 4*B*N v1; fwd+bwd 3x that.
 bytes: the fewest a fused stack must move: read x0 and the parameters, write the output (fwd);
 plus read grad_out, write dx0 and the parameters' gradients (fwd+bwd).
+
+The GEMM floor (full rank, CPU, a note in the header): eager's 3 (fwd) or 9 (fwd+bwd) matrix
+products alone, into preallocated outputs, timed in turn with eager right after the case: a kernel
+running the same GEMMs on the same layout cannot beat eager by more than eager / floor (cross_net
+pads rows at N=429, which makes its GEMMs faster than these).
 """
 
 from __future__ import annotations
@@ -62,6 +67,44 @@ def _params(op, N, r, gen):
     return [rnd(L, N, scale=N**-0.5), rnd(L, N, scale=0.01)]
 
 
+def gemm_floor(x0, weight, mode: str, reps: int = 5) -> tuple[float, float]:
+    """(median ms of the full-rank stack's GEMMs alone, median ms of eager), interleaved."""
+    import statistics
+    import time
+
+    L, B, N = weight.shape[0], *x0.shape
+    x, w = x0.detach(), weight.detach()
+    g = torch.randn_like(x)
+    bufs, dw = [torch.empty_like(x) for _ in range(L + 1)], torch.empty_like(w)
+
+    def gemms():
+        for l in range(L):
+            torch.mm(x, w[l].T, out=bufs[l])
+        if mode == "fwd+bwd":
+            for l in range(L):
+                torch.mm(g.T, bufs[l], out=dw[l])
+                torch.mm(g, w[l], out=bufs[L])
+
+    def eager():
+        if mode == "fwd":
+            with torch.no_grad():
+                baselines.cross_stack(x0, weight, bias)
+        else:
+            out = baselines.cross_stack(x0, weight, bias)
+            torch.autograd.grad(out, [t for t in (x0, weight, bias) if t.requires_grad], g)
+
+    bias = torch.zeros(L, N, dtype=x.dtype, requires_grad=mode != "fwd")
+    t = {gemms: [], eager: []}
+    for f in (gemms, eager):
+        f()
+    for _ in range(reps):
+        for f in (gemms, eager):
+            t0 = time.perf_counter()
+            f()
+            t[f].append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(t[gemms]), statistics.median(t[eager])
+
+
 def cases(device: str, quick: bool):
     """(op, B, N) of the grid."""
     if quick:
@@ -94,8 +137,14 @@ def run(bench, args) -> None:
         nbytes = (2 * B * N + nparam) * isz * (1 if mode == "fwd" else 2) + (B * N * isz if grad else 0)
         flops = L * B * N * layer_flops(N, r) * (1 if mode == "fwd" else 3)
         case = dict(B=B, N=N, layers=L) | (dict(r=r) if r else {})
-        bench.run(op=op, case=case, dtype=dtype, mode=mode, inputs=tuple(inputs), providers=provs,
-                  bytes=nbytes, flops=flops)
+        rows = bench.run(op=op, case=case, dtype=dtype, mode=mode, inputs=tuple(inputs), providers=provs,
+                         bytes=nbytes, flops=flops)
+        if rows and op == "cross_layer" and bench.device.type == "cpu":
+            floor, eager_ms = gemm_floor(inputs[0], inputs[1], mode)
+            bench.note(f"GEMM floor, {op} {mode} N={N}: eager's {L if mode == 'fwd' else 3 * L} matrix products "
+                       f"alone (same operands, into preallocated outputs) {floor:.1f} ms vs eager {eager_ms:.1f} ms, "
+                       f"in turn: {eager_ms / floor:.2f}x over eager at most for a kernel running the same GEMMs "
+                       f"on the same row layout.")
 
 
 if __name__ == "__main__":  # python bench/cross.py [args]: the same as python -m bench cross
