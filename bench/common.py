@@ -279,6 +279,39 @@ class _Timer:
 
 
 # ---------------------------------------------------------------------------------------------
+# memory
+
+
+def peak_memory(fn: Callable[[], Any], device: torch.device) -> int:
+    """Peak bytes live in torch's allocators while ``fn()`` runs, above what was live before it:
+    inputs' gradients, saved activations and temporaries, not the inputs themselves. GPU: the
+    caching allocator's statistics. CPU: the profiler's memory timeline (the CREATE / DESTROY of
+    every storage; rankops' huge-page outputs report to it too). Memory a kernel takes past torch
+    (a per-thread std::vector) is not seen."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - base
+    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler._memory_profiler import Action, MemoryProfile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
+        fn()
+    live = peak = 0
+    for _t, action, _key, size in MemoryProfile(prof.profiler.kineto_results).timeline:
+        if action == Action.CREATE:
+            live += size
+        elif action == Action.DESTROY:
+            live -= size
+        peak = max(peak, live)
+    return peak
+
+
+# ---------------------------------------------------------------------------------------------
 # the harness
 
 
@@ -365,7 +398,7 @@ class Bench:
 
     def run(self, *, op: str, case: dict, providers: dict[str, Callable], inputs: Sequence[Any],
             mode: str = "fwd", dtype: torch.dtype | None = None, bytes: float | None = None,
-            flops: float | None = None, grad: Any = None) -> list[dict]:
+            flops: float | None = None, grad: Any = None, memory: bool = False) -> list[dict]:
         """Time every provider on one case; append and return one row per provider.
 
         Args:
@@ -380,6 +413,8 @@ class Bench:
                 -> GB/s and the fraction of the measured bandwidth.
             flops: floating-point operations of the mode -> TFLOP/s and the fraction of the peak.
             grad: grad_out for "fwd+bwd"; default a fixed random tensor shaped like the output.
+            memory: also measure each provider's peak memory over one more call (``peak_MiB``,
+                see peak_memory), after the timings.
         """
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -445,6 +480,13 @@ class Bench:
                     errors[p] = _describe(e)
                     del samples[p]
 
+        peaks = {}
+        for p in samples if memory else ():
+            try:
+                peaks[p] = peak_memory(lambda fn=fns[p]: _call(fn, sets[0][0], mode, sets[0][1]), self.device)
+            except Exception as e:  # noqa: BLE001
+                errors[p] = _describe(e)
+
         rows = []
         ref = results.get(ref_name)
         for p in names:
@@ -457,6 +499,8 @@ class Bench:
                     row.update(bytes=bytes, gbps=bytes / med / 1e6, bw_frac=bytes / med / 1e6 / self.bandwidth)
                 if flops:
                     row.update(flops=flops, tflops=flops / med / 1e9, flops_frac=flops / med / 1e9 / self.peak)
+                if p in peaks:
+                    row["peak_MiB"] = peaks[p] / 2**20
                 if ref is not None and p in results and p != ref_name:
                     row["rel_err"] = _rel_err(results[p], ref)
                 elif p == ref_name and ref is not None:

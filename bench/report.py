@@ -12,7 +12,7 @@ from bench.common import BASELINES
 
 FIXED_HEAD = ["run", "device", "op", "case"]
 FIXED_TAIL = ["provider", "mode", "dtype", "median_ms", "p20_ms", "p80_ms", "min_ms", "samples", "bytes", "gbps", "bw_frac",
-              "flops", "tflops", "flops_frac", "vs_eager", "vs_compile", "rel_err", "error"]
+              "flops", "tflops", "flops_frac", "vs_eager", "vs_compile", "rel_err", "peak_MiB", "error"]
 
 
 def _vs_columns(rows: list[dict]) -> list[str]:
@@ -29,7 +29,8 @@ def columns(rows: list[dict]) -> list[str]:
         for k in r:
             if k not in known:
                 params[k] = None
-    return FIXED_HEAD + list(params) + FIXED_TAIL[:-2] + extra + FIXED_TAIL[-2:]
+    cut = FIXED_TAIL.index("vs_compile") + 1
+    return FIXED_HEAD + list(params) + FIXED_TAIL[:cut] + extra + FIXED_TAIL[cut:]
 
 
 def _num(v, digits=4):
@@ -105,6 +106,8 @@ def write_md(bench, path: Path) -> None:
                 head.append(f"{p} vs compile")
             if p not in baselines:
                 head += [f"{p} vs {a}" for a in anchors if a in present]
+        mem = [p for p in present if any(c.get(p, {}).get("peak_MiB") is not None for c in cases.values())]
+        head += [f"{p} peak MiB" for p in mem]
         head.append("best % bw")
         lines.append("| " + " | ".join(head) + " |")
         lines.append("|" + "---|" * len(head))
@@ -122,6 +125,7 @@ def write_md(bench, path: Path) -> None:
                     cells.append(_x(r.get("vs_compile")))
                 if p not in baselines:
                     cells += [_x(r.get(f"vs_{a}")) for a in anchors if a in present]
+            cells += [_num(byp.get(p, {}).get("peak_MiB"), 4) or "-" for p in mem]
             fr = [r.get("bw_frac") for r in byp.values() if r.get("bw_frac")]
             cells.append(_pct(max(fr)) if fr else "-")
             lines.append("| " + " | ".join(cells) + " |")

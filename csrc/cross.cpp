@@ -13,6 +13,8 @@ TORCH_LIBRARY_FRAGMENT(rankops_C, m) {
         "-> (Tensor, Tensor, Tensor)");
   m.def("cross_layer_lowrank_backward(Tensor grad, Tensor x0, Tensor xl, Tensor u, Tensor v, Tensor t, Tensor p) "
         "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("cross_net(Tensor x0, Tensor weight, Tensor bias, bool save) -> (Tensor, Tensor, Tensor)");
+  m.def("cross_net_backward(Tensor grad, Tensor x0, Tensor weight, Tensor xs, Tensor ps) -> (Tensor, Tensor, Tensor)");
   m.def("cross_layer_v1(Tensor x0, Tensor xl, Tensor w, Tensor bias) -> Tensor");
   m.def("cross_layer_v1_backward(Tensor grad, Tensor x0, Tensor xl, Tensor w) -> (Tensor, Tensor, Tensor, Tensor)");
 }
@@ -22,6 +24,8 @@ TORCH_LIBRARY_IMPL(rankops_C, CPU, m) {
   m.impl("cross_layer_backward", &rankops::cpu::cross_layer_backward);
   m.impl("cross_layer_lowrank", &rankops::cpu::cross_layer_lowrank);
   m.impl("cross_layer_lowrank_backward", &rankops::cpu::cross_layer_lowrank_backward);
+  m.impl("cross_net", &rankops::cpu::cross_net);
+  m.impl("cross_net_backward", &rankops::cpu::cross_net_backward);
   m.impl("cross_layer_v1", &rankops::cpu::cross_layer_v1);
   m.impl("cross_layer_v1_backward", &rankops::cpu::cross_layer_v1_backward);
 }

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import rankops
-from bench.common import MODES, Bench, measure_peak, providers
+from bench.common import MODES, Bench, measure_peak, peak_memory, providers
 from rankops.ops.interaction import reference
 from tests.utils import require
 
@@ -114,6 +114,28 @@ def test_filters(tmp_path):
                      providers={"eager": _ref}) == []
     with pytest.raises(ValueError):
         Bench("f", "cpu", cases=["B"], bandwidth=1.0)
+
+
+def test_peak_memory(tmp_path):
+    """memory=True adds peak_MiB: a provider that holds a 4 MiB temporary shows at least that, one
+    that allocates only its small output much less; rankops' huge-page outputs are counted too."""
+    require("cpp", "cpu")
+
+    def big(x):
+        t = torch.empty(1 << 20)  # 4 MiB, freed before returning
+        t.fill_(1.0)
+        return x * t[:1]
+
+    assert peak_memory(lambda: big(torch.ones(3)), "cpu") >= 4 << 20
+    with rankops.use_backend("cpp"):  # an output of 8 MiB from rankops' huge-page allocator
+        assert peak_memory(lambda: rankops.cross_net(torch.ones(2048, 1024), torch.zeros(1, 1024, 1024),
+                                                      torch.zeros(1, 1024)), "cpu") >= 8 << 20
+    bench = Bench("m", "cpu", out_dir=tmp_path, min_time=0.01, bandwidth=1.0, progress=False)
+    x = torch.randn(8, 5, 4)
+    rows = bench.run(op="fm_interaction", case=CASE, mode="fwd", inputs=(x,), providers={"eager": _ref, "big": big},
+                     memory=True)
+    assert rows[1]["peak_MiB"] >= 4 and rows[0]["peak_MiB"] < 1
+    assert "big peak MiB" in bench.save()["md"].read_text()
 
 
 def test_peak_is_measured():

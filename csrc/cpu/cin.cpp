@@ -21,6 +21,7 @@
 #include <atomic>
 #include <vector>
 
+#include "cpu/alloc.h"
 #include "cpu/parallel.h"
 #include "registration.h"
 
@@ -211,7 +212,7 @@ at::Tensor cin_layer(const at::Tensor& xk_, const at::Tensor& x0_, const at::Ten
   check(xk_, x0_, weight, "cin_layer");
   const auto xk = xk_.contiguous(), x0 = x0_.contiguous();
   const int64_t B = xk.size(0), H = xk.size(1), D = xk.size(2), M = x0.size(1), Hn = weight.size(0);
-  auto out = at::empty({B, Hn, D}, xk.options());
+  auto out = empty_large({B, Hn, D}, xk.options());  // huge pages: a fresh torch tensor faults 4 KiB at a time
   if (out.numel() == 0) return out;
   if (H == 0 || M == 0) {  // an empty sum: only the bias
     out.zero_();
@@ -244,7 +245,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cin_layer_backward(co
   if (B == 0 || D == 0 || H == 0 || M == 0) {
     return {at::zeros_like(xk), at::zeros_like(x0), at::zeros_like(weight), g.to(at::kFloat).sum({0, 2}).to(weight.scalar_type())};
   }
-  auto dxk = at::empty_like(xk), dx0 = at::empty_like(x0);  // every element is stored
+  auto dxk = empty_large_like(xk), dx0 = empty_large_like(x0);  // every element is stored
   const auto W2 = weight.to(at::kFloat).contiguous().view({Hn, H * M});
   const int64_t S = blocking(B, H, M, D).S;
   const int64_t chunks = num_slots((B + S - 1) / S);  // one dW / db accumulator per worker

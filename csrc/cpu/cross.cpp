@@ -1,18 +1,21 @@
 // CPU kernels for the cross family. The GEMMs go to ATen (MKL / oneDNN: nothing to gain by
 // re-writing them); everything elementwise around them is fused into single passes over the
 // [B, N] activations, in fp32, parallel over rows:
-//   forward   p = addmm(b, xl, W.T) (the bias rides in the GEMM's C), then out = x0 * p + xl in one
-//             pass (in place over p when p is not saved: no second [B, N] buffer);
-//   backward  one pass makes dp = g * x0, dx0 = g * p and the column sums of dp (db); then
-//             dxl = addmm(g, dp, W) (the residual's gradient rides in the GEMM's C) and dW = dp.T @ xl.
+//   forward   q = xl @ W.T, then one pass makes p = q + b (over q, when saved) and out = x0 * p + xl
+//             (in place over q when p is not saved: no second [B, N] buffer);
+//   backward  one pass makes dp = g * x0, dx0 = g * p, a copy of g into dxl and the column sums of dp
+//             (db); then dxl += dp @ W in place (the residual's gradient is the GEMM's C) and dW = dp.T @ xl.
+// [B, N] outputs come from huge pages (alloc.h): torch's fresh ones fault 4 KiB at a time.
 // Eager PyTorch does the same three GEMMs plus five separate elementwise passes and temporaries.
 // The v1 layer has no GEMM: forward and backward are one pass over the rows each.
 #include "cpu/cross.h"
 
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <vector>
 
+#include "cpu/alloc.h"
 #include "cpu/parallel.h"
 #include "registration.h"
 
@@ -21,18 +24,27 @@ namespace {
 
 constexpr int64_t kGrain = 16384;  // elements per task of the flat elementwise passes
 
+// out = x0 * (q + b) + xl for q = the GEMM's product without bias, q overwritten by p = q + b when
+// save (the bias added here rather than copied into the GEMM's output beforehand: one pass fewer).
 template <typename T>
-void epilogue(const T* x0, const T* xl, const T* p, T* out, int64_t n) {
-  at::parallel_for(0, n, kGrain, [&](int64_t i0, int64_t i1) {
+void epilogue(const T* x0, const T* xl, T* q, const float* bias, T* out, bool save, int64_t B, int64_t N) {
+  at::parallel_for(0, B, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, N)), [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t o = b * N;
 #pragma omp simd
-    for (int64_t i = i0; i < i1; ++i)
-      out[i] = static_cast<T>(static_cast<float>(x0[i]) * static_cast<float>(p[i]) + static_cast<float>(xl[i]));
+      for (int64_t j = 0; j < N; ++j) {
+        const float p = static_cast<float>(q[o + j]) + bias[j];
+        if (save) q[o + j] = static_cast<T>(p);
+        out[o + j] = static_cast<T>(static_cast<float>(x0[o + j]) * p + static_cast<float>(xl[o + j]));
+      }
+    }
   });
 }
 
-// dp = g * x0, dx0 = g * p, and per-chunk column sums of dp (fp32, before rounding dp).
+// dp = g * x0, dx0 = g * p, gcopy = g (the C the dxl GEMM then accumulates into, in place), and
+// per-chunk column sums of dp (fp32, before rounding dp).
 template <typename T>
-at::Tensor grad_pass(const T* g, const T* x0, const T* p, T* dp, T* dx0, int64_t B, int64_t N) {
+at::Tensor grad_pass(const T* g, const T* x0, const T* p, T* dp, T* dx0, T* gcopy, int64_t B, int64_t N) {
   const int64_t chunks = num_chunks(B, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, N)));
   auto partial = at::zeros({chunks, N}, at::kFloat);
   float* part = partial.data_ptr<float>();
@@ -46,6 +58,7 @@ at::Tensor grad_pass(const T* g, const T* x0, const T* p, T* dp, T* dx0, int64_t
         const float d = gv * static_cast<float>(x0[o + j]);
         dp[o + j] = static_cast<T>(d);
         dx0[o + j] = static_cast<T>(gv * static_cast<float>(p[o + j]));
+        gcopy[o + j] = g[o + j];
         acc[j] += d;
       }
     }
@@ -67,11 +80,14 @@ std::tuple<at::Tensor, at::Tensor> cross_layer(const at::Tensor& x0_, const at::
   TORCH_CHECK_VALUE(xl.sizes() == x0.sizes() && w_.sizes() == at::IntArrayRef({N, N}) && b_.numel() == N,
                     "cross_layer: shapes do not match: x0 ", x0.sizes(), ", xl ", xl.sizes(), ", weight ", w_.sizes(),
                     ", bias ", b_.sizes());
-  auto p = at::addmm(b_.reshape({1, N}), xl, w_.t());
-  auto out = save ? at::empty_like(x0) : p;  // without save the epilogue overwrites p in place
+  // outputs from huge pages (alloc.h): a fresh [B, N] of torch's faults in 4 KiB pages at ~1.8 us each
+  auto p = empty_large_like(x0);
+  at::mm_out(p, xl, w_.t());
+  auto out = save ? empty_large_like(x0) : p;  // without save the epilogue overwrites p in place
+  const auto bias = b_.to(at::kFloat).contiguous();
   RANKOPS_DISPATCH_FLOAT(x0.scalar_type(), "cross_layer", [&] {
-    epilogue(x0.data_ptr<scalar_t>(), xl.data_ptr<scalar_t>(), p.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
-             B * N);
+    epilogue(x0.data_ptr<scalar_t>(), xl.data_ptr<scalar_t>(), p.data_ptr<scalar_t>(), bias.data_ptr<float>(),
+             out.data_ptr<scalar_t>(), save, B, N);
   });
   return {out, save ? p : x0.new_empty({0})};
 }
@@ -88,13 +104,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cross_layer_backward(
   const int64_t B = x0.size(0), N = x0.size(1);
   TORCH_CHECK_VALUE(g.sizes() == x0.sizes() && p.sizes() == x0.sizes(), "cross_layer_backward: grad ", g.sizes(),
                     " and p ", p.sizes(), " must have x0's shape ", x0.sizes());
-  auto dp = at::empty_like(x0), dx0 = at::empty_like(x0);
+  auto dp = empty_large_like(x0), dx0 = empty_large_like(x0), dxl = empty_large_like(x0);
   at::Tensor db;
   RANKOPS_DISPATCH_FLOAT(x0.scalar_type(), "cross_layer_backward", [&] {
     db = grad_pass(g.data_ptr<scalar_t>(), x0.data_ptr<scalar_t>(), p.data_ptr<scalar_t>(), dp.data_ptr<scalar_t>(),
-                   dx0.data_ptr<scalar_t>(), B, N);
+                   dx0.data_ptr<scalar_t>(), dxl.data_ptr<scalar_t>(), B, N);
   });
-  auto dxl = at::addmm(g, dp, w);
+  dxl.addmm_(dp, w);  // dxl = g + dp @ W: the residual's gradient is already in dxl
   auto dw = at::mm(dp.t(), xl);
   return {dx0, dxl, dw, db.to(w.scalar_type())};
 }
@@ -110,11 +126,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_layer_lowrank(const at::Ten
                     "cross_layer_lowrank: shapes do not match: x0 ", x0.sizes(), ", u ", u.sizes(), ", v ", v.sizes(),
                     ", bias ", b_.sizes());
   auto t = at::mm(xl, v.t());
-  auto p = at::addmm(b_.reshape({1, N}), t, u.t());
-  auto out = save ? at::empty_like(x0) : p;
+  auto p = empty_large_like(x0);
+  at::mm_out(p, t, u.t());
+  auto out = save ? empty_large_like(x0) : p;
+  const auto bias = b_.to(at::kFloat).contiguous();
   RANKOPS_DISPATCH_FLOAT(x0.scalar_type(), "cross_layer_lowrank", [&] {
-    epilogue(x0.data_ptr<scalar_t>(), xl.data_ptr<scalar_t>(), p.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
-             B * N);
+    epilogue(x0.data_ptr<scalar_t>(), xl.data_ptr<scalar_t>(), p.data_ptr<scalar_t>(), bias.data_ptr<float>(),
+             out.data_ptr<scalar_t>(), save, B, N);
   });
   if (!save) return {out, x0.new_empty({0}), x0.new_empty({0})};
   return {out, t, p};
@@ -130,16 +148,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> cross_lay
   TORCH_CHECK_VALUE(g.sizes() == x0.sizes() && p.sizes() == x0.sizes() && t.dim() == 2 && t.size(0) == B,
                     "cross_layer_lowrank_backward: grad ", g.sizes(), ", t ", t.sizes(), " and p ", p.sizes(),
                     " do not match x0 ", x0.sizes());
-  auto dp = at::empty_like(x0), dx0 = at::empty_like(x0);
+  auto dp = empty_large_like(x0), dx0 = empty_large_like(x0), dxl = empty_large_like(x0);
   at::Tensor db;
   RANKOPS_DISPATCH_FLOAT(x0.scalar_type(), "cross_layer_lowrank_backward", [&] {
     db = grad_pass(g.data_ptr<scalar_t>(), x0.data_ptr<scalar_t>(), p.data_ptr<scalar_t>(), dp.data_ptr<scalar_t>(),
-                   dx0.data_ptr<scalar_t>(), B, N);
+                   dx0.data_ptr<scalar_t>(), dxl.data_ptr<scalar_t>(), B, N);
   });
   auto du = at::mm(dp.t(), t);
   auto dt = at::mm(dp, u);
   auto dv = at::mm(dt.t(), xl);
-  auto dxl = at::addmm(g, dt, v);
+  dxl.addmm_(dt, v);  // dxl = g + dt @ v
   return {dx0, dxl, du, dv, db.to(u.scalar_type())};
 }
 
@@ -199,7 +217,7 @@ at::Tensor cross_layer_v1(const at::Tensor& x0_, const at::Tensor& xl_, const at
   TORCH_CHECK_VALUE(xl.sizes() == x0.sizes() && w_.numel() == N && b_.numel() == N, "cross_layer_v1: shapes do not "
                     "match: x0 ", x0.sizes(), ", xl ", xl.sizes(), ", w ", w_.sizes(), ", bias ", b_.sizes());
   const auto w = w_.to(at::kFloat).contiguous(), bias = b_.to(at::kFloat).contiguous();
-  auto out = at::empty_like(x0);
+  auto out = empty_large_like(x0);
   RANKOPS_DISPATCH_FLOAT(x0.scalar_type(), "cross_layer_v1", [&] {
     v1_forward(x0.data_ptr<scalar_t>(), xl.data_ptr<scalar_t>(), w.data_ptr<float>(), bias.data_ptr<float>(),
                out.data_ptr<scalar_t>(), B, N);
@@ -218,7 +236,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cross_layer_v1_backwa
   TORCH_CHECK_VALUE(g.sizes() == x0.sizes() && xl.sizes() == x0.sizes() && w_.numel() == N,
                     "cross_layer_v1_backward: shapes do not match");
   const auto w = w_.to(at::kFloat).contiguous();
-  auto dx0 = at::empty_like(x0), dxl = at::empty_like(x0);
+  auto dx0 = empty_large_like(x0), dxl = empty_large_like(x0);
   const int64_t chunks = num_chunks(B, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, N)));
   auto dw = at::zeros({chunks, N}, at::kFloat), db = at::zeros({chunks, N}, at::kFloat);
   RANKOPS_DISPATCH_FLOAT(x0.scalar_type(), "cross_layer_v1_backward", [&] {
@@ -227,6 +245,202 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cross_layer_v1_backwa
                 B, N);
   });
   return {dx0, dxl, dw.sum(0).to(w_.scalar_type()), db.sum(0).to(w_.scalar_type())};
+}
+
+
+// ---------------------------------------------------------------------------------------------
+// cross_net: L stacked DCN-V2 layers in one call.
+//
+// Why a stacked op beside cross_layer: layer by layer through autograd, every [B, N] intermediate
+// is a fresh tensor (page faults on first touch, ~1.8 us per 4 KiB page here), dx0 is summed by
+// separate [B, N] additions, and slicing a stacked weight[l] costs a zero-filled [L, N, N] gradient
+// per layer. Here the activations live in buffers from huge pages, dx0 accumulates inside the
+// backward's one elementwise pass per layer, the gradient flowing down the stack is updated in
+// place by its GEMM (G += dp @ W_l), and each dW[l] is written by its GEMM straight into dweight.
+//
+// The [B, N] GEMM operands are kept with rows of ld = N rounded up to 16 elements (64 B): MKL ran
+// x @ W.T and dp @ W about 1.3x faster at N = 429 with aligned rows (2-core EPYC); pad columns are
+// zero and no GEMM reads them. The saved activations have that layout: xs [L-1, B, ld] holds the
+// inputs of layers 1..L-1 (layer 0's is x0), ps [L, B, ld] holds p_l = x_l @ W_l.T + b_l.
+
+int64_t cross_net_ld(int64_t N) { return (N + 15) / 16 * 16; }
+
+namespace {
+
+int64_t row_grain(int64_t N) { return std::max<int64_t>(1, kGrain / std::max<int64_t>(1, N)); }
+
+// y = x0 * (q + b) + x, with q overwritten by p = q + b when save; x and q rows at stride ld, y rows
+// at stride ldy; pad columns of q and of a strided y zeroed.
+template <typename T>
+void net_epilogue(const T* x0, const T* x, T* q, const float* bias, T* y, int64_t ldy, bool save, int64_t B,
+                  int64_t N, int64_t ld) {
+  at::parallel_for(0, B, row_grain(N), [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const T* x0r = x0 + b * N;
+      const T* xr = x + b * ld;
+      T* qr = q + b * ld;
+      T* yr = y + b * ldy;
+#pragma omp simd
+      for (int64_t j = 0; j < N; ++j) {
+        const float p = static_cast<float>(qr[j]) + bias[j];
+        if (save) qr[j] = static_cast<T>(p);
+        yr[j] = static_cast<T>(static_cast<float>(x0r[j]) * p + static_cast<float>(xr[j]));
+      }
+      for (int64_t j = N; j < ld; ++j) qr[j] = T(0);
+      for (int64_t j = N; j < ldy; ++j) yr[j] = T(0);
+    }
+  });
+}
+
+// dst rows at stride ld (pads zeroed) = src [B, N] contiguous
+template <typename T>
+void pad_rows(const T* src, T* dst, int64_t B, int64_t N, int64_t ld) {
+  at::parallel_for(0, B, row_grain(N), [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      std::copy(src + b * N, src + (b + 1) * N, dst + b * ld);
+      std::fill(dst + b * ld + N, dst + (b + 1) * ld, T(0));
+    }
+  });
+}
+
+// The backward's one elementwise pass for layer l, g the gradient of the layer's output (rows at
+// stride ldg; for the top layer the caller's gradient, which `top` also copies into G, the buffer
+// the GEMMs then update in place):
+//   dp = g * x0 and its column sums (db, per chunk in fp32);
+//   dx0 = g * p on the top layer, += on the others, and += g too when `residual` (layer 0, whose
+//   input is x0, when its dx0 += dp @ W_0 then goes straight into dx0).
+template <typename T>
+void net_grad_pass(const T* g, int64_t ldg, const T* x0, const T* p, T* dp, T* dx0, T* G, float* db_part,
+                   int64_t chunks, bool top, bool residual, int64_t B, int64_t N, int64_t ld) {
+  for_chunks(B, chunks, [&](int64_t c, int64_t r0, int64_t r1) {
+    float* acc = db_part + c * N;
+    for (int64_t b = r0; b < r1; ++b) {
+      const T* gr = g + b * ldg;
+      const T* x0r = x0 + b * N;
+      const T* pr = p + b * ld;
+      T* dpr = dp + b * ld;
+      T* dxr = dx0 + b * N;
+      T* Gr = G + b * ld;
+#pragma omp simd
+      for (int64_t j = 0; j < N; ++j) {
+        const float gv = static_cast<float>(gr[j]);
+        const float d = gv * static_cast<float>(x0r[j]);
+        dpr[j] = static_cast<T>(d);
+        acc[j] += d;
+        float a = gv * static_cast<float>(pr[j]);
+        if (!top) a += static_cast<float>(dxr[j]);
+        if (residual) a += gv;
+        dxr[j] = static_cast<T>(a);
+        if (top) Gr[j] = gr[j];
+      }
+    }
+  });
+}
+
+// dst [B, N] += src (rows at stride ld)
+template <typename T>
+void add_rows(T* dst, const T* src, int64_t B, int64_t N, int64_t ld) {
+  at::parallel_for(0, B, row_grain(N), [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+#pragma omp simd
+      for (int64_t j = 0; j < N; ++j)
+        dst[b * N + j] = static_cast<T>(static_cast<float>(dst[b * N + j]) + static_cast<float>(src[b * ld + j]));
+    }
+  });
+}
+
+// weight [L, N, N] with rows at stride ld (pads zero) when ld != N: small, and the GEMMs then see
+// aligned rows of W too.
+at::Tensor padded_weight(const at::Tensor& w, int64_t ld) {
+  const int64_t N = w.size(1);
+  if (ld == N) return w;
+  auto wp = at::zeros({w.size(0), N, ld}, w.options());
+  wp.narrow(2, 0, N).copy_(w);
+  return wp;
+}
+
+at::Tensor cols(const at::Tensor& buf, int64_t N) { return buf.narrow(-1, 0, N); }
+
+void check_net(const char* op, const at::Tensor& x0, const at::Tensor& w) {
+  check_2d(x0, op, "x0");
+  const int64_t N = x0.size(1);
+  TORCH_CHECK_VALUE(w.dim() == 3 && w.size(0) >= 1 && w.size(1) == N && w.size(2) == N, op,
+                    ": weight must be [L, N, N] with L >= 1 and N = x0.size(1) = ", N, ", got ", w.sizes());
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_net(const at::Tensor& x0_, const at::Tensor& w_,
+                                                         const at::Tensor& b_, bool save) {
+  check_net("cross_net", x0_, w_);
+  const auto x0 = x0_.contiguous(), w = w_.contiguous();
+  const int64_t B = x0.size(0), N = x0.size(1), L = w.size(0), ld = cross_net_ld(N);
+  TORCH_CHECK_VALUE(b_.dim() == 2 && b_.size(0) == L && b_.size(1) == N, "cross_net: bias must be [L, N] = [", L,
+                    ", ", N, "], got ", b_.sizes());
+  const auto bias = b_.to(at::kFloat).contiguous();
+  const auto wp = padded_weight(w, ld);
+  auto out = empty_large_like(x0);
+  // training keeps every layer's input (xs) and p (ps); inference has two buffers take turns, each
+  // layer's output overwriting its own q in place
+  auto xs = save ? empty_large({L - 1, B, ld}, x0.options()) : x0.new_empty({0});
+  auto ps = empty_large({save ? L : std::min<int64_t>(L, 2), B, ld}, x0.options());
+  auto xpad = ld == N ? x0 : empty_large({B, ld}, x0.options());  // x0 as the first GEMM's operand
+  RANKOPS_DISPATCH_FLOAT(x0.scalar_type(), "cross_net", [&] {
+    if (ld != N) pad_rows(x0.data_ptr<scalar_t>(), xpad.data_ptr<scalar_t>(), B, N, ld);
+    at::Tensor x = xpad;  // this layer's input, rows at stride ld
+    for (int64_t l = 0; l < L; ++l) {
+      auto q = ps[save ? l : l % 2];
+      auto qv = cols(q, N);
+      at::mm_out(qv, cols(x, N), cols(wp[l], N).t());  // on the whole matrix: MKL threads it
+      const bool last = l == L - 1;
+      auto y = last ? out : (save ? xs[l] : q);
+      net_epilogue(x0.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(),
+                   bias.data_ptr<float>() + l * N, y.data_ptr<scalar_t>(), last ? N : ld, save, B, N, ld);
+      x = y;
+    }
+  });
+  if (!save) return {out, x0.new_empty({0}), x0.new_empty({0})};
+  return {out, xs, ps};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_net_backward(const at::Tensor& grad_, const at::Tensor& x0_,
+                                                                  const at::Tensor& w_, const at::Tensor& xs_,
+                                                                  const at::Tensor& ps_) {
+  check_net("cross_net_backward", x0_, w_);
+  const auto x0 = x0_.contiguous(), w = w_.contiguous(), xs = xs_.contiguous(), ps = ps_.contiguous();
+  const auto g = grad_.to(x0.scalar_type()).contiguous();
+  const int64_t B = x0.size(0), N = x0.size(1), L = w.size(0), ld = cross_net_ld(N);
+  TORCH_CHECK_VALUE(g.sizes() == x0.sizes(), "cross_net_backward: grad ", g.sizes(), " must have x0's shape ",
+                    x0.sizes());
+  TORCH_CHECK_VALUE(xs.sizes() == at::IntArrayRef({L - 1, B, ld}) && ps.sizes() == at::IntArrayRef({L, B, ld}),
+                    "cross_net_backward: xs ", xs.sizes(), " and ps ", ps.sizes(), " must be [", L - 1, ", ", B, ", ",
+                    ld, "] and [", L, ", ", B, ", ", ld, "] (cross_net's saved activations)");
+  const auto wp = padded_weight(w, ld);
+  auto dx0 = empty_large_like(x0);
+  auto dw = empty_large(w.sizes(), w.options());
+  auto G = empty_large({B, ld}, x0.options());   // the gradient flowing down the stack
+  auto dp = empty_large({B, ld}, x0.options());
+  const int64_t chunks = num_chunks(B, row_grain(N));
+  auto db_part = at::zeros({L, chunks, N}, at::kFloat);
+  // the GEMM writing into dx0 [B, N] directly runs at MKL's unaligned-row speed when ld != N
+  const bool fold = ld == N;
+  RANKOPS_DISPATCH_FLOAT(x0.scalar_type(), "cross_net_backward", [&] {
+    for (int64_t l = L - 1; l >= 0; --l) {
+      const bool top = l == L - 1;
+      net_grad_pass(top ? g.data_ptr<scalar_t>() : G.data_ptr<scalar_t>(), top ? N : ld, x0.data_ptr<scalar_t>(),
+                    ps[l].data_ptr<scalar_t>(), dp.data_ptr<scalar_t>(), dx0.data_ptr<scalar_t>(),
+                    G.data_ptr<scalar_t>(), db_part[l].data_ptr<float>(), chunks, top, fold && l == 0, B, N, ld);
+      const auto dpv = cols(dp, N);
+      auto dwl = dw[l];
+      at::mm_out(dwl, dpv.t(), l == 0 ? x0 : cols(xs[l - 1], N));  // dW_l = dp.T @ x_l
+      // G += dp @ W_l (the residual's gradient is already in G); layer 0's input is x0, so its
+      // gradient joins dx0: straight into dx0 when rows are unpadded, else through G and one more pass
+      auto Gv = l == 0 && fold ? dx0 : cols(G, N);
+      Gv.addmm_(dpv, cols(wp[l], N));
+    }
+    if (!fold) add_rows(dx0.data_ptr<scalar_t>(), G.data_ptr<scalar_t>(), B, N, ld);
+  });
+  return {dx0, dw, db_part.sum(1).to(w.scalar_type())};
 }
 
 }  // namespace rankops::cpu

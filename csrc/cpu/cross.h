@@ -22,4 +22,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cross_layer_v1_backwa
                                                                                    const at::Tensor& x0,
                                                                                    const at::Tensor& xl,
                                                                                    const at::Tensor& w);
+int64_t cross_net_ld(int64_t N);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_net(const at::Tensor& x0, const at::Tensor& weight,
+                                                         const at::Tensor& bias, bool save);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_net_backward(const at::Tensor& grad, const at::Tensor& x0,
+                                                                  const at::Tensor& weight, const at::Tensor& xs,
+                                                                  const at::Tensor& ps);
 }  // namespace rankops::cpu

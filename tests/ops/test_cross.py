@@ -1,6 +1,6 @@
-"""cross_layer, cross_layer_lowrank, cross_layer_v1: every backend against the reference, forward
-and every gradient, fp32 / fp16 / bf16, odd widths (N=429, N=1, r=1), non-contiguous inputs,
-opcheck, torch.compile(fullgraph=True), and the errors on bad input."""
+"""cross_layer, cross_layer_lowrank, cross_layer_v1 and the stacked cross_net: every backend against
+the reference, forward and every gradient, fp32 / fp16 / bf16, odd widths (N=429, N=1, r=1, one
+layer), non-contiguous inputs, opcheck, torch.compile(fullgraph=True), and the errors on bad input."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import rankops
-from rankops.ops.cross import cross_layer, cross_layer_lowrank, cross_layer_v1
+from rankops.ops.cross import cross_layer, cross_layer_lowrank, cross_layer_v1, cross_net, row_stride
 from tests.utils import DTYPES, assert_close, backend_devices, on, tol
 
 KERNELS = backend_devices("cpp", "triton")
@@ -219,3 +219,134 @@ def test_bad_inputs():
         cross_layer_v1(x0, xl, torch.randn(N, 1), b)
     with pytest.raises(ValueError, match="bias"):
         cross_layer_v1(x0, xl, torch.randn(N), torch.randn(1))
+
+
+# ---------------------------------------------------------------------------------------------
+# cross_net: L stacked full-rank layers in one op
+
+# (B, N, L): 429 with 3 layers (padded rows), size-1 edges, N a multiple of 16 (unpadded: layer 0 GEMMs into dx0)
+NET_SHAPES = [(67, 429, 3), (1, 1, 1), (9, 33, 2), (5, 32, 3)]
+NET_IDS = ["B67-N429-L3", "B1-N1-L1", "B9-N33-L2", "B5-N32-L3"]
+
+
+def _net_inputs(B, N, L, dtype, device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    rnd = lambda *s, scale=1.0: (torch.randn(*s, generator=g) * scale).to(device=device, dtype=dtype)  # noqa: E731
+    return [rnd(B, N), rnd(L, N, N, scale=N**-0.5), rnd(L, N)]
+
+
+@pytest.mark.parametrize("backend,device", KERNELS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", NET_SHAPES, ids=NET_IDS)
+def test_net_matches_reference(shape, dtype, backend, device):
+    args = _net_inputs(*shape, dtype, device)
+    grad = torch.randn(shape[0], shape[1], generator=torch.Generator().manual_seed(1)).to(device=device, dtype=dtype)
+    ref_out, ref_grads = _fwd_bwd(cross_net, args, grad, "reference", device)
+    out, grads = _fwd_bwd(cross_net, args, grad, backend, device)
+    assert out.dtype == dtype
+    _check(out, grads, ref_out, ref_grads, dtype, ["x0", "weight", "bias"])
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpp"])
+def test_net_is_the_stack_of_layers(backend):
+    """cross_net against fp64 autograd of the plain per-layer formula."""
+    B, N, L = 6, 11, 3
+    x0, W, b = _net_inputs(B, N, L, torch.float32, "cpu")
+    g = torch.randn(B, N)
+    leaves = [a.double().requires_grad_(True) for a in (x0, W, b)]
+    x = leaves[0]
+    for l in range(L):
+        x = leaves[0] * (x @ leaves[1][l].T + leaves[2][l]) + x
+    x.backward(g.double())
+    out, grads = _fwd_bwd(cross_net, [x0, W, b], g, backend, "cpu")
+    torch.testing.assert_close(out.double(), x.detach(), atol=1e-5, rtol=1e-5)
+    for a, e in zip(grads, leaves):
+        torch.testing.assert_close(a.double(), e.grad, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend,device", KERNELS)
+def test_net_non_contiguous(backend, device):
+    B, N, L = 13, 40, 2
+    args = _net_inputs(B, N, L, torch.float32, device)
+    nc = [torch.stack([args[0], args[0]], 2)[:, :, 0], args[1].transpose(1, 2).contiguous().transpose(1, 2),
+          torch.stack([args[2], args[2]], 2)[:, :, 0]]
+    assert not any(t.is_contiguous() for t in nc)
+    grad = torch.randn(B, 2 * N, device=device)[:, ::2]
+    ref_out, ref_grads = _fwd_bwd(cross_net, args, grad.contiguous(), "reference", device)
+    out, grads = _fwd_bwd(cross_net, nc, grad, backend, device)
+    _check(out, grads, ref_out, ref_grads, torch.float32, ["x0", "weight", "bias"])
+
+
+@pytest.mark.parametrize("backend,device", backend_devices("cpp", "triton", "reference"))
+def test_net_saved_layout(backend, device):
+    """save=False keeps nothing; save=True keeps the layers' inputs and p in rows of row_stride(N),
+    pads zero; the output does not depend on save."""
+    B, N, L = 5, 21, 3
+    x0, W, b = _net_inputs(B, N, L, torch.float32, device)
+    with on(backend, device) if backend != "reference" else rankops.use_backend("reference"):
+        out, xs, ps = torch.ops.rankops.cross_net(x0, W, b, False)
+        out2, xs2, ps2 = torch.ops.rankops.cross_net(x0, W, b, True)
+    assert xs.numel() == 0 and ps.numel() == 0
+    assert xs2.shape == (L - 1, B, row_stride(N)) and ps2.shape == (L, B, row_stride(N))
+    torch.testing.assert_close(out, out2)
+    x = x0
+    for l in range(L):
+        p = x @ W[l].T + b[l]
+        torch.testing.assert_close(ps2[l, :, :N], p)
+        if l:
+            torch.testing.assert_close(xs2[l - 1, :, :N], x)
+        x = x0 * p + x
+    assert not ps2[:, :, N:].any() and not xs2[:, :, N:].any()
+
+
+@pytest.mark.parametrize("backend,device", backend_devices("cpp", "triton", "reference"))
+def test_net_opcheck(backend, device):
+    B, N, L = 5, 12, 2
+    args = [a.requires_grad_(True) for a in _net_inputs(B, N, L, torch.float32, device)]
+    g = torch.randn(B, N, device=device)
+    with on(backend, device) if backend != "reference" else rankops.use_backend("reference"):
+        for save in (True, False):
+            torch.library.opcheck(torch.ops.rankops.cross_net.default, (*args, save))
+        _, xs, ps = torch.ops.rankops.cross_net(*[a.detach() for a in args], True)
+        torch.library.opcheck(torch.ops.rankops.cross_net_backward.default, (g, args[0].detach(), args[1].detach(), xs, ps))
+
+
+def test_net_compile_fullgraph_cpu():
+    """nn.CrossNet (v2: one cross_net call) under torch.compile(fullgraph=True) on the cpp path."""
+    from rankops.nn import CrossNet
+
+    net = CrossNet(21, 3)
+    with torch.no_grad():
+        net.bias.normal_()
+    x = torch.randn(7, 21)
+    out_e, grads_e = _fwd_bwd(net, [x], torch.ones(7, 21), "cpp", "cpu")
+    torch._dynamo.reset()
+    out_c, grads_c = _fwd_bwd(torch.compile(net, fullgraph=True, backend="aot_eager"), [x], torch.ones(7, 21), "cpp", "cpu")
+    torch.testing.assert_close(out_c, out_e)
+    torch.testing.assert_close(grads_c[0], grads_e[0])
+    with on("cpp", "cpu"), torch.no_grad():
+        torch._dynamo.reset()
+        torch.testing.assert_close(torch.compile(net, fullgraph=True)(x), out_e.detach())
+
+
+def test_net_bad_inputs():
+    B, N, L = 4, 6, 2
+    x0, W, b = torch.randn(B, N), torch.randn(L, N, N), torch.randn(L, N)
+    with pytest.raises(ValueError, match="weight"):
+        cross_net(x0, torch.randn(N, N), b)  # one layer's weight, not a stack
+    with pytest.raises(ValueError, match="weight"):
+        cross_net(x0, torch.randn(0, N, N), torch.randn(0, N))  # no layer
+    with pytest.raises(ValueError, match="weight"):
+        cross_net(x0, torch.randn(L, N + 1, N + 1), b)  # N of weight != N of x0
+    with pytest.raises(ValueError, match="bias"):
+        cross_net(x0, W, torch.randn(L + 1, N))
+    with pytest.raises(ValueError, match="x0"):
+        cross_net(torch.randn(B, N, 1), W, b)
+    with pytest.raises(TypeError, match="bias"):
+        cross_net(x0, W, b.half())
+    with pytest.raises(TypeError, match="x0"):
+        cross_net(x0.long(), W.long(), b.long())
+    with pytest.raises(ValueError, match="weight"):
+        cross_net(x0, W.to("meta"), b)
+    with pytest.raises(TypeError, match="weight"):
+        cross_net(x0, W.numpy(), b)

@@ -38,6 +38,47 @@ def cross_layer_backward(
     return dx0.to(x0.dtype), dxl.to(xl.dtype), dw.to(weight.dtype), db.to(weight.dtype)
 
 
+# L stacked full-rank layers: x_{l+1} = x0 * p_l + x_l, p_l = x_l @ W_l.T + b_l; saved: the inputs of
+# layers 1..L-1 (xs) and every p_l (ps), rows padded to row_stride(N) with zeros (the kernels' layout)
+
+
+def _padded(like: Tensor, n: int, rows: list[Tensor]) -> Tensor:
+    from rankops.ops.cross import row_stride
+
+    out = like.new_zeros(n, like.shape[0], row_stride(like.shape[1]))
+    for i, r in enumerate(rows):
+        out[i, :, : like.shape[1]] = r
+    return out
+
+
+def cross_net(x0: Tensor, weight: Tensor, bias: Tensor, save: bool) -> tuple[Tensor, Tensor, Tensor]:
+    x0f, x = x0.float(), x0.float()
+    xs, ps = [], []
+    for l in range(weight.shape[0]):
+        p = x @ weight[l].float().T + bias[l].float()
+        if l:
+            xs.append(x.to(x0.dtype))
+        ps.append(p.to(x0.dtype))
+        x = x0f * p + x
+    if not save:
+        return x.to(x0.dtype), _empty(x0), _empty(x0)
+    return x.to(x0.dtype), _padded(x0, len(xs), xs), _padded(x0, len(ps), ps)
+
+
+def cross_net_backward(grad: Tensor, x0: Tensor, weight: Tensor, xs: Tensor, ps: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    N = x0.shape[1]
+    g, x0f = grad.float(), x0.float()
+    dx0 = torch.zeros_like(x0f)
+    dw, db = torch.empty_like(weight), torch.empty(weight.shape[:2], dtype=weight.dtype, device=weight.device)
+    for l in reversed(range(weight.shape[0])):
+        xl = x0f if l == 0 else xs[l - 1, :, :N].float()
+        dp = g * x0f
+        dx0 += g * ps[l, :, :N].float()
+        dw[l], db[l] = dp.T @ xl, dp.sum(0)
+        g = dp @ weight[l].float() + g
+    return (dx0 + g).to(x0.dtype), dw, db
+
+
 # low rank: out = x0 * p + xl,  t = xl @ v.T  [B, r],  p = t @ u.T + b
 
 

@@ -142,6 +142,41 @@ def cross_layer_backward(grad, x0, xl, weight, p):
 
 
 # ---------------------------------------------------------------------------------------------
+# L stacked full-rank layers: the per-layer kernels in turn, the saved activations copied into
+# cross_net's padded layout (one extra write of x_l and p_l per layer; a stacked GPU kernel would
+# write them in place)
+
+
+def cross_net(x0, weight, bias, save):
+    from rankops.ops.cross import row_stride
+
+    (B, N), L = x0.shape, weight.shape[0]
+    xs = x0.new_zeros(L - 1, B, row_stride(N)) if save else x0.new_empty(0)
+    ps = x0.new_zeros(L, B, row_stride(N)) if save else x0.new_empty(0)
+    x = x0
+    for l in range(L):
+        out, p = cross_layer(x0, x, weight[l], bias[l], save)
+        if save:
+            ps[l, :, :N] = p
+            if l < L - 1:
+                xs[l, :, :N] = out
+        x = out
+    return x, xs, ps
+
+
+def cross_net_backward(grad, x0, weight, xs, ps):
+    (B, N), L = x0.shape, weight.shape[0]
+    g = grad.to(x0.dtype)
+    dx0 = torch.zeros(B, N, dtype=torch.float32, device=x0.device)
+    dw, db = torch.empty_like(weight), weight.new_empty(L, N)
+    for l in reversed(range(L)):
+        xl = x0 if l == 0 else xs[l - 1, :, :N].contiguous()
+        d0, g, dw[l], db[l] = cross_layer_backward(g, x0, xl, weight[l], ps[l, :, :N].contiguous())
+        dx0 += d0.float()
+    return (dx0 + g.float()).to(x0.dtype), dw, db
+
+
+# ---------------------------------------------------------------------------------------------
 # low rank
 
 
