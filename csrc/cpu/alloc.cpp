@@ -21,8 +21,15 @@ constexpr size_t kHugeMinBytes = size_t{4} << 20;  // below this the faults cost
 // Freed blocks are kept for reuse up to this many bytes: a fresh block, even of huge pages, is
 // zeroed by the kernel on first touch (a cost eager often escapes: glibc hands back its freed
 // blocks below the mmap threshold without faults), and a training step allocates the
-// same sizes every time. A block that would exceed the cap is freed.
-constexpr size_t kCacheBytes = size_t{1} << 30;
+// same sizes every time. A block that would exceed the cap is freed. The cap is 1 GiB, or
+// RANKOPS_CPU_CACHE_MB (read once; 0 turns the cache off).
+size_t cache_cap() {
+  static const size_t cap = [] {
+    const char* env = std::getenv("RANKOPS_CPU_CACHE_MB");
+    return env ? static_cast<size_t>(std::strtoull(env, nullptr, 10)) << 20 : size_t{1} << 30;
+  }();
+  return cap;
+}
 
 // The cache: blocks by size (whole huge pages); a block is reused only for that exact size.
 struct Cache {
@@ -41,7 +48,7 @@ struct Cache {
   }
   bool give(void* p, size_t n) {
     std::lock_guard<std::mutex> lock(mu);
-    if (bytes + n > kCacheBytes) return false;
+    if (bytes + n > cache_cap()) return false;
     blocks.emplace(n, p);
     bytes += n;
     return true;
