@@ -35,8 +35,8 @@ else
   # the cases the issues' GPU targets name, most important first
   bench interaction --cases B=65536 F=39                      # issue 2: FM >= 80%, dot >= 70% of copy bandwidth
   bench embedding_bag --cases R=1000000 B=16384 D=64,128      # issue 3: fwd >= 80%, bwd+update >= 40%
-  bench cross --cases B=65536                                 # issue 4: 3 layers N=432 within 1.3x of the memory limit
-  bench cin --cases B=4096                                    # issue 4: >= 50% of the bf16 tensor-core rate
+  bench cross --cases B=65536 --dtype fp32 bf16              # issue 4: 3 layers N=432 within 1.3x of the memory limit
+  bench cin --dtype bf16                                      # issue 4: >= 50% of the bf16 tensor-core rate
   bench attention --cases L=1000,10000 Q=1,64                 # issue 5: Q=1 >= 80% of bandwidth, >= 1.5x SDPA
 fi
 echo "gpu tests rc=$tests_rc bench rc=$bench_rc"
