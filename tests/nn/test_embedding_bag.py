@@ -236,3 +236,22 @@ def test_kjt_per_id_weights():
     want = torch.cat([bags[0](batch[0][0], batch[0][1][:-1], per_sample_weights=weights[:n0]),
                       bags[1](batch[1][0], batch[1][1][:-1], per_sample_weights=weights[n0:])], 1)
     assert_close(out, want, 1e-6, 1e-6, "kjt weights")
+
+
+def test_large_cpu_tables_on_huge_pages():
+    """A group buffer of 4 MiB or more comes from rankops_C::empty_hugepage (2 MiB-aligned, madvised
+    for transparent huge pages) and is an ordinary parameter: it trains and round-trips."""
+    from rankops import backend
+
+    if backend.extension() is None:
+        pytest.skip("rankops._C is not built")  # the pure-Python install keeps torch.empty
+    ebc = EmbeddingBagCollection([EmbeddingBagConfig("big", 40_000, 32), EmbeddingBagConfig("small", 7, 32)])
+    w = ebc.weights[0]
+    assert w.numel() * 4 >= 4 << 20 and w.data_ptr() % (2 << 20) == 0
+    assert w.requires_grad and float(w.abs().max()) > 0  # initialised like any other table
+    batch = [(torch.tensor([3, 39_999, 5]), torch.tensor([0, 2, 3])), (torch.tensor([1, 6]), torch.tensor([0, 1, 2]))]
+    ebc(batch).sum().backward()
+    assert_close(w.grad[39_999], torch.ones(32), 0, 0, "grad of a looked-up row")
+    other = EmbeddingBagCollection([EmbeddingBagConfig("big", 40_000, 32), EmbeddingBagConfig("small", 7, 32)])
+    other.load_state_dict(ebc.state_dict())
+    assert torch.equal(other.table_weight("big"), ebc.table_weight("big"))
