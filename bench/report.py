@@ -162,9 +162,9 @@ def write_png(bench, path: Path) -> None:
     groups = _groups(bench.rows)
     provs = [p for p in _providers(bench.rows) if p != "eager"]
     n = max(1, len(groups))
-    ncol = 2 if n > 1 else 1
-    nrow = math.ceil(n / ncol)
     ncase = max((len(c) for c in groups.values()), default=1)
+    ncol = 2 if n > 1 and ncase <= 8 else 1  # wide grids get a row each
+    nrow = math.ceil(n / ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(max(7, 0.9 * ncase + 2) * ncol, 3.8 * nrow), squeeze=False)
     colors = dict(zip(provs, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 4))
     width = 0.8 / max(1, len(provs))
@@ -192,9 +192,10 @@ def write_png(bench, path: Path) -> None:
         ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}x"))
         ax.yaxis.set_minor_formatter(ticker.NullFormatter())
         ax.set_xticks(range(len(labels)))
-        ax.set_xticklabels([c.replace(" ", "\n") for c in labels], fontsize=7)
+        same = set.intersection(*(set(c.split()) for c in labels)) if len(labels) > 1 else set()
+        ax.set_xticklabels(["\n".join(t for t in c.split() if t not in same) for c in labels], fontsize=7)
         ax.set_ylabel("speedup over eager")
-        ax.set_title(f"{op}  {mode}  {dtype}", fontsize=10)
+        ax.set_title(f"{op}  {mode}  {dtype}" + (f"  ({' '.join(sorted(same))})" if same else ""), fontsize=10)
         ax.grid(axis="y", which="both", alpha=0.3)
         ax.legend(fontsize=8, loc="best")
     for ax in list(axes.flat)[len(groups):]:
