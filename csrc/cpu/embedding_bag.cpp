@@ -342,6 +342,11 @@ bool forward_kernel(const T* w, const int64_t* toff, const I* idx, const I* off,
   return any_bad.load();
 }
 
+// Per-sample weights in fp32 (the row reductions accumulate in fp32); undefined without them.
+at::Tensor psw_float(const std::optional<at::Tensor>& psw) {
+  return psw ? psw->to(at::kFloat).contiguous() : at::Tensor();
+}
+
 // ---------------------------------------------------------------------------------------------
 // sorted segments: the lookups of each unique row, in position order
 
@@ -579,17 +584,11 @@ std::tuple<at::Tensor, at::Tensor> batched_embedding_bag_backward(
       const scalar_t* g = grad.data_ptr<scalar_t>();
       if (need_weight_grad && a.nnz > 0) {
         const Segments s = sort_lookups(tp, ip, op, a.nT, a.B);
-        std::vector<float> psw_f;
-        if (psw_) {
-          const auto p = psw_->contiguous();
-          psw_f.resize(a.nnz);
-          const scalar_t* pp = p.data_ptr<scalar_t>();
-          for (int64_t i = 0; i < a.nnz; ++i) psw_f[i] = static_cast<float>(pp[i]);
-        }
+        const at::Tensor psw_f = psw_float(psw_);
         const auto scales = bag_scales(op, a.nT * a.B, static_cast<int>(mode));
         scalar_t* gwp = gw.data_ptr<scalar_t>();
         const int64_t D = a.D;
-        for_each_row_grad(s, g, psw_ ? psw_f.data() : nullptr, scales, static_cast<int>(mode),
+        for_each_row_grad(s, g, psw_f.defined() ? psw_f.data_ptr<float>() : nullptr, scales, static_cast<int>(mode),
                           mode == kMax ? argmax.data_ptr<int64_t>() : nullptr, a.nT, a.B, D,
                           [&](int64_t r, const float* gr) { store_row(gwp + r * D, gr, D); });
       }
@@ -645,13 +644,7 @@ void batched_embedding_bag_update(const at::Tensor& weights, const at::Tensor& t
     if (a.nnz == 0 || a.D == 0) return;
     RANKOPS_DISPATCH_FLOAT(weights.scalar_type(), "batched_embedding_bag_update", [&] {
       const Segments s = sort_lookups(tp, ip, op, a.nT, a.B);
-      std::vector<float> psw_f;
-      if (psw_) {
-        const auto p = psw_->contiguous();
-        psw_f.resize(a.nnz);
-        const scalar_t* pp = p.data_ptr<scalar_t>();
-        for (int64_t i = 0; i < a.nnz; ++i) psw_f[i] = static_cast<float>(pp[i]);
-      }
+      const at::Tensor psw_f = psw_float(psw_);
       const auto scales = bag_scales(op, a.nT * a.B, static_cast<int>(mode));
       scalar_t* wp = weights.data_ptr<scalar_t>();
       float* sp = optimizer == kSGD ? nullptr : state.data_ptr<float>();
@@ -659,7 +652,7 @@ void batched_embedding_bag_update(const at::Tensor& weights, const at::Tensor& t
       const float lr = static_cast<float>(lr_), eps = static_cast<float>(eps_);
       const int64_t* amp = mode == kMax ? argmax.data_ptr<int64_t>() : nullptr;
       const scalar_t* g = grad.data_ptr<scalar_t>();
-      const float* pswp = psw_ ? psw_f.data() : nullptr;
+      const float* pswp = psw_f.defined() ? psw_f.data_ptr<float>() : nullptr;
       const int m = static_cast<int>(mode);
       if (optimizer == kSGD) {
         for_each_row_grad(s, g, pswp, scales, m, amp, a.nT, a.B, D, [&](int64_t r, const float* gr) {
