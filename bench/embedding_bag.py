@@ -72,9 +72,9 @@ class Tables:
         self.leaf_states = [torch.zeros(R, device=device) for _ in range(T)]
 
 
-def loop_forward(tables: Tables, B: int, L: int, sparse: bool = False):
+def loop_forward(views: list[torch.Tensor], B: int, L: int, sparse: bool = False):
+    """The eager baseline: one F.embedding_bag per table (``views``: the tables), then cat."""
     def fn(idx, off, *_):
-        views = tables.leaves if sparse else tables.views
         o = off[:B + 1]  # every table's bags have the same layout (exactly L ids each)
         return torch.cat([F.embedding_bag(idx[t * B * L:(t + 1) * B * L], views[t], o, mode="sum",  # default: mean
                                           include_last_offset=True, sparse=sparse) for t in range(T)], 1)
@@ -82,7 +82,7 @@ def loop_forward(tables: Tables, B: int, L: int, sparse: bool = False):
 
 
 def loop_step(tables: Tables, B: int, L: int):
-    fwd = loop_forward(tables, B, L, sparse=True)
+    fwd = loop_forward(tables.leaves, B, L, sparse=True)
 
     def fn(idx, off, grad):
         fwd(idx, off).backward(grad)
@@ -148,7 +148,7 @@ def run(bench, args) -> None:
             def ours(idx, off, tables=tables, B=B):
                 return rankops.batched_embedding_bag(tables.weights, tables.table_offsets, idx, off).view(B, -1)
 
-            ref = loop_forward(tables, B, L)
+            ref = loop_forward(tables.views, B, L)
             fb = (lambda idx, off, tbe=tbe: tbe(idx, off)) if tbe is not None else None
         else:
             inputs = (idx, off, torch.randn(B, T * D, generator=gen).to(dev))

@@ -11,11 +11,11 @@ CPU only (`python -m bench embedding_pages`); a GPU run skips it.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 import rankops
+from bench.embedding_bag import T, loop_forward
 
-T, R, B = 26, 1_000_000, 4096
+R, B = 1_000_000, 4096
 
 
 def run(bench, args) -> None:
@@ -40,10 +40,7 @@ def run(bench, args) -> None:
         off = torch.arange(0, T * B + 1)
 
         def loop(w):
-            views = [w[t * R:(t + 1) * R] for t in range(T)]
-            return lambda idx, off: torch.cat([F.embedding_bag(idx[t * B:(t + 1) * B], views[t], off[:B + 1],
-                                                               mode="sum", include_last_offset=True)
-                                               for t in range(T)], 1)
+            return loop_forward([w[t * R:(t + 1) * R] for t in range(T)], B, 1)
 
         def ours(w):
             def fn(idx, off):
