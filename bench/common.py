@@ -354,6 +354,9 @@ class Bench:
         self.bandwidth = bandwidth if bandwidth is not None else measure_bandwidth(self.device)
         # providers the speedup columns divide by; a family adds its anchors (e.g. "fbgemm")
         self.baselines: tuple[str, ...] = BASELINES
+        # providers that are bounds, not implementations (e.g. a gather floor): their result is not
+        # compared, and the report relates the others' times to the fastest of them
+        self.limits: tuple[str, ...] = ()
         self._peak = (peak, "given") if peak is not None else None
 
     # -- limits
@@ -439,7 +442,7 @@ class Bench:
         timer = _Timer(self.device)
 
         # warm-up (compiles, JIT, allocator), a reference result, a per-call estimate
-        ref_name = next((p for p in ("eager", *names) if p in fns), None)
+        ref_name = next((p for p in ("eager", *names) if p in fns and p not in self.limits), None)
         results: dict[str, Any] = {}
         est: dict[str, float] = {}
         for p, fn in fns.items():
@@ -501,7 +504,9 @@ class Bench:
                     row.update(flops=flops, tflops=flops / med / 1e9, flops_frac=flops / med / 1e9 / self.peak)
                 if p in peaks:
                     row["peak_MiB"] = peaks[p] / 2**20
-                if ref is not None and p in results and p != ref_name:
+                if p in self.limits:
+                    pass
+                elif ref is not None and p in results and p != ref_name:
                     row["rel_err"] = _rel_err(results[p], ref)
                 elif p == ref_name and ref is not None:
                     row["rel_err"] = 0.0

@@ -13,6 +13,9 @@ Modes and providers (all share one weight buffer, so none gets a luckier memory 
          fbgemm   SplitTableBatchedEmbeddingBagsCodegen (CPU: fbgemm-gpu-cpu; GPU: fbgemm-gpu if
                   installed), its weights the same buffer (preallocated_host_buffers)
          cpp/...  rankops.batched_embedding_bag, one call
+         floor, floor-sorted  (CPU, limits, not ops) the time to read the looked-up rows and
+                  nothing else, in the given and in sorted order (bench/gather_floor.py): the
+                  report divides every provider's time by the faster of them
   step   forward + backward + row-wise Adagrad on the touched rows (lr 0.01, eps 1e-8):
          eager    the loop with sparse=True, then per table: coalesce the sparse grad, state[r] +=
                   mean(g_r^2), w[r] -= lr g_r / (sqrt(state[r]) + eps)  (torch has no row-wise Adagrad)
@@ -31,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 import rankops
+from bench import gather_floor
 from bench.common import providers
 from rankops.ops.embedding_bag import FusedOptimizer, fused_batched_embedding_bag
 
@@ -120,6 +124,8 @@ def available_bytes(device: torch.device) -> int:
 
 def run(bench, args) -> None:
     bench.baselines = ("eager", "compile", "fbgemm")
+    bench.limits = ("floor", "floor-sorted")
+    floors = bench.provider_filter is None or any(p in bench.provider_filter for p in bench.limits)
     dev = bench.device
     if bench.quick:
         Rs, Ds, Ls, Bs = [100_000], [16], [1], [4096]
@@ -165,6 +171,8 @@ def run(bench, args) -> None:
         provs = providers(reference=ref, op=ours, device=dev)
         if fb is not None:
             provs["fbgemm"] = fb
+        if mode == "fwd" and floors and gather_floor.supported(tables.weights):
+            provs.update(gather_floor.providers(tables.weights, tables.table_offsets, idx, off, B, gen))
         # The eager step's sparse gradient holds a D-wide row per lookup, twice over while it is
         # coalesced; where that does not fit beside the tables, the eager and compile rows say so.
         sparse_bytes = 2 * T * B * L * (D * 4 + 8)

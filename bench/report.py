@@ -76,7 +76,8 @@ def _pct(v):
 def write_md(bench, path: Path) -> None:
     rows = bench.rows
     baselines = getattr(bench, "baselines", BASELINES)
-    provs = _providers(rows, baselines)
+    limits = getattr(bench, "limits", ())
+    provs = [p for p in _providers(rows, baselines) if p not in limits]
     anchors = [b for b in baselines if b not in ("eager", "compile")]
     lines = [f"# {bench.name} on {bench.tag}", ""]
     for what, value in bench.header():
@@ -130,6 +131,7 @@ def write_md(bench, path: Path) -> None:
             cells.append(_pct(max(fr)) if fr else "-")
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+        lines += _limits_table(op, mode, dtype, cases, present, limits)
 
     lines += ["## Details", "",
               "| op | mode | dtype | case | provider | median ms | p20-p80 ms | min ms | GB/s | % bw | TFLOP/s | % peak "
@@ -151,6 +153,30 @@ def write_md(bench, path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+def _floor(byp: dict, limits) -> float | None:
+    """The fastest limit's median time in one case (None when the case has none)."""
+    ts = [byp[q]["median_ms"] for q in limits if byp.get(q, {}).get("median_ms")]
+    return min(ts) if ts else None
+
+
+def _limits_table(op, mode, dtype, cases, present, limits) -> list[str]:
+    """Each provider's time as a multiple of the fastest limit's: how much speedup is left."""
+    have = [q for q in limits if any(c.get(q, {}).get("median_ms") for c in cases.values())]
+    if not have:
+        return []
+    head = ["case"] + [f"{q} ms" for q in have] + [f"{p} / floor" for p in present]
+    lines = [f"### {op} - {mode} - {dtype}: times over the floor ({' or '.join(have)}, the faster)", "",
+             "A provider's time divided by the floor's: 1.00x is as fast as reading the data allows; a "
+             "baseline at k x leaves at most k x of speedup over it.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for case, byp in cases.items():
+        fl = _floor(byp, have)
+        cells = [case] + [_num(byp.get(q, {}).get("median_ms"), 3) or "-" for q in have]
+        cells += [_x(byp[p]["median_ms"] / fl) if fl and byp.get(p, {}).get("median_ms") else "-" for p in present]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def write_png(bench, path: Path) -> None:
     """One panel per (op, mode, dtype): speedup over eager of every provider, per case (log scale)."""
     import matplotlib
@@ -160,7 +186,8 @@ def write_png(bench, path: Path) -> None:
     from matplotlib import ticker
 
     groups = _groups(bench.rows)
-    provs = [p for p in _providers(bench.rows) if p != "eager"]
+    limits = getattr(bench, "limits", ())
+    provs = [p for p in _providers(bench.rows) if p != "eager" and p not in limits]
     n = max(1, len(groups))
     ncase = max((len(c) for c in groups.values()), default=1)
     ncol = 2 if n > 1 and ncase <= 8 else 1  # wide grids get a row each
@@ -185,6 +212,13 @@ def write_png(bench, path: Path) -> None:
             for x, y in zip(xs, ys):
                 ax.annotate(f"{y:.3g}", (x, y), ha="center", va="bottom" if y >= 1 else "top", fontsize=7)
             lo, hi = min(lo, *ys), max(hi, *ys)
+        # the floor's speedup over eager: the most any provider could reach
+        fl = [(i, cases[c]["eager"]["median_ms"] / f) for i, c in enumerate(labels)
+              if (f := _floor(cases[c], limits)) and cases[c].get("eager", {}).get("median_ms")]
+        if fl:
+            ax.scatter([i for i, _ in fl], [y for _, y in fl], marker="_", s=900, color="black", zorder=3,
+                       label="floor (" + " or ".join(q for q in limits) + ")")
+            hi = max(hi, *(y for _, y in fl))
         ax.axhline(1.0, color="black", lw=1, ls="--")
         ax.set_yscale("log")
         ax.set_ylim(min(lo, 1 / 1.5) / 1.3, max(hi, 1.5) * 1.3)
