@@ -1,10 +1,10 @@
 // CPU kernels for the embedding-bag family.
 //
-// Forward: parallel over samples b; each task pools the T bags of its samples into an fp32
-// accumulator, so output rows are written contiguously ([B, T, D]). The rows a bag gathers are
-// random reads from tables far larger than the caches: the loop prefetches a few lookups ahead,
-// across bag boundaries too (one-hot bags have one lookup each), and converts fp16/bf16 with
-// AVX2/F16C vector loads.
+// Forward: each thread takes a contiguous range of samples and pools its bags table by table
+// (pool_bags: one loop per table with the accumulator in registers for D in 8..128). The rows a
+// bag gathers are random reads from tables far larger than the caches: the loop prefetches a few
+// lookups ahead, across bag boundaries too (one-hot bags have one lookup each), and converts
+// fp16/bf16 with AVX2/F16C vector loads.
 //
 // Backward and fused update: one machinery. The lookups of each table are radix-sorted by row
 // (stable, so ties keep their position order), which groups the lookups of every unique row into
@@ -119,33 +119,89 @@ inline __m256 load8(const c10::Half* p) {
   return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
 }
 
-// Sum-pool one bag of kD-wide rows with the accumulator in registers (kD/8 ymm), prefetching the
-// row `dist` lookups ahead within [.., i_end). The common dims get this; others the generic loop.
+// Sum- or mean-pool the bags k0..k1 of one table (their output rows `out_stride` apart) with the
+// accumulator in registers (kD/8 ymm), prefetching the row `dist` lookups ahead within
+// [.., i_end). Everything that is fixed for the table (dim, mode, per-sample weights or not) is
+// decided once here rather than per bag: one-hot bags are little more than a load and a store,
+// and per-bag dispatch (and a store through a buffer) took as long as the lookups at D=16.
+// fp32 rows are stored straight into the output; fp16/bf16 through an fp32 row and store_row.
 // kD columns of rows kStride apart: D = 128 runs as two 64-column passes, since 16 accumulators
-// would take every ymm register and spill (the second pass finds the bag's rows in L1, and
-// prefetches nothing: dist = 0).
-template <int kD, int kStride = kD, typename T, typename I>
-inline void pool_fixed(float* out, const T* base, const I* idx, const T* psw, int64_t i0, int64_t i1, int64_t i_end,
-                       int64_t dist, uint64_t rows, bool& bad) {
+// would take every ymm register and spill (the second pass finds the bag's rows in L1).
+// Returns false at a bad offset or index (it skips that bag or lookup; the caller then reports
+// the exact position).
+template <int kD, int kStride, bool kPsw, typename T, typename I>
+bool pool_bags(T* out, int64_t out_stride, const T* base, const I* idx, const I* off, const T* psw, int64_t k0,
+               int64_t k1, int64_t i_end, int64_t nnz_all, int64_t dist, uint64_t rows, bool mean) {
   constexpr int kV = kD / 8;
-  __m256 acc[kV];
-#pragma GCC unroll 16
-  for (int j = 0; j < kV; ++j) acc[j] = _mm256_setzero_ps();
-  for (int64_t i = i0; i < i1; ++i) {
-    if (dist > 0 && i + dist < i_end)
-      prefetch_row(base + static_cast<int64_t>(idx[i + dist]) * kStride, kStride * sizeof(T));
-    const uint64_t v = static_cast<uint64_t>(static_cast<int64_t>(idx[i]));
-    if (v >= rows) {  // never taken on valid input; the caller reports the exact position
-      bad = true;
+  bool ok = true;
+  alignas(32) float buf[kStride];
+  for (int64_t k = k0; k < k1; ++k) {
+    const int64_t i0 = off[k], i1 = off[k + 1];
+    T* o = out + (k - k0) * out_stride;
+    if (i0 < 0 || i1 < i0 || i1 > nnz_all) {
+      ok = false;
       continue;
     }
-    const T* row = base + static_cast<int64_t>(v) * kStride;
-    const __m256 s = _mm256_set1_ps(psw ? static_cast<float>(psw[i]) : 1.f);
+    const __m256 scale = _mm256_set1_ps(mean && i1 > i0 ? 1.f / static_cast<float>(i1 - i0) : 1.f);
+    for (int c = 0; c < kStride; c += kD) {
+      __m256 acc[kV];
 #pragma GCC unroll 16
-    for (int j = 0; j < kV; ++j) acc[j] = _mm256_fmadd_ps(s, load8(row + 8 * j), acc[j]);
+      for (int j = 0; j < kV; ++j) acc[j] = _mm256_setzero_ps();
+      for (int64_t i = i0; i < i1; ++i) {
+        if (c == 0 && i + dist < i_end)
+          prefetch_row(base + static_cast<int64_t>(idx[i + dist]) * kStride, kStride * sizeof(T));
+        const uint64_t v = static_cast<uint64_t>(static_cast<int64_t>(idx[i]));
+        if (v >= rows) {  // never taken on valid input
+          ok = false;
+          continue;
+        }
+        const T* row = base + static_cast<int64_t>(v) * kStride + c;
+        if constexpr (kPsw) {
+          const __m256 s = _mm256_set1_ps(static_cast<float>(psw[i]));
+#pragma GCC unroll 16
+          for (int j = 0; j < kV; ++j) acc[j] = _mm256_fmadd_ps(s, load8(row + 8 * j), acc[j]);
+        } else {
+#pragma GCC unroll 16
+          for (int j = 0; j < kV; ++j) acc[j] = _mm256_add_ps(acc[j], load8(row + 8 * j));
+        }
+      }
+      if (mean) {
+#pragma GCC unroll 16
+        for (int j = 0; j < kV; ++j) acc[j] = _mm256_mul_ps(acc[j], scale);
+      }
+      if constexpr (std::is_same_v<T, float>) {
+#pragma GCC unroll 16
+        for (int j = 0; j < kV; ++j) _mm256_storeu_ps(o + c + 8 * j, acc[j]);
+      } else {
+#pragma GCC unroll 16
+        for (int j = 0; j < kV; ++j) _mm256_store_ps(buf + c + 8 * j, acc[j]);
+      }
+    }
+    if constexpr (!std::is_same_v<T, float>) store_row(o, buf, kStride);
   }
-#pragma GCC unroll 16
-  for (int j = 0; j < kV; ++j) _mm256_storeu_ps(out + 8 * j, acc[j]);
+  return ok;
+}
+
+// pool_bags for D in {8, 16, 32, 64, 128}; false (nothing done) for other dims.
+template <typename T, typename I>
+bool pool_bags_fixed(int64_t D, bool& ok, T* out, int64_t out_stride, const T* base, const I* idx, const I* off,
+                     const T* psw, int64_t k0, int64_t k1, int64_t i_end, int64_t nnz_all, int64_t dist, uint64_t rows,
+                     bool mean) {
+  auto run = [&](auto kd, auto stride) {
+    constexpr int kD = decltype(kd)::value, kS = decltype(stride)::value;
+    ok = psw ? pool_bags<kD, kS, true>(out, out_stride, base, idx, off, psw, k0, k1, i_end, nnz_all, dist, rows, mean)
+             : pool_bags<kD, kS, false>(out, out_stride, base, idx, off, psw, k0, k1, i_end, nnz_all, dist, rows, mean);
+    return true;
+  };
+  using std::integral_constant;
+  switch (D) {
+    case 8: return run(integral_constant<int, 8>{}, integral_constant<int, 8>{});
+    case 16: return run(integral_constant<int, 16>{}, integral_constant<int, 16>{});
+    case 32: return run(integral_constant<int, 32>{}, integral_constant<int, 32>{});
+    case 64: return run(integral_constant<int, 64>{}, integral_constant<int, 64>{});
+    case 128: return run(integral_constant<int, 64>{}, integral_constant<int, 128>{});
+    default: return false;
+  }
 }
 
 template <typename T>
@@ -264,6 +320,17 @@ bool forward_kernel(const T* w, const int64_t* toff, const I* idx, const I* off,
           const int64_t n0 = at((t + 1) * B + b0), n1 = std::min<int64_t>(at((t + 1) * B + b1), n0 + dist);
           for (int64_t i = n0; i < n1; ++i) prefetch_row(next + static_cast<int64_t>(idx[i]) * D, row_bytes);
         }
+#ifdef RANKOPS_EB_FIXED_D
+        if constexpr (kVectorType<T>) {
+          bool ok = true;
+          if (mode != kMax && pool_bags_fixed(D, ok, out + (b0 * nT + t) * D, nT * D, base, idx, off, psw, t * B + b0,
+                                              t * B + b1, i_end, nnz_all, dist, rows, mode == kMean)) {
+            bad = bad || !ok;
+            continue;
+          }
+        }
+#endif
+        // max pooling and the other dims: bag by bag
         for (int64_t b = b0; b < b1; ++b) {
           const int64_t k = t * B + b;
           const int64_t i0 = off[k], i1 = off[k + 1];
@@ -299,34 +366,15 @@ bool forward_kernel(const T* w, const int64_t* toff, const I* idx, const I* off,
             store_row(o, acc, D);
             continue;
           }
-          bool done = false;
-#ifdef RANKOPS_EB_FIXED_D
-          if constexpr (kVectorType<T>) {
-            done = true;
-            switch (D) {
-              case 8: pool_fixed<8>(acc, base, idx, psw, i0, i1, i_end, dist, rows, bad); break;
-              case 16: pool_fixed<16>(acc, base, idx, psw, i0, i1, i_end, dist, rows, bad); break;
-              case 32: pool_fixed<32>(acc, base, idx, psw, i0, i1, i_end, dist, rows, bad); break;
-              case 64: pool_fixed<64>(acc, base, idx, psw, i0, i1, i_end, dist, rows, bad); break;
-              case 128:
-                pool_fixed<64, 128>(acc, base, idx, psw, i0, i1, i_end, dist, rows, bad);
-                pool_fixed<64, 128>(acc + 64, base + 64, idx, psw, i0, i1, i_end, 0, rows, bad);
-                break;
-              default: done = false;
+          std::fill(acc, acc + D, 0.f);
+          for (int64_t i = i0; i < i1; ++i) {
+            if (i + dist < i_end) prefetch_row(base + static_cast<int64_t>(idx[i + dist]) * D, row_bytes);
+            if (static_cast<uint64_t>(static_cast<int64_t>(idx[i])) >= rows) {
+              bad = true;
+              continue;
             }
-          }
-#endif
-          if (!done) {
-            std::fill(acc, acc + D, 0.f);
-            for (int64_t i = i0; i < i1; ++i) {
-              if (i + dist < i_end) prefetch_row(base + static_cast<int64_t>(idx[i + dist]) * D, row_bytes);
-              if (static_cast<uint64_t>(static_cast<int64_t>(idx[i])) >= rows) {
-                bad = true;
-                continue;
-              }
-              const float s = psw ? static_cast<float>(psw[i]) : 1.f;
-              axpy(acc, base + static_cast<int64_t>(idx[i]) * D, s, D);
-            }
+            const float s = psw ? static_cast<float>(psw[i]) : 1.f;
+            axpy(acc, base + static_cast<int64_t>(idx[i]) * D, s, D);
           }
           if (mode == kMean && i1 > i0) {
             const float inv = 1.f / static_cast<float>(i1 - i0);

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 import rankops
 from rankops.ops.embedding_bag import (FusedOptimizer, batched_embedding_bag, embedding_bag,
                                        fused_batched_embedding_bag)
-from tests.utils import DTYPES, assert_close, backend_devices, on, tol
+from tests.utils import DTYPES, assert_close, backend_devices, on, require, tol
 
 BACKENDS = backend_devices("reference", "cpp", "triton", "cuda")
 MODES = ["sum", "mean", "max"]
@@ -179,6 +179,28 @@ def test_large_output_cpp(mode):
     assert_close(got, torch_pooled(c, mode), 1e-5, 1e-5, mode)
     got.mul_(2).resize_(B * T * D + 7)  # in place, then a larger storage from the same allocator
     assert got.shape == (B * T * D + 7,)
+
+
+@pytest.mark.parametrize("D", [8, 16, 32, 64, 128])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cpp_register_dims(D, dtype):
+    """The cpp forward's register-accumulator path (D in 8..128; D=128 in two 64-wide passes) for
+    sum, mean and per-sample weights, against torch on the same values; and a bad index in it still
+    raises, naming the lookup."""
+    require("cpp", "cpu")
+    lengths = [[1, 0, 3, 1, 2, 5], [2, 1, 1, 0, 1, 1], [1, 1, 1, 1, 1, 1]]  # one-hot, empty and longer bags
+    c = make_case([9, 1, 30], D, lengths, dtype=dtype, psw=True, seed=D)
+    ref_w = c["weights"].float()
+    for mode, psw in (("sum", None), ("mean", None), ("sum", c["psw"])):
+        with rankops.use_backend("cpp"):
+            out = batched_embedding_bag(c["weights"], c["table_offsets"], c["indices"], c["offsets"], psw, mode=mode)
+        ref = torch_pooled(c, mode, ref_w, None if psw is None else psw.float())
+        assert out.dtype == dtype
+        assert_close(out.float(), ref, **tol(dtype), name=f"{mode} psw={psw is not None}")
+    bad = c["indices"].clone()
+    bad[5] = 9
+    with rankops.use_backend("cpp"), pytest.raises(IndexError, match=r"indices\[5\] = 9 is out of range for table 0"):
+        batched_embedding_bag(c["weights"], c["table_offsets"], bad, c["offsets"])
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
