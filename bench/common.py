@@ -498,7 +498,7 @@ class Bench:
                 med = _quantile(samples[p], 0.5)
                 row.update(median_ms=med, p20_ms=_quantile(samples[p], 0.2), p80_ms=_quantile(samples[p], 0.8),
                            min_ms=min(samples[p]), samples=len(samples[p]))
-                if bytes:
+                if bytes and p not in self.limits:  # (a limit need not move the op's bytes)
                     row.update(bytes=bytes, gbps=bytes / med / 1e6, bw_frac=bytes / med / 1e6 / self.bandwidth)
                 if flops:
                     row.update(flops=flops, tflops=flops / med / 1e9, flops_frac=flops / med / 1e9 / self.peak)

@@ -127,7 +127,7 @@ def write_md(bench, path: Path) -> None:
                 if p not in baselines:
                     cells += [_x(r.get(f"vs_{a}")) for a in anchors if a in present]
             cells += [_num(byp.get(p, {}).get("peak_MiB"), 4) or "-" for p in mem]
-            fr = [r.get("bw_frac") for r in byp.values() if r.get("bw_frac")]
+            fr = [r.get("bw_frac") for p, r in byp.items() if r.get("bw_frac") and p not in limits]
             cells.append(_pct(max(fr)) if fr else "-")
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
