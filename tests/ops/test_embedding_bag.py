@@ -531,3 +531,42 @@ def test_triton_aot_specs():
         assert all(s["signature"][n] == "constexpr" for n in s["constexprs"])
     assert len({(s["kernel"], s["config"]) for s in specs}) == len(specs), "configs must be unique"
     assert len(specs) == 3 * len(K.BENCH_DIMS) * (4 + 6 + 1)
+
+
+def test_eager_inference_skips_custom_op_dispatch():
+    """Plain eager inference runs the implementation directly (no torch.library dispatch, ~30 us a
+    call) with the same values; whatever autograd, a dispatch mode or a subclass must see takes the
+    custom op."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.profiler import ProfilerActivity, profile
+
+    from rankops.ops import _dispatch
+
+    rows, D, lengths = CASES["mixed"]
+    c = make_case(rows, D, lengths, psw=True, seed=11)
+    args = (c["weights"], c["table_offsets"], c["indices"], c["offsets"], c["psw"])
+
+    def traced(fn):
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            out = fn()
+        return out, {e.name for e in prof.events()}
+
+    with torch.no_grad():
+        fast, names = traced(lambda: batched_embedding_bag(*args))
+        assert "rankops::batched_embedding_bag" not in names
+        one, names = traced(lambda: embedding_bag(c["weights"], torch.tensor([0, 4, 4, 1]), torch.tensor([0, 2, 4])))
+        assert "rankops::embedding_bag" not in names
+        torch.testing.assert_close(one, torch.stack([c["weights"][[0, 4]].sum(0), c["weights"][[4, 1]].sum(0)]))
+    torch.testing.assert_close(fast, torch_pooled(c, "sum", psw=c["psw"]))
+    _, names = traced(lambda: batched_embedding_bag(*args))  # grad mode on, but nothing requires grad
+    assert "rankops::batched_embedding_bag" not in names
+
+    w = c["weights"].clone().requires_grad_()
+    out, names = traced(lambda: batched_embedding_bag(w, *args[1:]))
+    assert "rankops::batched_embedding_bag" in names and out.requires_grad
+    torch.testing.assert_close(out.detach(), fast)
+    with FakeTensorMode() as mode:
+        assert not _dispatch.direct(mode.from_tensor(c["weights"]))
+    subclass = type("Sub", (torch.Tensor,), {})
+    assert not _dispatch.direct(torch.Tensor._make_subclass(subclass, c["weights"]))
+    assert _dispatch.direct(*args) and _dispatch.direct(torch.nn.Parameter(c["weights"], requires_grad=False))

@@ -160,12 +160,17 @@ def _single_table(weight: Tensor) -> Tensor:
 # batched_embedding_bag
 
 
-@torch.library.custom_op("rankops::batched_embedding_bag", mutates_args=())
-def _batched(weights: Tensor, table_offsets: Tensor, indices: Tensor, offsets: Tensor,
-             per_sample_weights: Optional[Tensor], mode: str, sparse: bool) -> tuple[Tensor, Tensor]:
+def _forward(weights: Tensor, table_offsets: Tensor, indices: Tensor, offsets: Tensor,
+             per_sample_weights: Optional[Tensor], mode: str) -> tuple[Tensor, Tensor]:
     return _run(_FORWARD, "batched_embedding_bag", weights.contiguous(), table_offsets.contiguous(),
                 indices.contiguous(), offsets.contiguous(),
                 None if per_sample_weights is None else per_sample_weights.contiguous(), MODES.index(mode))
+
+
+@torch.library.custom_op("rankops::batched_embedding_bag", mutates_args=())
+def _batched(weights: Tensor, table_offsets: Tensor, indices: Tensor, offsets: Tensor,
+             per_sample_weights: Optional[Tensor], mode: str, sparse: bool) -> tuple[Tensor, Tensor]:
+    return _forward(weights, table_offsets, indices, offsets, per_sample_weights, mode)
 
 
 def _fake_forward(weights, table_offsets, offsets, mode, batch_dims):
@@ -256,6 +261,8 @@ def batched_embedding_bag(weights: Tensor, table_offsets: Tensor, indices: Tenso
     """
     op = "batched_embedding_bag"
     indices, offsets = _check_static(op, weights, table_offsets, indices, offsets, per_sample_weights, mode)
+    if _dispatch.direct(weights, table_offsets, indices, offsets, per_sample_weights):  # eager inference
+        return _forward(weights, table_offsets, indices, offsets, per_sample_weights, mode)[0]
     return _batched(weights, table_offsets, indices, offsets, per_sample_weights, mode, bool(sparse))[0]
 
 
@@ -266,6 +273,11 @@ def batched_embedding_bag(weights: Tensor, table_offsets: Tensor, indices: Tenso
 @torch.library.custom_op("rankops::embedding_bag", mutates_args=())
 def _single(weight: Tensor, indices: Tensor, offsets: Tensor, per_sample_weights: Optional[Tensor], mode: str,
             sparse: bool) -> tuple[Tensor, Tensor]:
+    return _single_forward(weight, indices, offsets, per_sample_weights, mode)
+
+
+def _single_forward(weight: Tensor, indices: Tensor, offsets: Tensor, per_sample_weights: Optional[Tensor],
+                    mode: str) -> tuple[Tensor, Tensor]:
     weight = weight.contiguous()
     out, argmax = _run(_FORWARD, "embedding_bag", weight, _single_table(weight), indices.contiguous(),
                        offsets.contiguous(), None if per_sample_weights is None else per_sample_weights.contiguous(),
@@ -340,6 +352,8 @@ def embedding_bag(weight: Tensor, indices: Tensor, offsets: Tensor, per_sample_w
     # The static checks read only table_offsets' shape, dtype and device.
     shape_only = torch.empty(2, dtype=torch.int64, device=weight.device)
     indices, offsets = _check_static(op, weight, shape_only, indices, offsets, per_sample_weights, mode)
+    if _dispatch.direct(weight, indices, offsets, per_sample_weights):  # eager inference
+        return _single_forward(weight, indices, offsets, per_sample_weights, mode)[0]
     return _single(weight, indices, offsets, per_sample_weights, mode, bool(sparse))[0]
 
 
