@@ -2,6 +2,8 @@
 
 Each op family lists its implementations as ``{backend: "module:function"}``; modules are imported
 on first use so that importing rankops never imports triton or loads the extension eagerly.
+Families declare their ops with ``custom_op`` and call them through ``invoke``, which skips the
+torch.library dispatch where nothing needs to see the op (``direct``).
 """
 
 from __future__ import annotations
@@ -31,13 +33,31 @@ def call(op: str, impls: dict[str, str], device: torch.device, *args):
     return _resolve(impls[name])(*args)
 
 
+
+def custom_op(name: str):
+    """``torch.library.custom_op(name)`` for an op that mutates nothing, keeping the decorated
+    implementation at hand (``.impl``) for invoke()."""
+
+    def wrap(fn: Callable):
+        op = torch.library.custom_op(name, fn, mutates_args=())
+        op.impl = fn
+        return op
+
+    return wrap
+
+
+def invoke(op, *args):
+    """``op(*args)``, or the op's implementation itself where direct() allows: the custom op's
+    Python dispatch costs about 30 us a call, as long as a small serving batch's whole op."""
+    return op.impl(*args) if direct(*(a for a in args if isinstance(a, torch.Tensor))) else op(*args)
+
+
 def direct(*tensors) -> bool:
-    """Whether a call may run its implementation directly rather than through its torch.library
-    custom op, whose Python dispatch costs about 30 us a call (as long as a small serving batch's
-    lookups): only in plain eager inference. Not while torch.compile traces, not under a dispatch
-    mode (fake tensors, functionalization, tracers) or a torch.func transform, not for tensor
-    subclasses, and not when autograd has anything to record; those take the custom op."""
-    if torch.compiler.is_compiling():
+    """Whether a call on these tensors may skip its torch.library custom op: only in plain eager
+    work with nothing to record. Not while torch.compile or torch.jit traces, not under a dispatch
+    mode (fake tensors, functionalization) or a torch.func transform, not for tensor subclasses,
+    and not when autograd would record the call (grad mode on and an input requires grad)."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
         return False
     try:
         from torch.utils._python_dispatch import _get_current_dispatch_mode

@@ -102,7 +102,7 @@ def _check_offsets_values(offsets: Tensor, S: int) -> None:
 # padded
 
 
-@torch.library.custom_op("rankops::target_attention", mutates_args=())
+@_dispatch.custom_op("rankops::target_attention")
 def _target_attention(q: Tensor, k: Tensor, v: Tensor, lengths: Tensor, scale: float) -> tuple[Tensor, Tensor]:
     _check_lengths_values(lengths, k.shape[2])
     return _dispatch.call(
@@ -123,7 +123,7 @@ def _(q, k, v, lengths, scale):
     return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty(B, H, Q, dtype=torch.float32)
 
 
-@torch.library.custom_op("rankops::target_attention_backward", mutates_args=())
+@_dispatch.custom_op("rankops::target_attention_backward")
 def _target_attention_backward(
     grad: Tensor, q: Tensor, k: Tensor, v: Tensor, lengths: Tensor, out: Tensor, lse: Tensor, scale: float
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -158,7 +158,7 @@ def _setup(ctx, inputs, output):
 
 def _backward(ctx, grad_out, grad_lse):
     q, k, v, lengths, out, lse = ctx.saved_tensors
-    dq, dk, dv = _target_attention_backward(grad_out, q, k, v, lengths, out, lse, ctx.scale)
+    dq, dk, dv = _dispatch.invoke(_target_attention_backward, grad_out, q, k, v, lengths, out, lse, ctx.scale)
     return dq, dk, dv, None, None
 
 
@@ -191,7 +191,7 @@ def target_attention(
     _checks.same_device(op, "q", q, lengths=lengths)
     if lengths.shape[0] != q.shape[0]:
         raise ValueError(f"rankops.{op}: lengths has {lengths.shape[0]} entries but the batch is {q.shape[0]}")
-    out, lse = _target_attention(q, k, v, lengths, _scale(scale, q.shape[-1]))
+    out, lse = _dispatch.invoke(_target_attention, q, k, v, lengths, _scale(scale, q.shape[-1]))
     return (out, lse) if return_lse else out
 
 
@@ -199,7 +199,7 @@ def target_attention(
 # jagged
 
 
-@torch.library.custom_op("rankops::jagged_target_attention", mutates_args=())
+@_dispatch.custom_op("rankops::jagged_target_attention")
 def _jagged_target_attention(q: Tensor, k: Tensor, v: Tensor, offsets: Tensor, scale: float) -> tuple[Tensor, Tensor]:
     _check_offsets_values(offsets, k.shape[0])
     return _dispatch.call(
@@ -220,7 +220,7 @@ def _(q, k, v, offsets, scale):
     return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty(B, H, Q, dtype=torch.float32)
 
 
-@torch.library.custom_op("rankops::jagged_target_attention_backward", mutates_args=())
+@_dispatch.custom_op("rankops::jagged_target_attention_backward")
 def _jagged_target_attention_backward(
     grad: Tensor, q: Tensor, k: Tensor, v: Tensor, offsets: Tensor, out: Tensor, lse: Tensor, scale: float
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -247,7 +247,7 @@ def _(grad, q, k, v, offsets, out, lse, scale):
 
 def _jagged_backward(ctx, grad_out, grad_lse):
     q, k, v, offsets, out, lse = ctx.saved_tensors
-    dq, dk, dv = _jagged_target_attention_backward(grad_out, q, k, v, offsets, out, lse, ctx.scale)
+    dq, dk, dv = _dispatch.invoke(_jagged_target_attention_backward, grad_out, q, k, v, offsets, out, lse, ctx.scale)
     return dq, dk, dv, None, None
 
 
@@ -279,7 +279,7 @@ def jagged_target_attention(
     _checks.same_device(op, "q", q, offsets=offsets)
     if offsets.shape[0] != q.shape[0] + 1:
         raise ValueError(f"rankops.{op}: offsets has {offsets.shape[0]} entries; the batch of {q.shape[0]} needs B+1")
-    out, lse = _jagged_target_attention(q, k, v, offsets, _scale(scale, q.shape[-1]))
+    out, lse = _dispatch.invoke(_jagged_target_attention, q, k, v, offsets, _scale(scale, q.shape[-1]))
     return (out, lse) if return_lse else out
 
 

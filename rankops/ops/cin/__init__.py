@@ -36,7 +36,7 @@ def _impls(name: str) -> dict[str, str]:
     }
 
 
-@torch.library.custom_op("rankops::cin_layer", mutates_args=())
+@_dispatch.custom_op("rankops::cin_layer")
 def _cin_layer(xk: Tensor, x0: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
     return _dispatch.call(
         "cin_layer", _impls("cin_layer"), xk.device,
@@ -49,7 +49,7 @@ def _(xk, x0, weight, bias):
     return xk.new_empty(xk.shape[0], weight.shape[0], xk.shape[2])
 
 
-@torch.library.custom_op("rankops::cin_layer_backward", mutates_args=())
+@_dispatch.custom_op("rankops::cin_layer_backward")
 def _cin_layer_backward(
     grad: Tensor, xk: Tensor, x0: Tensor, weight: Tensor
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -74,7 +74,7 @@ def _cin_setup(ctx, inputs, output):
 
 def _cin_backward(ctx, grad):
     xk, x0, weight = ctx.saved_tensors
-    dxk, dx0, dw, db = _cin_layer_backward(grad, xk, x0, weight)
+    dxk, dx0, dw, db = _dispatch.invoke(_cin_layer_backward, grad, xk, x0, weight)
     return dxk, dx0, dw, (db if ctx.has_bias else None)
 
 
@@ -118,7 +118,7 @@ def cin_layer(xk: Tensor, x0: Tensor, weight: Tensor, bias: Optional[Tensor] = N
             raise ValueError(f"rankops.{op}: bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
     _checks.same_dtype(op, "xk", xk, x0=x0, weight=weight, bias=bias)
     _checks.same_device(op, "xk", xk, x0=x0, weight=weight, bias=bias)
-    return _cin_layer(xk, x0, weight, bias)
+    return _dispatch.invoke(_cin_layer, xk, x0, weight, bias)
 
 
 __all__ = ["cin_layer"]

@@ -66,7 +66,7 @@ def _check_common(op: str, x0: Tensor, **others: Tensor) -> None:
 # DCN-V2 full rank
 
 
-@torch.library.custom_op("rankops::cross_layer", mutates_args=())
+@_dispatch.custom_op("rankops::cross_layer")
 def _cross_layer(x0: Tensor, xl: Tensor, weight: Tensor, bias: Tensor, save: bool) -> tuple[Tensor, Tensor]:
     return _dispatch.call(
         "cross_layer", _impls("cross_layer"), x0.device,
@@ -81,7 +81,7 @@ def _(x0, xl, weight, bias, save):
     )
 
 
-@torch.library.custom_op("rankops::cross_layer_backward", mutates_args=())
+@_dispatch.custom_op("rankops::cross_layer_backward")
 def _cross_layer_backward(
     grad: Tensor, x0: Tensor, xl: Tensor, weight: Tensor, p: Tensor
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -111,8 +111,8 @@ def _cross_backward(ctx, grad, _grad_p):
     x0, xl, weight, bias, p = ctx.saved_tensors
     grad = _zeros_if_none(grad, x0)
     if p.numel() != x0.numel():  # called with save=False (not by cross_layer): recompute p
-        p = _cross_layer(x0, xl, weight, bias, True)[1]
-    dx0, dxl, dw, db = _cross_layer_backward(grad, x0, xl, weight, p)
+        p = _dispatch.invoke(_cross_layer, x0, xl, weight, bias, True)[1]
+    dx0, dxl, dw, db = _dispatch.invoke(_cross_layer_backward, grad, x0, xl, weight, p)
     return dx0, dxl, dw, db, None
 
 
@@ -137,7 +137,7 @@ def cross_layer(x0: Tensor, xl: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     _check_shape(op, "weight", weight, (N, N), "[in_dim, in_dim]")
     _check_shape(op, "bias", bias, (N,), "[in_dim]")
     _check_common(op, x0, xl=xl, weight=weight, bias=bias)
-    return _cross_layer(x0, xl, weight, bias, _needs_grad(x0, xl, weight, bias))[0]
+    return _dispatch.invoke(_cross_layer, x0, xl, weight, bias, _needs_grad(x0, xl, weight, bias))[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -150,7 +150,7 @@ def row_stride(N: int) -> int:
     return (N + 15) // 16 * 16
 
 
-@torch.library.custom_op("rankops::cross_net", mutates_args=())
+@_dispatch.custom_op("rankops::cross_net")
 def _cross_net(x0: Tensor, weight: Tensor, bias: Tensor, save: bool) -> tuple[Tensor, Tensor, Tensor]:
     return _dispatch.call(
         "cross_net", _impls("cross_net"), x0.device, x0.contiguous(), weight.contiguous(), bias.contiguous(), save,
@@ -166,7 +166,7 @@ def _(x0, weight, bias, save):
     return out, x0.new_empty(L - 1, B, row_stride(N)), x0.new_empty(L, B, row_stride(N))
 
 
-@torch.library.custom_op("rankops::cross_net_backward", mutates_args=())
+@_dispatch.custom_op("rankops::cross_net_backward")
 def _cross_net_backward(grad: Tensor, x0: Tensor, weight: Tensor, xs: Tensor, ps: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return _dispatch.call(
         "cross_net", _impls("cross_net_backward"), x0.device,
@@ -192,8 +192,8 @@ def _net_backward(ctx, grad, _gxs, _gps):
     x0, weight, bias, xs, ps = ctx.saved_tensors
     grad = _zeros_if_none(grad, x0)
     if ps.numel() == 0 and x0.numel():  # called with save=False (not by cross_net): recompute
-        _, xs, ps = _cross_net(x0, weight, bias, True)
-    dx0, dw, db = _cross_net_backward(grad, x0, weight, xs, ps)
+        _, xs, ps = _dispatch.invoke(_cross_net, x0, weight, bias, True)
+    dx0, dw, db = _dispatch.invoke(_cross_net_backward, grad, x0, weight, xs, ps)
     return dx0, dw, db, None
 
 
@@ -223,14 +223,14 @@ def cross_net(x0: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     _check_shape(op, "weight", weight, (L, N, N), "[num_layers, in_dim, in_dim]")
     _check_shape(op, "bias", bias, (L, N), "[num_layers, in_dim]")
     _check_common(op, x0, weight=weight, bias=bias)
-    return _cross_net(x0, weight, bias, _needs_grad(x0, weight, bias))[0]
+    return _dispatch.invoke(_cross_net, x0, weight, bias, _needs_grad(x0, weight, bias))[0]
 
 
 # ---------------------------------------------------------------------------------------------
 # DCN-V2 low rank
 
 
-@torch.library.custom_op("rankops::cross_layer_lowrank", mutates_args=())
+@_dispatch.custom_op("rankops::cross_layer_lowrank")
 def _cross_layer_lowrank(
     x0: Tensor, xl: Tensor, u: Tensor, v: Tensor, bias: Tensor, save: bool
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -248,7 +248,7 @@ def _(x0, xl, u, v, bias, save):
     return out, x0.new_empty(x0.shape[0], u.shape[1]), torch.empty_like(out)
 
 
-@torch.library.custom_op("rankops::cross_layer_lowrank_backward", mutates_args=())
+@_dispatch.custom_op("rankops::cross_layer_lowrank_backward")
 def _cross_layer_lowrank_backward(
     grad: Tensor, x0: Tensor, xl: Tensor, u: Tensor, v: Tensor, t: Tensor, p: Tensor
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -277,8 +277,8 @@ def _lowrank_backward(ctx, grad, _gt, _gp):
     x0, xl, u, v, bias, t, p = ctx.saved_tensors
     grad = _zeros_if_none(grad, x0)
     if p.numel() != x0.numel():  # called with save=False (not by cross_layer_lowrank): recompute
-        _, t, p = _cross_layer_lowrank(x0, xl, u, v, bias, True)
-    dx0, dxl, du, dv, db = _cross_layer_lowrank_backward(grad, x0, xl, u, v, t, p)
+        _, t, p = _dispatch.invoke(_cross_layer_lowrank, x0, xl, u, v, bias, True)
+    dx0, dxl, du, dv, db = _dispatch.invoke(_cross_layer_lowrank_backward, grad, x0, xl, u, v, t, p)
     return dx0, dxl, du, dv, db, None
 
 
@@ -309,14 +309,14 @@ def cross_layer_lowrank(x0: Tensor, xl: Tensor, u: Tensor, v: Tensor, bias: Tens
     _check_shape(op, "v", v, (r, N), "[rank, in_dim]")
     _check_shape(op, "bias", bias, (N,), "[in_dim]")
     _check_common(op, x0, xl=xl, u=u, v=v, bias=bias)
-    return _cross_layer_lowrank(x0, xl, u, v, bias, _needs_grad(x0, xl, u, v, bias))[0]
+    return _dispatch.invoke(_cross_layer_lowrank, x0, xl, u, v, bias, _needs_grad(x0, xl, u, v, bias))[0]
 
 
 # ---------------------------------------------------------------------------------------------
 # DCN (v1): rank one, weight vector
 
 
-@torch.library.custom_op("rankops::cross_layer_v1", mutates_args=())
+@_dispatch.custom_op("rankops::cross_layer_v1")
 def _cross_layer_v1(x0: Tensor, xl: Tensor, w: Tensor, bias: Tensor) -> Tensor:
     return _dispatch.call(
         "cross_layer_v1", _impls("cross_layer_v1"), x0.device,
@@ -329,7 +329,7 @@ def _(x0, xl, w, bias):
     return torch.empty_like(x0, memory_format=torch.contiguous_format)
 
 
-@torch.library.custom_op("rankops::cross_layer_v1_backward", mutates_args=())
+@_dispatch.custom_op("rankops::cross_layer_v1_backward")
 def _cross_layer_v1_backward(
     grad: Tensor, x0: Tensor, xl: Tensor, w: Tensor
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -353,7 +353,7 @@ def _v1_setup(ctx, inputs, output):
 
 def _v1_backward(ctx, grad):
     x0, xl, w = ctx.saved_tensors
-    return _cross_layer_v1_backward(grad, x0, xl, w)
+    return _dispatch.invoke(_cross_layer_v1_backward, grad, x0, xl, w)
 
 
 _cross_layer_v1.register_autograd(_v1_backward, setup_context=_v1_setup)
@@ -376,7 +376,7 @@ def cross_layer_v1(x0: Tensor, xl: Tensor, w: Tensor, bias: Tensor) -> Tensor:
     _check_shape(op, "w", w, (N,), "[in_dim]")
     _check_shape(op, "bias", bias, (N,), "[in_dim]")
     _check_common(op, x0, xl=xl, w=w, bias=bias)
-    return _cross_layer_v1(x0, xl, w, bias)
+    return _dispatch.invoke(_cross_layer_v1, x0, xl, w, bias)
 
 
 __all__ = ["cross_layer", "cross_layer_lowrank", "cross_layer_v1", "cross_net"]

@@ -160,17 +160,12 @@ def _single_table(weight: Tensor) -> Tensor:
 # batched_embedding_bag
 
 
-def _forward(weights: Tensor, table_offsets: Tensor, indices: Tensor, offsets: Tensor,
-             per_sample_weights: Optional[Tensor], mode: str) -> tuple[Tensor, Tensor]:
+@_dispatch.custom_op("rankops::batched_embedding_bag")
+def _batched(weights: Tensor, table_offsets: Tensor, indices: Tensor, offsets: Tensor,
+             per_sample_weights: Optional[Tensor], mode: str, sparse: bool) -> tuple[Tensor, Tensor]:
     return _run(_FORWARD, "batched_embedding_bag", weights.contiguous(), table_offsets.contiguous(),
                 indices.contiguous(), offsets.contiguous(),
                 None if per_sample_weights is None else per_sample_weights.contiguous(), MODES.index(mode))
-
-
-@torch.library.custom_op("rankops::batched_embedding_bag", mutates_args=())
-def _batched(weights: Tensor, table_offsets: Tensor, indices: Tensor, offsets: Tensor,
-             per_sample_weights: Optional[Tensor], mode: str, sparse: bool) -> tuple[Tensor, Tensor]:
-    return _forward(weights, table_offsets, indices, offsets, per_sample_weights, mode)
 
 
 def _fake_forward(weights, table_offsets, offsets, mode, batch_dims):
@@ -186,7 +181,7 @@ def _(weights, table_offsets, indices, offsets, per_sample_weights, mode, sparse
     return _fake_forward(weights, table_offsets, offsets, mode, True)
 
 
-@torch.library.custom_op("rankops::batched_embedding_bag_backward", mutates_args=())
+@_dispatch.custom_op("rankops::batched_embedding_bag_backward")
 def _batched_backward(grad: Tensor, weights: Tensor, table_offsets: Tensor, indices: Tensor, offsets: Tensor,
                       per_sample_weights: Optional[Tensor], mode: str, argmax: Tensor, need_weight_grad: bool,
                       need_psw_grad: bool) -> tuple[Tensor, Tensor]:
@@ -229,7 +224,7 @@ def _batched_bwd(ctx, grad, _grad_argmax):
         gw = _ref.sparse_weight_grad(grad, weights, table_offsets, indices, offsets, psw, MODES.index(ctx.mode),
                                      argmax)
     if dense or need_p:
-        a, b = _batched_backward(grad, weights, table_offsets, indices, offsets, psw, ctx.mode, argmax, dense, need_p)
+        a, b = _dispatch.invoke(_batched_backward, grad, weights, table_offsets, indices, offsets, psw, ctx.mode, argmax, dense, need_p)
         gw = a if dense else gw
         gp = b if need_p else None
     return gw, None, None, None, gp, None, None
@@ -261,23 +256,16 @@ def batched_embedding_bag(weights: Tensor, table_offsets: Tensor, indices: Tenso
     """
     op = "batched_embedding_bag"
     indices, offsets = _check_static(op, weights, table_offsets, indices, offsets, per_sample_weights, mode)
-    if _dispatch.direct(weights, table_offsets, indices, offsets, per_sample_weights):  # eager inference
-        return _forward(weights, table_offsets, indices, offsets, per_sample_weights, mode)[0]
-    return _batched(weights, table_offsets, indices, offsets, per_sample_weights, mode, bool(sparse))[0]
+    return _dispatch.invoke(_batched, weights, table_offsets, indices, offsets, per_sample_weights, mode, bool(sparse))[0]
 
 
 # ---------------------------------------------------------------------------------------------
 # embedding_bag: the one-table case, an op of its own so that graphs and profiles name it
 
 
-@torch.library.custom_op("rankops::embedding_bag", mutates_args=())
+@_dispatch.custom_op("rankops::embedding_bag")
 def _single(weight: Tensor, indices: Tensor, offsets: Tensor, per_sample_weights: Optional[Tensor], mode: str,
             sparse: bool) -> tuple[Tensor, Tensor]:
-    return _single_forward(weight, indices, offsets, per_sample_weights, mode)
-
-
-def _single_forward(weight: Tensor, indices: Tensor, offsets: Tensor, per_sample_weights: Optional[Tensor],
-                    mode: str) -> tuple[Tensor, Tensor]:
     weight = weight.contiguous()
     out, argmax = _run(_FORWARD, "embedding_bag", weight, _single_table(weight), indices.contiguous(),
                        offsets.contiguous(), None if per_sample_weights is None else per_sample_weights.contiguous(),
@@ -291,7 +279,7 @@ def _(weight, indices, offsets, per_sample_weights, mode, sparse):
     return _fake_forward(weight, weight.new_empty(2, dtype=torch.int64), offsets, mode, False)
 
 
-@torch.library.custom_op("rankops::embedding_bag_backward", mutates_args=())
+@_dispatch.custom_op("rankops::embedding_bag_backward")
 def _single_backward(grad: Tensor, weight: Tensor, indices: Tensor, offsets: Tensor,
                      per_sample_weights: Optional[Tensor], mode: str, argmax: Tensor, need_weight_grad: bool,
                      need_psw_grad: bool) -> tuple[Tensor, Tensor]:
@@ -323,7 +311,7 @@ def _single_bwd(ctx, grad, _grad_argmax):
         gw = _ref.sparse_weight_grad(grad.reshape(B, 1, D), weight, _single_table(weight), indices, offsets, psw,
                                      MODES.index(ctx.mode), argmax.reshape(B, 1, D) if ctx.mode == "max" else argmax)
     if dense or need_p:
-        a, b = _single_backward(grad, weight, indices, offsets, psw, ctx.mode, argmax, dense, need_p)
+        a, b = _dispatch.invoke(_single_backward, grad, weight, indices, offsets, psw, ctx.mode, argmax, dense, need_p)
         gw = a if dense else gw
         gp = b if need_p else None
     return gw, None, None, gp, None, None
@@ -352,9 +340,7 @@ def embedding_bag(weight: Tensor, indices: Tensor, offsets: Tensor, per_sample_w
     # The static checks read only table_offsets' shape, dtype and device.
     shape_only = torch.empty(2, dtype=torch.int64, device=weight.device)
     indices, offsets = _check_static(op, weight, shape_only, indices, offsets, per_sample_weights, mode)
-    if _dispatch.direct(weight, indices, offsets, per_sample_weights):  # eager inference
-        return _single_forward(weight, indices, offsets, per_sample_weights, mode)[0]
-    return _single(weight, indices, offsets, per_sample_weights, mode, bool(sparse))[0]
+    return _dispatch.invoke(_single, weight, indices, offsets, per_sample_weights, mode, bool(sparse))[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -405,7 +391,7 @@ class _FusedLookup(torch.autograd.Function):
     @staticmethod
     def forward(ctx, anchor, weights, state, table_offsets, indices, offsets, psw, mode: str, optimizer: str,
                 lr: Tensor, eps: float):
-        out, argmax = _batched(weights, table_offsets, indices, offsets, psw, mode, False)
+        out, argmax = _dispatch.invoke(_batched, weights, table_offsets, indices, offsets, psw, mode, False)
         ctx.save_for_backward(weights, state, table_offsets, indices, offsets, psw, argmax)
         # not saved: a saved tensor may not change before the backward, and lr may (a schedule)
         ctx.lr, ctx.mode, ctx.optimizer, ctx.eps = lr, mode, optimizer, eps
@@ -416,7 +402,7 @@ class _FusedLookup(torch.autograd.Function):
         weights, state, table_offsets, indices, offsets, psw, argmax = ctx.saved_tensors
         gp = None
         if psw is not None and ctx.needs_input_grad[6]:  # before the update: it reads the old rows
-            gp = _batched_backward(grad, weights, table_offsets, indices, offsets, psw, ctx.mode, argmax, False,
+            gp = _dispatch.invoke(_batched_backward, grad, weights, table_offsets, indices, offsets, psw, ctx.mode, argmax, False,
                                    True)[1]
         _update(weights, state, grad, table_offsets, indices, offsets, psw, ctx.mode, argmax, ctx.optimizer, ctx.lr,
                 ctx.eps)

@@ -37,7 +37,7 @@ def _check_x(op: str, x) -> Tensor:
 # FM
 
 
-@torch.library.custom_op("rankops::fm_interaction", mutates_args=())
+@_dispatch.custom_op("rankops::fm_interaction")
 def _fm_interaction(x: Tensor, reduce: bool) -> Tensor:
     return _dispatch.call("fm_interaction", _impls("fm_interaction"), x.device, x.contiguous(), reduce)
 
@@ -47,7 +47,7 @@ def _(x, reduce):
     return x.new_empty(x.shape[0], 1 if reduce else x.shape[2])
 
 
-@torch.library.custom_op("rankops::fm_interaction_backward", mutates_args=())
+@_dispatch.custom_op("rankops::fm_interaction_backward")
 def _fm_interaction_backward(grad: Tensor, x: Tensor, reduce: bool) -> Tensor:
     return _dispatch.call(
         "fm_interaction", _impls("fm_interaction_backward"), x.device, grad.contiguous(), x.contiguous(), reduce
@@ -66,7 +66,7 @@ def _fm_setup(ctx, inputs, output):
 
 def _fm_backward(ctx, grad):
     (x,) = ctx.saved_tensors
-    return _fm_interaction_backward(grad, x, ctx.reduce), None
+    return _dispatch.invoke(_fm_interaction_backward, grad, x, ctx.reduce), None
 
 
 _fm_interaction.register_autograd(_fm_backward, setup_context=_fm_setup)
@@ -85,7 +85,7 @@ def fm_interaction(x: Tensor, reduce: bool = True) -> Tensor:
         ``[B, 1]`` or ``[B, D]`` in x's dtype.
     """
     _check_x("fm_interaction", x)
-    return _fm_interaction(x, bool(reduce))
+    return _dispatch.invoke(_fm_interaction, x, bool(reduce))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -96,7 +96,7 @@ def num_pairs(num_fields: int, self_interaction: bool = False) -> int:
     return num_fields * (num_fields + 1) // 2 if self_interaction else num_fields * (num_fields - 1) // 2
 
 
-@torch.library.custom_op("rankops::dot_interaction", mutates_args=())
+@_dispatch.custom_op("rankops::dot_interaction")
 def _dot_interaction(x: Tensor, self_interaction: bool) -> Tensor:
     return _dispatch.call("dot_interaction", _impls("dot_interaction"), x.device, x.contiguous(), self_interaction)
 
@@ -106,7 +106,7 @@ def _(x, self_interaction):
     return x.new_empty(x.shape[0], num_pairs(x.shape[1], self_interaction))
 
 
-@torch.library.custom_op("rankops::dot_interaction_backward", mutates_args=())
+@_dispatch.custom_op("rankops::dot_interaction_backward")
 def _dot_interaction_backward(grad: Tensor, x: Tensor, self_interaction: bool) -> Tensor:
     return _dispatch.call(
         "dot_interaction",
@@ -130,7 +130,7 @@ def _dot_setup(ctx, inputs, output):
 
 def _dot_backward(ctx, grad):
     (x,) = ctx.saved_tensors
-    return _dot_interaction_backward(grad, x, ctx.self_interaction), None
+    return _dispatch.invoke(_dot_interaction_backward, grad, x, ctx.self_interaction), None
 
 
 _dot_interaction.register_autograd(_dot_backward, setup_context=_dot_setup)
@@ -153,4 +153,4 @@ def dot_interaction(x: Tensor, self_interaction: bool = False) -> Tensor:
             f"rankops.dot_interaction: x needs at least {1 if self_interaction else 2} fields "
             f"(dim 1) to form a pair, got shape {tuple(x.shape)}"
         )
-    return _dot_interaction(x, bool(self_interaction))
+    return _dispatch.invoke(_dot_interaction, x, bool(self_interaction))
