@@ -494,6 +494,8 @@ class Bench:
         ref = results.get(ref_name)
         for p in names:
             row = dict(base, provider=p)
+            if p in self.limits:
+                row["limit"] = 1  # (in the csv too, so that a redraw knows)
             if p in samples and samples[p]:
                 med = _quantile(samples[p], 0.5)
                 row.update(median_ms=med, p20_ms=_quantile(samples[p], 0.2), p80_ms=_quantile(samples[p], 0.8),

@@ -1,5 +1,8 @@
 """Writers for a Bench's rows: CSV (every number), markdown (readable tables), PNG (the picture).
-Called by Bench.save(); nothing here measures anything."""
+Called by Bench.save(); nothing here measures anything.
+
+    python -m bench.report bench/results/<run>.csv [...]   # redraw the md and png from a csv
+"""
 
 from __future__ import annotations
 
@@ -8,11 +11,14 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
+import sys
+import types
+
 from bench.common import BASELINES
 
 FIXED_HEAD = ["run", "device", "op", "case"]
 FIXED_TAIL = ["provider", "mode", "dtype", "median_ms", "p20_ms", "p80_ms", "min_ms", "samples", "bytes", "gbps", "bw_frac",
-              "flops", "tflops", "flops_frac", "vs_eager", "vs_compile", "rel_err", "peak_MiB", "error"]
+              "flops", "tflops", "flops_frac", "vs_eager", "vs_compile", "rel_err", "peak_MiB", "limit", "error"]
 
 
 def _vs_columns(rows: list[dict]) -> list[str]:
@@ -49,7 +55,8 @@ def write_csv(bench, path: Path) -> None:
         w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
         w.writeheader()
         for r in bench.rows:
-            w.writerow({k: _num(r.get(k), 6) for k in cols})
+            # floats in full (shortest round-trip): a redraw must round them as the run did
+            w.writerow({k: repr(v) if isinstance(v := r.get(k), float) and math.isfinite(v) else _num(v) for k in cols})
 
 
 def _groups(rows):
@@ -239,3 +246,49 @@ def write_png(bench, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------
+# redraw
+
+
+def _value(v: str):
+    for cast in (int, float):
+        try:
+            return cast(v)
+        except ValueError:
+            pass
+    return v
+
+
+_TEXT = {"run", "device", "op", "case", "provider", "mode", "dtype", "error"}
+
+
+def redraw(csv_path: str | Path) -> None:
+    """Rewrite a run's markdown and plot from its csv (after a change to this file), keeping the
+    header lines of the markdown beside it: the machine, the command, the load."""
+    csv_path = Path(csv_path)
+    with open(csv_path, newline="") as f:
+        rows = [{k: (v if k in _TEXT else _value(v)) for k, v in r.items() if v != ""} for r in csv.DictReader(f)]
+    md_path = csv_path.with_suffix(".md")
+    head = []
+    for line in md_path.read_text().splitlines()[2:]:
+        if not line.startswith("- "):
+            break
+        head.append(line[2:])
+    header = [tuple(h[2:].split("**: ", 1)) for h in head if h.startswith("**") and "**: " in h]
+    bw = next((float(v.split()[0]) for k, v in header if k == "memory bandwidth"), float("nan"))
+    name, tag = rows[0]["run"], rows[0]["device"]
+    bench = types.SimpleNamespace(
+        name=name, tag=tag, rows=rows, bandwidth=bw, header=lambda: header,
+        notes=[h for h in head if not (h.startswith("**") and "**: " in h)],
+        baselines=BASELINES + tuple(k[3:] for k in _vs_columns(rows)),
+        limits=tuple(dict.fromkeys(r["provider"] for r in rows if r.get("limit"))))
+    write_md(bench, md_path)
+    write_png(bench, csv_path.with_suffix(".png"))
+
+
+if __name__ == "__main__":
+    for p in sys.argv[1:]:
+        redraw(p)
+        print(f"redrew {Path(p).with_suffix('.md')} and .png")

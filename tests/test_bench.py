@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import rankops
+from bench import report
 from bench.common import MODES, Bench, measure_peak, peak_memory, providers
 from rankops.ops.interaction import reference
 from tests.utils import require
@@ -99,6 +100,8 @@ def test_step_mode_and_extra_baseline(tmp_path):
     assert "vs_anchor" in _read(paths["csv"])[0]
     md = paths["md"].read_text()
     assert "## sgd - step - fp32" in md and "ours vs anchor" in md and "anchor vs eager" in md
+    report.redraw(paths["csv"])  # the run's own anchor survives a redraw from the csv
+    assert paths["md"].read_text() == md
 
 
 def test_filters(tmp_path):
@@ -188,5 +191,10 @@ def test_gather_floor_and_limits(tmp_path):
     assert [r["provider"] for r in out] == ["eager", "floor", "floor-sorted"]
     assert out[0]["rel_err"] == 0 and all("rel_err" not in r and r["median_ms"] > 0 for r in out[1:])
     assert all("gbps" not in r for r in out[1:])  # the op's bytes are not what a limit moves
-    md = bench.save()["md"].read_text()
+    paths = bench.save()
+    md = paths["md"].read_text()
     assert "times over the floor" in md and "eager / floor" in md and "floor vs eager" not in md
+    # a redraw from the csv gives the same markdown (limits and all) and a new plot
+    paths["png"].unlink()
+    report.redraw(paths["csv"])
+    assert paths["md"].read_text() == md and paths["png"].exists()
