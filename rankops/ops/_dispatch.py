@@ -52,19 +52,27 @@ def invoke(op, *args):
     return op.impl(*args) if direct(*(a for a in args if isinstance(a, torch.Tensor))) else op(*args)
 
 
+def _internals():
+    """A function telling whether a dispatch mode or a torch.func transform is active; None on a
+    torch without these internals (then nothing takes the direct path)."""
+    try:
+        from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+        peek = torch._C._functorch.peek_interpreter_stack
+    except (ImportError, AttributeError):
+        return None
+    return lambda: _get_current_dispatch_mode() is not None or peek() is not None
+
+
+_watched = _internals()
+
+
 def direct(*tensors) -> bool:
     """Whether a call on these tensors may skip its torch.library custom op: only in plain eager
     work with nothing to record. Not while torch.compile or torch.jit traces, not under a dispatch
     mode (fake tensors, functionalization) or a torch.func transform, not for tensor subclasses,
     and not when autograd would record the call (grad mode on and an input requires grad)."""
-    if torch.compiler.is_compiling() or torch.jit.is_tracing():
-        return False
-    try:
-        from torch.utils._python_dispatch import _get_current_dispatch_mode
-
-        if _get_current_dispatch_mode() is not None or torch._C._functorch.peek_interpreter_stack() is not None:
-            return False
-    except (ImportError, AttributeError):  # a torch without these internals: stay on the safe path
+    if torch.compiler.is_compiling() or torch.jit.is_tracing() or _watched is None or _watched():
         return False
     grad = torch.is_grad_enabled()
     for t in tensors:
