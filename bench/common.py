@@ -506,12 +506,8 @@ class Bench:
                     row.update(flops=flops, tflops=flops / med / 1e9, flops_frac=flops / med / 1e9 / self.peak)
                 if p in peaks:
                     row["peak_MiB"] = peaks[p] / 2**20
-                if p in self.limits:
-                    pass
-                elif ref is not None and p in results and p != ref_name:
-                    row["rel_err"] = _rel_err(results[p], ref)
-                elif p == ref_name and ref is not None:
-                    row["rel_err"] = 0.0
+                if ref is not None and p in results and p not in self.limits:
+                    row["rel_err"] = 0.0 if p == ref_name else _rel_err(results[p], ref)
             else:
                 row["error"] = errors.get(p, "no samples")
             rows.append(row)

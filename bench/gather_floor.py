@@ -27,20 +27,13 @@ def _ext():
     from torch.utils.cpp_extension import load
 
     src = Path(__file__).resolve().parent / "csrc" / "gather_floor.cpp"
-    return load(name="rankops_bench_gather_floor", sources=[str(src)], extra_cflags=["-O3", "-mavx2", "-mfma", "-fopenmp"],
-                extra_ldflags=["-fopenmp"])  # at::parallel_for is an OpenMP region compiled here
+    # -fopenmp: at::parallel_for is an OpenMP region compiled here (without it, one thread)
+    return load(name="rankops_bench_gather_floor", sources=[str(src)],
+                extra_cflags=["-O3", "-mavx2", "-mfma", "-fopenmp"], extra_ldflags=["-fopenmp"])
 
 
 def supported(weights: torch.Tensor) -> bool:
     return weights.device.type == "cpu" and weights.dtype == torch.float32 and weights.shape[1] in (16, 64, 128)
-
-
-def _sort_by_table(idx: torch.Tensor, table_offsets: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
-    """Each table's ids sorted, tables kept in order (sorting global row ids does both)."""
-    counts = (starts[1:] - starts[:-1]).cpu()
-    table_of = torch.repeat_interleave(torch.arange(len(counts)), counts)
-    rows = idx + table_offsets[:-1][table_of]
-    return rows.sort().values - table_offsets[:-1][table_of]
 
 
 def _fastest(call, reps: int = 3) -> int:
@@ -60,12 +53,16 @@ def providers(weights: torch.Tensor, table_offsets: torch.Tensor, idx: torch.Ten
     """{"floor": fn(idx, off), "floor-sorted": fn(idx, off)} for a table-major lookup of T tables."""
     ext = _ext()
     starts = offsets[::B].contiguous()  # where each table's lookups begin
-    rows = table_offsets[1:] - table_offsets[:-1]
-    rows_of = torch.repeat_interleave(rows, starts[1:] - starts[:-1])  # each lookup's table size
-    sorted_sets = [_sort_by_table(idx, table_offsets, starts)]
+    counts = starts[1:] - starts[:-1]
+    first_of = torch.repeat_interleave(table_offsets[:-1], counts)  # each lookup's table's first row
+    rows_of = torch.repeat_interleave(table_offsets[1:] - table_offsets[:-1], counts)  # and its size
+
+    def sort_by_table(ids):  # each table's ids sorted, tables in order: sorting global row ids does both
+        return (ids + first_of).sort().values - first_of
+
+    sorted_sets = [sort_by_table(idx)]
     for _ in range(SORTED_COPIES - 1):  # fresh ids of the same (uniform) distribution
-        fresh = (torch.rand(idx.shape, generator=gen, dtype=torch.float64) * rows_of).long()
-        sorted_sets.append(_sort_by_table(fresh, table_offsets, starts))
+        sorted_sets.append(sort_by_table((torch.rand(idx.shape, generator=gen, dtype=torch.float64) * rows_of).long()))
     d_given = _fastest(lambda d: ext.gather_floor(weights, table_offsets, idx, starts, d))
     d_sorted = _fastest(lambda d: ext.gather_floor(weights, table_offsets, sorted_sets[0], starts, d))
     turn = [0]

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import csv
 import math
-from collections import defaultdict
-from pathlib import Path
-
 import sys
 import types
+from collections import defaultdict
+from pathlib import Path
 
 from bench.common import BASELINES
 

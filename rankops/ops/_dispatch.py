@@ -33,7 +33,6 @@ def call(op: str, impls: dict[str, str], device: torch.device, *args):
     return _resolve(impls[name])(*args)
 
 
-
 def custom_op(name: str):
     """``torch.library.custom_op(name)`` for an op that mutates nothing, keeping the decorated
     implementation at hand (``.impl``) for invoke()."""

@@ -224,7 +224,8 @@ def _batched_bwd(ctx, grad, _grad_argmax):
         gw = _ref.sparse_weight_grad(grad, weights, table_offsets, indices, offsets, psw, MODES.index(ctx.mode),
                                      argmax)
     if dense or need_p:
-        a, b = _dispatch.invoke(_batched_backward, grad, weights, table_offsets, indices, offsets, psw, ctx.mode, argmax, dense, need_p)
+        a, b = _dispatch.invoke(_batched_backward, grad, weights, table_offsets, indices, offsets, psw, ctx.mode,
+                                argmax, dense, need_p)
         gw = a if dense else gw
         gp = b if need_p else None
     return gw, None, None, None, gp, None, None
@@ -256,7 +257,8 @@ def batched_embedding_bag(weights: Tensor, table_offsets: Tensor, indices: Tenso
     """
     op = "batched_embedding_bag"
     indices, offsets = _check_static(op, weights, table_offsets, indices, offsets, per_sample_weights, mode)
-    return _dispatch.invoke(_batched, weights, table_offsets, indices, offsets, per_sample_weights, mode, bool(sparse))[0]
+    return _dispatch.invoke(_batched, weights, table_offsets, indices, offsets, per_sample_weights, mode,
+                            bool(sparse))[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -402,8 +404,8 @@ class _FusedLookup(torch.autograd.Function):
         weights, state, table_offsets, indices, offsets, psw, argmax = ctx.saved_tensors
         gp = None
         if psw is not None and ctx.needs_input_grad[6]:  # before the update: it reads the old rows
-            gp = _dispatch.invoke(_batched_backward, grad, weights, table_offsets, indices, offsets, psw, ctx.mode, argmax, False,
-                                   True)[1]
+            gp = _dispatch.invoke(_batched_backward, grad, weights, table_offsets, indices, offsets, psw, ctx.mode,
+                                  argmax, False, True)[1]
         _update(weights, state, grad, table_offsets, indices, offsets, psw, ctx.mode, argmax, ctx.optimizer, ctx.lr,
                 ctx.eps)
         return None, None, None, None, None, None, gp, None, None, None, None
