@@ -185,8 +185,8 @@ def test_large_output_cpp(mode):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_cpp_register_dims(D, dtype):
     """The cpp forward's register-accumulator path (D in 8..128; D=128 in two 64-wide passes) for
-    sum, mean and per-sample weights, against torch on the same values; and a bad index in it still
-    raises, naming the lookup."""
+    sum, mean and per-sample weights, against torch on the same values; and a bad index or decreasing
+    offsets in it still raise, naming the position."""
     require("cpp", "cpu")
     lengths = [[1, 0, 3, 1, 2, 5], [2, 1, 1, 0, 1, 1], [1, 1, 1, 1, 1, 1]]  # one-hot, empty and longer bags
     c = make_case([9, 1, 30], D, lengths, dtype=dtype, psw=True, seed=D)
@@ -201,6 +201,10 @@ def test_cpp_register_dims(D, dtype):
     bad[5] = 9
     with rankops.use_backend("cpp"), pytest.raises(IndexError, match=r"indices\[5\] = 9 is out of range for table 0"):
         batched_embedding_bag(c["weights"], c["table_offsets"], bad, c["offsets"])
+    dec = c["offsets"].clone()  # 0, 1, 2, 0, ...: decreasing offsets in that path too
+    dec[2], dec[3] = 2, 0
+    with rankops.use_backend("cpp"), pytest.raises(ValueError, match=r"offsets decrease at position 3.*table 0, bag 2"):
+        batched_embedding_bag(c["weights"], c["table_offsets"], c["indices"], dec)
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
