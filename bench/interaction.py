@@ -1,8 +1,13 @@
 """The interaction family: FM second-order term (reduce=True) and DLRM dot interaction
 (self_interaction=False), fwd and fwd+bwd, against eager / torch.compile of the reference.
 
-Cases: B in {4096, 65536} x F in {26, 39} x D in {16, 64, 128}. On CPU the default is B=4096 only
-(the machines here have 2 cores); --full runs everything; --quick runs only B=4096, F=39, D=16.
+Cases: B in {256, 4096, 65536} x F in {26, 39} x D in {16, 64, 128}; B=256 is a serving batch,
+where a call's fixed costs show. On CPU the default is B in {256, 4096} (the machines here have 2
+cores); --full runs everything; --quick runs only B=4096, F=39, D=16.
+
+Providers: eager and compile (the reference), cpp / cuda / triton (the rankops op), and in fwd
+`cpp-custom-op`: the same cpp kernel called as torch.ops.rankops.<op>, through torch.library's
+dispatch, which a plain eager rankops call skips (rankops/ops/_dispatch.py).
 
 Bytes each mode must move (elements x dtype size; P = F(F-1)/2 pairs):
   fm  fwd: read x [B,F,D], write out [B,1]     bwd: read x and grad [B,1], write grad_x [B,F,D]
@@ -46,15 +51,27 @@ def functions(op: str):
     return (lambda x: reference.dot_interaction(x, False)), (lambda x: rankops.dot_interaction(x, False))
 
 
+def custom_op(op: str):
+    """The cpp kernel through its torch.library custom op (torch.ops.rankops.<op>)."""
+    fn = getattr(torch.ops.rankops, op)
+    arg = op == "fm_interaction"  # reduce=True / self_interaction=False
+
+    def call(x):
+        with rankops.use_backend("cpp"):
+            return fn(x, arg)
+
+    return call
+
+
 def run(bench, args) -> None:
     dtypes = getattr(args, "dtypes", None) or [torch.float32]
     if bench.quick:
         Bs, Fs, Ds = [4096], [39], [16]
     elif bench.device.type == "cpu" and not bench.full:
-        Bs, Fs, Ds = [4096], [26, 39], [16, 64, 128]
-        bench.note("CPU default grid: B=4096 only (few cores); `--full` adds B=65536.")
+        Bs, Fs, Ds = [256, 4096], [26, 39], [16, 64, 128]
+        bench.note("CPU default grid: B in {256, 4096} (few cores); `--full` adds B=65536.")
     else:
-        Bs, Fs, Ds = [4096, 65536], [26, 39], [16, 64, 128]
+        Bs, Fs, Ds = [256, 4096, 65536], [26, 39], [16, 64, 128]
     bench.note("ops: fm_interaction(reduce=True), dot_interaction(self_interaction=False); x ~ N(0,1).")
     gen = torch.Generator(device="cpu").manual_seed(0)
     for c in bench.grid(op=OPS, dtype=dtypes, B=Bs, F=Fs, D=Ds, mode=("fwd", "fwd+bwd")):
@@ -63,5 +80,8 @@ def run(bench, args) -> None:
         x = torch.randn(B, F, D, generator=gen).to(bench.device, dtype).requires_grad_(mode == "fwd+bwd")
         ref, public = functions(op)
         nbytes, flops = cost(op, mode, B, F, D, x.element_size())
-        bench.run(op=op, case=dict(B=B, F=F, D=D), dtype=dtype, mode=mode, inputs=(x,),
-                  providers=providers(reference=ref, op=public, device=bench.device), bytes=nbytes, flops=flops)
+        provs = providers(reference=ref, op=public, device=bench.device)
+        if mode == "fwd" and "cpp" in provs:
+            provs["cpp-custom-op"] = custom_op(op)
+        bench.run(op=op, case=dict(B=B, F=F, D=D), dtype=dtype, mode=mode, inputs=(x,), providers=provs,
+                  bytes=nbytes, flops=flops)
