@@ -11,6 +11,7 @@ from rankops.ops.embedding_bag import batched_embedding_bag, embedding_bag, fuse
 from rankops.ops.interaction import dot_interaction, fm_interaction  # noqa: E402
 
 from rankops import nn  # noqa: E402  (after the ops: the layers import them)
+from rankops import _models_path  # noqa: E402,F401  (rankops.models from a source checkout)
 
 __all__ = ["__version__", "current_backend", "info", "nn", "use_backend"]
 __all__ += ["din_attention", "jagged_target_attention", "target_attention"]

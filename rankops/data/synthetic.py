@@ -57,3 +57,29 @@ def make_ctr(
     probs = torch.sigmoid(logit)
     labels = torch.bernoulli(probs, generator=g)
     return SyntheticCTR(ids, labels.float(), probs.float(), [vocab_size] * num_fields)
+
+
+def random_batch(schema, batch_size: int, seed: int = 0, max_bag: int = 4) -> "Batch":
+    """A batch of uniformly random features and labels that fits ``schema`` (for tests and
+    benchmarks: no structure to learn). Multi-hot bags hold 0..max_bag ids, sequences 0..max_len."""
+    from rankops.data.batch import Batch
+
+    g = torch.Generator().manual_seed(seed)
+    B = batch_size
+    feats: dict[str, object] = {}
+    for f in schema.dense:
+        feats[f.name] = torch.randn(B, f.dim, generator=g)
+    for f in schema.sparse:
+        if f.multi_hot:
+            lengths = torch.randint(0, max_bag + 1, (B,), generator=g)
+            feats[f.name] = (torch.randint(0, f.vocab_size, (int(lengths.sum()),), generator=g), lengths)
+        else:
+            feats[f.name] = torch.randint(0, f.vocab_size, (B,), generator=g)
+    for s in schema.sequences:
+        vocab = schema.feature(s.target).vocab_size
+        lengths = torch.randint(0, s.max_len + 1, (B,), generator=g)
+        feats[s.name] = (torch.randint(0, vocab, (B, s.max_len), generator=g), lengths)
+    labels = torch.empty(B, schema.num_tasks)
+    for t, task in enumerate(schema.tasks):
+        labels[:, t] = (torch.rand(B, generator=g) < 0.3).float() if task.kind == "binary" else torch.randn(B, generator=g)
+    return Batch.from_features(schema, feats, labels)
