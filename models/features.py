@@ -79,13 +79,17 @@ class FeatureArch(nn.Module):
         return sum(self._dims) + sum(self.schema.feature(s.target).embedding_dim for s in self.schema.sequences)
 
     def sequence_embeddings(self, batch: Batch, name: str) -> Tensor:
-        """``[B, L, D]``: the rows of sequence ``name``'s ids in its target's table, zeros at padding."""
+        """``[B, L, D]``: the rows of sequence ``name``'s ids in its target's table, zeros at padding.
+
+        One bag per position, weighted 1 (valid) or 0 (padding, its id replaced by row 0), so every
+        shape is static: no device sync, and torch.compile needs no data-dependent sizes."""
         ids, lengths = batch.sequences[name]
         B, L = ids.shape
         valid = torch.arange(L, device=ids.device)[None, :] < lengths[:, None]
-        offsets = torch.zeros(B * L + 1, dtype=torch.int64, device=ids.device)
-        offsets[1:] = torch.cumsum(valid.reshape(-1), 0)
-        rows = self.embeddings.lookup(self._targets[name][1], ids[valid], offsets, mode="sum")
+        ids = torch.where(valid, ids, 0).reshape(-1)
+        offsets = torch.arange(B * L + 1, device=ids.device)
+        weights = valid.reshape(-1).to(self.embeddings.weights[0].dtype)
+        rows = self.embeddings.lookup(self._targets[name][1], ids, offsets, weights, mode="sum")
         return rows.view(B, L, -1)
 
     def forward(self, batch: Batch) -> list[Tensor]:

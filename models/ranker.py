@@ -96,14 +96,15 @@ class Ranker(RankingModel):
         self.use_dnn, self.interaction, self.interaction_mode = use_dnn, interaction, interaction_mode
         self.sequence_pooling, self.towers = sequence_pooling, towers
 
-        # embeddings and sequence pooling: one field per sparse feature and per sequence
-        self.features = FeatureArch(schema, sequence_pooling=sequence_pooling, att_hidden_units=att_hidden_units,
+        # embeddings and sequence pooling: one field per sparse feature and per sequence (none for
+        # a model made of the first-order term alone: LR)
+        self.features = None if not (use_dnn or interaction or towers) else FeatureArch(schema, sequence_pooling=sequence_pooling, att_hidden_units=att_hidden_units,
                                     att_activation=att_activation, att_heads=att_heads,
                                     transformer_layers=transformer_layers, transformer_dropout=transformer_dropout,
                                     embedding_optimizer=embedding_optimizer)
         D = schema.sparse[0].embedding_dim
-        num_fields = self.features.num_fields
-        flat_dim = self.features.output_dim + schema.dense_dim
+        num_fields = self.features.num_fields if self.features is not None else 0
+        flat_dim = (self.features.output_dim if self.features is not None else 0) + schema.dense_dim
 
         # first-order term
         self.linear = None
@@ -173,15 +174,17 @@ class Ranker(RankingModel):
     # -----------------------------------------------------------------------------------------
 
     def forward(self, batch: Batch) -> Tensor:
-        parts = self.features(batch)
-        B = parts[0].shape[0]
-        flat = torch.cat(parts + ([batch.dense] if self.schema.dense_dim else []), 1)
-        stack = torch.stack(parts, 1) if self.interaction in ("fm", "cin", "autoint") else None  # [B, F, D]
+        B = batch.size
         logits = self.bias.expand(B, -1)
         if self.linear is not None:
             logits = logits + self.linear(batch.sparse).view(B, len(self.schema.sparse), -1).sum(1)
             if self.linear_dense is not None:
                 logits = logits + self.linear_dense(batch.dense)
+        if self.features is None:
+            return logits
+        parts = self.features(batch)
+        flat = torch.cat(parts + ([batch.dense] if self.schema.dense_dim else []), 1)
+        stack = torch.stack(parts, 1) if self.interaction in ("fm", "cin", "autoint") else None  # [B, F, D]
         if self.fm is not None:
             logits = logits + self.fm(stack)
         if self.cin is not None:

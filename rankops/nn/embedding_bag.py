@@ -390,7 +390,7 @@ class EmbeddingBagCollection(nn.Module):
         if indices.is_floating_point():
             raise TypeError(f"rankops.nn.EmbeddingBagCollection: indices of table {table!r} must be integers, "
                             f"got {indices.dtype}")
-        if indices.numel() and not torch.compiler.is_compiling():
+        if not torch.compiler.is_compiling() and indices.numel():
             lo, hi = torch.aminmax(indices)
             if int(lo) < 0 or int(hi) >= rows:
                 bad = int(lo) if int(lo) < 0 else int(hi)
