@@ -24,7 +24,9 @@ from typing import Iterable, Optional, Union
 from torch import nn
 
 from rankops.patch import _core
-from rankops.patch import deepctr as _deepctr  # noqa: F401  (registers its handlers)
+from rankops.patch import deepctr as _deepctr  # noqa: F401  (each registers its handlers)
+from rankops.patch import rechub as _rechub  # noqa: F401
+from rankops.patch import torchrec as _torchrec  # noqa: F401
 from rankops.patch.report import Entry, PatchReport
 
 Patterns = Union[str, Iterable[str], None]

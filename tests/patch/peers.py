@@ -159,3 +159,54 @@ def deepctr_batch(model, B: int = 32, seed: int = 1, zero_length: bool = True):
 def deepctr_arrays(model, X):
     """X as the dict of numpy arrays model.fit / predict take."""
     return {name: X[:, a:b].numpy() if b - a > 1 else X[:, a].numpy() for name, (a, b) in model.feature_index.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# TorchRec: DLRM, DLRM_DCN and SimpleDeepFMNN on a small EmbeddingBagCollection
+
+
+TORCHREC_MODELS = ("DLRM", "DLRM_DCN", "SimpleDeepFMNN")
+TORCHREC_TABLES = [("t0", 30), ("t1", 17), ("t2", 45), ("t3", 8)]
+
+
+def torchrec_ebc(dim: int = 8, pooling: str = "SUM", tables=TORCHREC_TABLES):
+    from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
+    from torchrec.modules.embedding_modules import EmbeddingBagCollection
+
+    cfgs = [EmbeddingBagConfig(name=n, embedding_dim=dim, num_embeddings=rows, feature_names=[f"f_{n}"],
+                               pooling=getattr(PoolingType, pooling)) for n, rows in tables]
+    return EmbeddingBagCollection(tables=cfgs, device=torch.device("cpu"))
+
+
+def torchrec_model(name: str, seed: int = 0, dim: int = 8, dense_in: int = 5):
+    from torchrec.models.deepfm import SimpleDeepFMNN
+    from torchrec.models.dlrm import DLRM, DLRM_DCN
+
+    torch.manual_seed(seed)
+    ebc = torchrec_ebc(dim)
+    if name == "DLRM":
+        return DLRM(ebc, dense_in_features=dense_in, dense_arch_layer_sizes=[16, dim], over_arch_layer_sizes=[16, 1])
+    if name == "DLRM_DCN":
+        return DLRM_DCN(ebc, dense_in_features=dense_in, dense_arch_layer_sizes=[16, dim],
+                        over_arch_layer_sizes=[16, 1], dcn_num_layers=2, dcn_low_rank_dim=4)
+    return SimpleDeepFMNN(num_dense_features=dense_in, embedding_bag_collection=ebc, hidden_layer_size=16,
+                          deep_fm_dimension=6)
+
+
+def torchrec_kjt(B: int = 16, seed: int = 1, tables=TORCHREC_TABLES, keys=None, weighted: bool = False):
+    """A KeyedJaggedTensor of 0-4 ids per bag (empty bags included) for the tables' features."""
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+    g = torch.Generator().manual_seed(seed)
+    rows = dict(tables)
+    keys = keys or [f"f_{n}" for n, _ in tables]
+    lengths = torch.randint(0, 5, (len(keys) * B,), generator=g)
+    values = torch.cat([torch.randint(0, rows[k[2:]], (int(n),), generator=g)
+                        for i, k in enumerate(keys) for n in lengths[i * B:(i + 1) * B]])
+    weights = torch.rand(values.numel(), generator=g) if weighted else None
+    return KeyedJaggedTensor.from_lengths_sync(keys=keys, values=values, lengths=lengths, weights=weights)
+
+
+def torchrec_batch(B: int = 16, seed: int = 1, dense_in: int = 5):
+    g = torch.Generator().manual_seed(seed + 100)
+    return torch.rand(B, dense_in, generator=g), torchrec_kjt(B, seed), torch.randint(0, 2, (B,), generator=g).float()

@@ -1,0 +1,1 @@
+"""torch-rechub: its layers on rankops ops (filled in below)."""
