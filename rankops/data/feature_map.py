@@ -151,9 +151,10 @@ def fnv1a(strings: pa.Array) -> np.ndarray:
     h = np.full(n, 0xCBF29CE484222325, dtype=np.uint64)
     if n == 0:
         return h
-    offsets = np.asarray(strings.offsets).astype(np.int64)
-    data = np.frombuffer(strings.buffers()[2], dtype=np.uint8) if strings.buffers()[2] is not None else \
-        np.zeros(0, np.uint8)
+    bufs = strings.buffers()
+    otype = np.int64 if pa.types.is_large_string(strings.type) else np.int32
+    offsets = np.frombuffer(bufs[1], dtype=otype)[strings.offset:strings.offset + n + 1].astype(np.int64)
+    data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None else np.zeros(0, np.uint8)
     starts, lens = offsets[:-1], np.diff(offsets)
     prime = np.uint64(0x100000001B3)
     with np.errstate(over="ignore"):
@@ -486,7 +487,8 @@ def _merge_counts(parts: list[pa.Table]) -> pa.Table:
         return pa.table({"v": pa.array([], pa.string()), "n": pa.array([], pa.int64())})
     t = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
     g = t.group_by("v").aggregate([("n", "sum")])
-    return pa.table({"v": g["v"], "n": g["n_sum"]}).filter(pc.is_valid(g["v"]))
+    t = pa.table({"v": g["v"], "n": g["n_sum"]})
+    return t.filter(pc.and_(pc.is_valid(t["v"]), pc.not_equal(t["v"], "")).fill_null(False))
 
 
 def _pad_sequences(ids: torch.Tensor, lengths: torch.Tensor, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
