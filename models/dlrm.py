@@ -43,7 +43,7 @@ class DLRM(RankingModel):
         self.head = torch.nn.Linear(self.over_arch.output_dim, schema.num_tasks)
 
     def forward(self, batch: Batch) -> Tensor:
-        sparse = torch.stack(self.features(batch), 1)  # [B, F, D]
+        sparse = self.features(batch)  # [B, F, D]
         if self.dense_arch is None:
             z = self.interaction(sparse)
         else:

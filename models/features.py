@@ -1,5 +1,6 @@
 """The feature arch every model starts with: a batch -> one embedding per sparse feature and one
-pooled embedding per behaviour sequence (TorchRec's ``SparseArch``, grown by sequence pooling)."""
+pooled embedding per behaviour sequence (TorchRec's ``SparseArch``, grown by sequence pooling),
+as one ``[B, F, D]`` tensor when the widths agree."""
 
 from __future__ import annotations
 
@@ -36,8 +37,9 @@ def embedding_collection(schema: Schema, dim: int | None = None,
 
 
 class FeatureArch(nn.Module):
-    """``batch -> [field_0 [B, D_0], ..., field_{F-1}, seq_0 [B, D], ...]``: the sparse features'
-    pooled embeddings in schema order, then each sequence pooled against its target's embedding.
+    """``batch -> [B, F + S, D]``: the sparse features' pooled embeddings in schema order, then each
+    of the S sequences pooled against its target's embedding (``[B, sum of D_f]`` when the sparse
+    features' widths differ; sequences need one width).
 
     sequence_pooling: ``"mean"`` (masked mean), ``"din"`` (DIN's activation unit, ``att_hidden_units``,
     ``att_activation``), ``"attention"`` (multi-head target attention, ``att_heads``) or
@@ -92,15 +94,32 @@ class FeatureArch(nn.Module):
         rows = self.embeddings.lookup(self._targets[name][1], ids, offsets, weights, mode="sum")
         return rows.view(B, L, -1)
 
-    def forward(self, batch: Batch) -> list[Tensor]:
-        parts = list(self.embeddings(batch.sparse).split(self._dims, 1))
+    @property
+    def uniform(self) -> bool:
+        """Whether every field has one width (then forward gives ``[B, F, D]``)."""
+        return len(set(self._dims)) == 1
+
+    def forward(self, batch: Batch) -> Tensor:
+        """``[B, F, D]`` (the sparse fields in schema order, then the pooled sequences) when every
+        field has one width, else ``[B, sum of widths]`` (no sequences then)."""
+        emb = self.embeddings(batch.sparse)  # [B, sum of dims] in the collection's feature order
+        B = emb.shape[0]
+        if not self.uniform:
+            if self._order is not None:
+                parts = emb.split(self._dims, 1)
+                emb = torch.cat([parts[i] for i in self._order], 1)
+            return emb
+        x = emb.view(B, len(self._dims), self._dims[0])  # a view: no copy, one gradient
         if self._order is not None:
-            parts = [parts[i] for i in self._order]
+            x = x[:, self._order]
+        if not self.schema.sequences:
+            return x
+        pooled = []
         for s in self.schema.sequences:
             seq = self.sequence_embeddings(batch, s.name)
             lengths = batch.sequences[s.name][1]
-            parts.append(self._pool(s.name, parts[self._targets[s.name][0]], seq, lengths))
-        return parts
+            pooled.append(self._pool(s.name, x[:, self._targets[s.name][0]], seq, lengths))
+        return torch.cat([x, torch.stack(pooled, 1)], 1)
 
     def _pool(self, name: str, target: Tensor, seq: Tensor, lengths: Tensor) -> Tensor:
         if self.sequence_pooling == "mean":

@@ -182,9 +182,11 @@ class Ranker(RankingModel):
                 logits = logits + self.linear_dense(batch.dense)
         if self.features is None:
             return logits
-        parts = self.features(batch)
-        flat = torch.cat(parts + ([batch.dense] if self.schema.dense_dim else []), 1)
-        stack = torch.stack(parts, 1) if self.interaction in ("fm", "cin", "autoint") else None  # [B, F, D]
+        x = self.features(batch)  # [B, F, D], or [B, sum of widths] when they differ
+        stack = x if x.dim() == 3 else None
+        flat = x.flatten(1)
+        if self.schema.dense_dim:
+            flat = torch.cat([flat, batch.dense], 1)
         if self.fm is not None:
             logits = logits + self.fm(stack)
         if self.cin is not None:

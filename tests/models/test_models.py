@@ -94,7 +94,7 @@ def test_one_step_lowers_the_loss(model_name, batch):
     opt.step()
     with torch.no_grad():
         after = m.loss(m(batch), batch.labels)
-    assert float(after) < float(before)
+    assert after.item() < before.item()
 
 
 def test_state_dict_round_trip(model_name, batch):
