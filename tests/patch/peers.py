@@ -42,19 +42,20 @@ def module(name: str):
 
 
 # fp32 against fp32 computed in another order: elementwise rtol, plus an atol relative to the
-# tensor's largest element (a sum of many terms has an absolute error of about eps * its terms).
-RTOL, ATOL = 1e-4, 1e-5
+# tensor's largest element (a sum of many terms has an absolute error of about eps * its terms), plus
+# an absolute floor for gradients that are zero up to rounding (a Linear's bias before a BatchNorm).
+RTOL, ATOL, FLOOR = 1e-4, 1e-5, 1e-6
 
 
-def assert_close(got, want, what: str, rtol: float = RTOL, atol: float = ATOL) -> None:
+def assert_close(got, want, what: str, rtol: float = RTOL, atol: float = ATOL, floor: float = FLOOR) -> None:
     """allclose that says how many elements differ, where the worst is and by how much; ``atol``
-    is relative to ``max |want|``."""
+    is relative to ``max |want|``, ``floor`` absolute."""
     got, want = torch.as_tensor(got).detach(), torch.as_tensor(want).detach()
     assert got.shape == want.shape, f"{what}: shape {tuple(got.shape)} != {tuple(want.shape)}"
     assert torch.isfinite(got).eq(torch.isfinite(want)).all(), f"{what}: NaN/Inf in different places"
     diff = (got.double() - want.double()).abs()
     scale = want.double().abs().max().item() if want.numel() else 0.0
-    bad = diff > atol * max(scale, 1e-30) + rtol * want.double().abs()
+    bad = diff > floor + atol * scale + rtol * want.double().abs()
     if bool(bad.any()):
         i = int(diff.argmax())
         raise AssertionError(f"{what}: {int(bad.sum())} of {bad.numel()} elements differ; worst at flat index {i}: "
@@ -210,3 +211,58 @@ def torchrec_kjt(B: int = 16, seed: int = 1, tables=TORCHREC_TABLES, keys=None, 
 def torchrec_batch(B: int = 16, seed: int = 1, dense_in: int = 5):
     g = torch.Generator().manual_seed(seed + 100)
     return torch.rand(B, dense_in, generator=g), torchrec_kjt(B, seed), torch.randint(0, 2, (B,), generator=g).float()
+
+
+# ---------------------------------------------------------------------------------------------
+# torch-rechub: DeepFM, DCNv2 (mixture and full rank), DIN, MMOE; batches are {feature: tensor}
+
+
+RECHUB_MODELS = ("DeepFM", "DCNv2", "DCNv2-mix", "DIN", "MMOE")
+_RECHUB_VOCAB = [23, 40, 17, 9, 31]
+
+
+def rechub_features(dim: int = 8):
+    from torch_rechub.basic.features import DenseFeature, SparseFeature
+
+    sparse = [SparseFeature(f"C{i}", v, embed_dim=dim) for i, v in enumerate(_RECHUB_VOCAB)]
+    return sparse, [DenseFeature(f"I{i}") for i in range(3)]
+
+
+def rechub_model(name: str, seed: int = 0, dim: int = 8):
+    from torch_rechub.basic.features import SequenceFeature, SparseFeature
+    from torch_rechub.models.multi_task import MMOE
+    from torch_rechub.models.ranking import DCNv2, DIN, DeepFM
+
+    torch.manual_seed(seed)
+    sparse, dense = rechub_features(dim)
+    mlp = {"dims": [16, 8], "dropout": 0.0, "activation": "relu"}
+    if name == "DeepFM":
+        model = DeepFM(deep_features=sparse + dense, fm_features=sparse, mlp_params=mlp)
+    elif name.startswith("DCNv2"):
+        model = DCNv2(sparse + dense, n_cross_layers=2, mlp_params=mlp, model_structure="parallel",
+                      use_low_rank_mixture=name == "DCNv2-mix", low_rank=4, num_experts=3)
+    elif name == "DIN":
+        target = [SparseFeature("item", 30, embed_dim=dim), SparseFeature("cate", 7, embed_dim=dim)]
+        hist = [SequenceFeature("hist_item", 30, embed_dim=dim, pooling="concat", shared_with="item"),
+                SequenceFeature("hist_cate", 7, embed_dim=dim, pooling="concat", shared_with="cate")]
+        model = DIN(features=sparse, history_features=hist, target_features=target,
+                    mlp_params={"dims": [16, 8], "dropout": 0.0},
+                    attention_mlp_params={"dims": [12, 6], "activation": "dice", "use_softmax": False})
+    else:
+        model = MMOE(sparse + dense, task_types=["classification", "classification"], n_expert=3,
+                     expert_params={"dims": [16]}, tower_params_list=[{"dims": [8]}, {"dims": [8]}])
+    with torch.no_grad():  # rechub starts tables at N(0, 1e-4): see deepctr_model
+        for n, p in model.named_parameters():
+            if "embed_dict" in n:
+                p.normal_(0, 0.3)
+    return model
+
+
+def rechub_batch(B: int = 24, seed: int = 1, L: int = 5):
+    g = torch.Generator().manual_seed(seed)
+    x = {f"C{i}": torch.randint(0, v, (B,), generator=g) for i, v in enumerate(_RECHUB_VOCAB)}
+    x.update({f"I{i}": torch.rand(B, generator=g) for i in range(3)})
+    x["item"], x["cate"] = torch.randint(0, 30, (B,), generator=g), torch.randint(0, 7, (B,), generator=g)
+    x["hist_item"], x["hist_cate"] = torch.randint(0, 30, (B, L), generator=g), torch.randint(0, 7, (B, L), generator=g)
+    y = torch.randint(0, 2, (B,), generator=g).float()
+    return x, y
