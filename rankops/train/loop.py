@@ -47,6 +47,7 @@ class TrainConfig:
     checkpoint_every: int = 0  # steps; 0: only at the end of each epoch (when out_dir is set)
     log_every: int = 200  # steps between plain log lines when stderr is not a terminal
     progress: bool = True
+    curve_every: int = 20  # steps per point of the training-loss curve (Trainer.curve); 0: none
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
@@ -142,6 +143,7 @@ class Trainer:
         self.optimizer = dense_optimizer(self.model, self.config)
         self.position = Position()
         self.history: list[dict] = []
+        self.curve: list[tuple[int, float]] = []  # (step, mean training loss of the last curve_every steps)
         self.best: tuple[float, int] | None = None  # (score, epoch)
         self._forward = torch.compile(self.model) if self.config.compile else self.model
         torch.manual_seed(self.config.seed)
@@ -187,9 +189,15 @@ class Trainer:
         return torch.cat(preds), (torch.cat(labels) if labels else None)
 
     def evaluate(self, data: Dataset, groups: torch.Tensor | None = None) -> dict:
+        """Per-task metrics over ``data``; group AUC too when ``groups`` is given or the data carries
+        a user column (``extra["group"]`` of an InMemoryDataset, ``groups()`` of a stream)."""
         preds, labels = self.predict(data)
         if labels is None:
             raise ValueError("evaluate: the data has no labels")
+        if groups is None:
+            groups = dataset_groups(data)
+        if groups is not None and groups.numel() != preds.shape[0]:
+            groups = None
         return task_metrics(preds, labels, self.model.schema.tasks, groups)
 
     # -----------------------------------------------------------------------------------------
@@ -203,6 +211,7 @@ class Trainer:
             bar = Progress(train.num_batches(cfg.batch_size), f"epoch {pos.epoch + 1}/{cfg.epochs}", cfg.log_every,
                            cfg.progress)
             loss_sum, loss_n, samples0 = torch.zeros((), device=self.device), 0, pos.samples
+            window, window_n = torch.zeros((), device=self.device), 0
             for batch in train.batches(cfg.batch_size, shuffle=cfg.shuffle, seed=cfg.seed, epoch=pos.epoch,
                                        start=pos.batch):
                 loss = self.step(batch)
@@ -212,6 +221,12 @@ class Trainer:
                 pos.step += 1
                 pos.samples += batch.size
                 bar.update(pos.samples - samples0, loss=loss)
+                if cfg.curve_every:
+                    window += loss
+                    window_n += 1
+                    if window_n == cfg.curve_every:
+                        self.curve.append((pos.step, float(window) / window_n))
+                        window, window_n = torch.zeros((), device=self.device), 0
                 if self.out_dir and cfg.checkpoint_every and pos.step % cfg.checkpoint_every == 0:
                     self.save_checkpoint()
                 if cfg.max_steps and pos.step >= cfg.max_steps:
@@ -256,7 +271,7 @@ class Trainer:
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(),
                 "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
-                "position": asdict(self.position), "history": self.history, "best": self.best,
+                "position": asdict(self.position), "history": self.history, "best": self.best, "curve": self.curve,
                 "rng": torch.get_rng_state(), "config": asdict(self.config),
                 "model_name": getattr(self.model, "name", type(self.model).__name__)}
 
@@ -270,6 +285,7 @@ class Trainer:
         self.position = Position(**state["position"])
         self.history = list(state["history"])
         self.best = state["best"]
+        self.curve = list(state.get("curve", []))
         torch.set_rng_state(state["rng"])
 
     def save_checkpoint(self, path: str | Path | None = None) -> Path:
@@ -283,6 +299,15 @@ class Trainer:
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint: no file {str(path)!r}")
         self.load_state_dict(torch.load(path, weights_only=False, map_location="cpu"))
+
+
+def dataset_groups(data) -> torch.Tensor | None:
+    """The per-sample group (user) ids a data set carries, in pass order, or None."""
+    extra = getattr(data, "extra", None)
+    if isinstance(extra, dict) and "group" in extra:
+        return extra["group"]
+    fn = getattr(data, "groups", None)
+    return fn() if callable(fn) else None
 
 
 def train(model: nn.Module, train_data: Dataset, valid_data: Dataset | None = None, **config) -> Trainer:
