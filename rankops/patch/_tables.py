@@ -140,6 +140,47 @@ def lookup(stack: StackedTables, rows: Tensor) -> Tensor:
     return out.view(B, T, w.shape[1])
 
 
+def lookup_by_feature(stack: StackedTables, rows: Tensor) -> Tensor:
+    """``rows [B, T]`` -> ``[T, B, D]``: the same lookups, feature-major, so that each feature's
+    ``[B, D]`` is a contiguous block. (A model that concatenates per-feature ``[B, 1, D]`` pieces
+    pays for strided ones: torch.cat of 26 strided [4096, 1, 16] views along dim 1 took 212 ms on
+    the 2-core EPYC, of contiguous ones 0.6 ms.)"""
+    B, T = rows.shape
+    w = stack.stacked()
+    to = _arange(1, stack.num_rows, stack.device)
+    flat = rows.t().reshape(-1)  # (a view when rows is already feature-major in memory)
+    out = rankops.batched_embedding_bag(w, to, flat, _arange(B * T, 1, stack.device))
+    return out.view(T, B, w.shape[1])
+
+
+class _Unstack(torch.autograd.Function):
+    """``x [T, B, D]`` -> T pieces ``[B, 1, D]`` (contiguous views). Its backward copies the pieces'
+    gradients into one ``[T, B, D]``: autograd's own (unbind's stack) meets them as strided slices of
+    the model's concatenation and takes torch.cat's slow strided path (100+ ms at B=4096, T=26)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor):
+        ctx.shape = x.shape
+        return tuple(t.unsqueeze(1) for t in x.unbind(0))
+
+    @staticmethod
+    def backward(ctx, *grads):
+        g = grads[0].new_empty(ctx.shape) if any(x is not None for x in grads) else None
+        for t, gt in enumerate(grads):
+            if gt is None:
+                g[t].zero_()
+            else:
+                g[t].copy_(gt.squeeze(1))
+        return g
+
+
+def unstack(x: Tensor) -> list[Tensor]:
+    """``[T, B, D]`` -> T contiguous ``[B, 1, D]`` pieces, differentiable without a strided stack."""
+    if torch.compiler.is_compiling():
+        return [t.unsqueeze(1) for t in x.unbind(0)]
+    return list(_Unstack.apply(x))
+
+
 def pooled_sum(stack: StackedTables, rows: Tensor) -> Tensor:
     """``rows [B, T]`` -> ``[B, D]``: sample b's T rows summed, one bag per sample."""
     B, T = rows.shape

@@ -94,15 +94,17 @@ class _Plan:
         self.n = len(feats)
 
     def ids(self, X: Tensor, sel) -> Tensor:
-        return (X[:, sel] if isinstance(sel, slice) else X.index_select(1, sel)).long()
+        """[B, T] int64 ids, feature-major in memory (a transposed view of a [T, B] tensor)."""
+        cols = X[:, sel] if isinstance(sel, slice) else X.index_select(1, sel)
+        return cols.t().to(torch.int64, memory_format=torch.contiguous_format).t()
 
     def embeddings(self, X: Tensor) -> list[Tensor]:
-        """[B, 1, D] per feature, in the features' order (views of one [B, T, D] per stack)."""
+        """[B, 1, D] per feature, in the features' order: contiguous blocks of one [T, B, D] per stack."""
         out: list = [None] * self.n
         for st, sel, tabs, names, pos in self.groups:
             st.ensure()
-            emb = _tables.lookup(st, _tables.global_rows(st, self.ids(X, sel), tabs, names))
-            for p, e in zip(pos, emb.split(1, dim=1)):
+            emb = _tables.lookup_by_feature(st, _tables.global_rows(st, self.ids(X, sel), tabs, names))
+            for p, e in zip(pos, _tables.unstack(emb)):
                 out[p] = e
         return out
 
