@@ -118,6 +118,16 @@ def parse_numbers(arr: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
     if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
+        empty = pc.equal(arr, "").fill_null(True)
+        clean = pc.if_else(empty, pa.scalar(None, arr.type), arr)
+        try:  # the common case, every value a number: one cast, no regular expression
+            vals = pc.cast(clean, pa.float64())
+            vals_np = vals.to_numpy(zero_copy_only=False)
+            missing = np.isnan(vals_np)
+            if missing.sum() == (pc.sum(empty.cast(pa.int64())).as_py() or 0):  # no "nan" strings either
+                return vals_np, missing, np.zeros(len(arr), dtype=bool)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass
         s = pc.utf8_trim_whitespace(arr)
         missing = pc.or_kleene(pc.is_null(s), pc.equal(s, "")).fill_null(True)
         ok = pc.match_substring_regex(s, _NUMBER).fill_null(False)
@@ -155,13 +165,20 @@ def fnv1a(strings: pa.Array) -> np.ndarray:
     otype = np.int64 if pa.types.is_large_string(strings.type) else np.int32
     offsets = np.frombuffer(bufs[1], dtype=otype)[strings.offset:strings.offset + n + 1].astype(np.int64)
     data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None else np.zeros(0, np.uint8)
-    starts, lens = offsets[:-1], np.diff(offsets)
+    lens = np.diff(offsets)
+    width = int(lens.max())
+    # the bytes as a zero-padded [n, width] matrix: then one whole-column numpy step per byte position
+    mat = np.zeros((n, width), dtype=np.uint8)
+    total = int(offsets[-1] - offsets[0])
+    if total:
+        rows = np.repeat(np.arange(n), lens)
+        cols = np.arange(total) - np.repeat(offsets[:-1] - offsets[0], lens)
+        mat[rows, cols] = data[offsets[0]:offsets[-1]]
     prime = np.uint64(0x100000001B3)
     with np.errstate(over="ignore"):
-        for k in range(int(lens.max()) if n else 0):
-            live = lens > k
-            idx = np.nonzero(live)[0]
-            h[idx] = (h[idx] ^ data[starts[idx] + k].astype(np.uint64)) * prime
+        for k in range(width):
+            step = (h ^ mat[:, k].astype(np.uint64)) * prime
+            h = np.where(lens > k, step, h)
     return h
 
 

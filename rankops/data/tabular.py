@@ -298,8 +298,11 @@ class Reader:
         for b in self._raw_batches():
             t = pa.Table.from_batches([b])
             bad = self._bad_values(t)
+            if bad is not None:  # the numbers parsed once, here: the columns become float64 (NaN: missing)
+                for name, vals in bad[2].items():
+                    t = t.set_column(t.schema.get_field_index(name), name, pa.array(vals, pa.float64()))
             if bad is not None and bad[0].any():
-                mask, reasons = bad
+                mask, reasons, _ = bad
                 rows = np.nonzero(mask)[0]
                 lines = self._line_numbers(good_rows + rows, first_line)
                 for r, line in zip(rows, lines):
@@ -338,11 +341,13 @@ class Reader:
             return None
         mask = np.zeros(t.num_rows, dtype=bool)
         reasons: dict[int, str] = {}
+        parsed = {}
         for c in self._numeric:
             col = t.column(c.name)
             if c.role == "label" and c.positive is not None:
                 continue
             vals, missing, bad = parse_numbers(col)
+            parsed[c.name] = vals
             if c.role == "label":
                 bad = bad | missing
                 if c.kind == "binary":
@@ -356,7 +361,7 @@ class Reader:
                 mask |= bad
         for r in np.nonzero(mask)[0]:
             reasons.setdefault(int(r), "unparsable number")
-        return mask, reasons
+        return mask, reasons, parsed
 
 
 def _short(names: list[str], n: int = 12) -> str:
