@@ -266,3 +266,23 @@ def rechub_batch(B: int = 24, seed: int = 1, L: int = 5):
     x["hist_item"], x["hist_cate"] = torch.randint(0, 30, (B, L), generator=g), torch.randint(0, 7, (B, L), generator=g)
     y = torch.randint(0, 2, (B,), generator=g).float()
     return x, y
+
+
+# ---------------------------------------------------------------------------------------------
+# backends
+
+
+BACKENDS = ["reference", "cpp", "triton"]
+
+
+def batch_size(backend: str, default: int) -> int:
+    """Triton runs under its interpreter here (about 0.5 ms a program): a batch of 4 keeps the grids
+    tiny. On a GPU machine Triton serves CUDA tensors, not these CPU models: tests/patch/test_gpu.py."""
+    if backend == "triton":
+        from rankops import backend as _backend
+
+        why = _backend.why_unavailable("triton", "cpu")
+        if why:
+            pytest.skip(f"triton on CPU tensors: {why} (the CUDA run is tests/patch/test_gpu.py)")
+        return 4
+    return default

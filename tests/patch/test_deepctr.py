@@ -30,7 +30,7 @@ EXPECT = {
     "DIN": {"", "attention.local_att", "dnn"},
     "DIN-sigmoid": {"", "attention", "attention.local_att", "dnn"},
 }
-BACKENDS = ["reference", "cpp"]
+BACKENDS = peers.BACKENDS
 
 
 def _loss(model, X, y):
@@ -52,7 +52,7 @@ def _run(model, X, y):
 def test_outputs_and_gradients(name, backend):
     ref = peers.deepctr_model(name)
     model = copy.deepcopy(ref)
-    X, y = peers.deepctr_batch(ref)
+    X, y = peers.deepctr_batch(ref, B=peers.batch_size(backend, 32))
     report = rankops.patch(model, backend=backend)
     assert {e.path for e in report.patched} == EXPECT[name], report.table()
     for training in (True, False):

@@ -21,7 +21,7 @@ EXPECT = {
             "attention_layers.1.attention", "mlp"},
     "MMOE": {"embedding", "experts.0", "experts.1", "experts.2", "gates.0", "gates.1", "towers.0", "towers.1"},
 }
-BACKENDS = ["reference", "cpp"]
+BACKENDS = peers.BACKENDS
 
 
 def _out(model, x):
@@ -45,7 +45,7 @@ def test_outputs_and_gradients(name, backend):
     model = copy.deepcopy(ref)
     report = rankops.patch(model, backend=backend)
     assert {e.path for e in report.patched} == EXPECT[name], report.table()
-    x, y = peers.rechub_batch()
+    x, y = peers.rechub_batch(B=peers.batch_size(backend, 24))
     want_out, want = _run(ref, x, y)
     got_out, got = _run(model, x, y)
     peers.assert_close(got_out, want_out, f"{name} output")

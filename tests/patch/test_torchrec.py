@@ -19,7 +19,7 @@ EXPECT = {
     "DLRM_DCN": {"sparse_arch.embedding_bag_collection", "inter_arch.crossnet"},
     "SimpleDeepFMNN": {"sparse_arch.embedding_bag_collection", "inter_arch.fm"},
 }
-BACKENDS = ["reference", "cpp"]
+BACKENDS = peers.BACKENDS
 
 
 def _run(model, dense, kjt, y):
@@ -37,7 +37,7 @@ def test_outputs_and_gradients(name, backend):
     model = copy.deepcopy(ref)
     report = rankops.patch(model, backend=backend)
     assert {e.path for e in report.patched} == EXPECT[name], report.table()
-    dense, kjt, y = peers.torchrec_batch()
+    dense, kjt, y = peers.torchrec_batch(B=peers.batch_size(backend, 16))
     want_out, want = _run(ref, dense, kjt, y)
     got_out, got = _run(model, dense, kjt, y)
     peers.assert_close(got_out, want_out, f"{name} output")
