@@ -468,6 +468,56 @@ def _early_metric(metric: str | None, schema) -> str | None:
 # commands
 
 
+class ShardedDataset:
+    """One rank's part of an in-memory data set under torchrun: every rank walks the same global
+    order (seed, epoch) in global batches of ``world x batch_size`` and takes its own contiguous slice
+    of each, so the ranks together see exactly the batches one process would."""
+
+    def __init__(self, data, rank: int, world: int):
+        self.data, self.rank, self.world, self.schema = data, rank, world, data.schema
+        self.extra = getattr(data, "extra", {})
+
+    def num_batches(self, batch_size: int) -> int:
+        return self.data.num_batches(batch_size * self.world)
+
+    def batches(self, batch_size: int, *, shuffle: bool = False, seed: int = 0, epoch: int = 0, start: int = 0):
+        import torch
+
+        n, G = len(self.data), batch_size * self.world
+        if shuffle:
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        else:
+            order = torch.arange(n)
+        for i in range(start * G, n, G):
+            part = order[i:i + G].tensor_split(self.world)[self.rank]
+            if part.numel():
+                yield self.data.take(part)
+
+
+def _distributed(cfg: dict) -> tuple[int, int]:
+    """``(rank, world size)``; under torchrun (WORLD_SIZE > 1) joins the process group (gloo on CPU,
+    NCCL on CUDA)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        cuda = str(cfg.get("device", "cpu")).startswith("cuda")
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            cfg["device"] = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        dist.init_process_group("nccl" if cuda else "gloo")
+    if cfg.get("embedding_optimizer") not in (None, "none"):
+        raise UserError("torchrun: --embedding-optimizer updates each rank's tables inside its own backward, "
+                        "unsynchronised; train the tables in the dense optimizer (the default) under torchrun")
+    if int(cfg["batch_size"]) % world:
+        raise UserError(f"torchrun: --batch-size {cfg['batch_size']} (the global batch) must divide by the "
+                        f"{world} processes")
+    return dist.get_rank(), world
+
+
 def cmd_train(ns) -> int:
     import torch
 
@@ -477,6 +527,23 @@ def cmd_train(ns) -> int:
 
     cfg = train_config(ns)
     out = Path(cfg["out"])
+    rank, world = _distributed(cfg)
+    try:
+        return _train(cfg, out, rank, world)
+    finally:
+        if world > 1:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
+def _train(cfg: dict, out: Path, rank: int, world: int) -> int:
+    import torch
+
+    from rankops.train.loop import Trainer, TrainConfig
+    from rankops.train.report import metrics_table, plot_curves, write_json
+
     fm_resume = None
     if cfg["resume"]:
         if not (out / "checkpoint.pt").is_file():
@@ -507,13 +574,13 @@ def cmd_train(ns) -> int:
     torch.manual_seed(int(cfg["seed"]))
     model = build_model(cfg, data.schema)
     try:
-        tc = TrainConfig(epochs=int(cfg["epochs"]), batch_size=int(cfg["batch_size"]), lr=float(cfg["lr"]),
+        tc = TrainConfig(epochs=int(cfg["epochs"]), batch_size=int(cfg["batch_size"]) // world, lr=float(cfg["lr"]),
                          optimizer=cfg["optimizer"], weight_decay=float(cfg["weight_decay"]), seed=int(cfg["seed"]),
                          device=cfg["device"], amp=bool(cfg["amp"]), compile=bool(cfg["compile"]),
                          max_steps=cfg.get("max_steps"), eval_batch_size=cfg.get("eval_batch_size"),
                          early_stopping=_early_metric(cfg.get("early_stopping"), data.schema),
                          patience=int(cfg["patience"]), checkpoint_every=int(cfg["checkpoint_every"] or 0),
-                         log_every=int(cfg["log_every"]), progress=bool(cfg.get("progress", True)))
+                         log_every=int(cfg["log_every"]), progress=bool(cfg.get("progress", True)) and rank == 0)
     except (TypeError, ValueError) as e:
         raise UserError(str(e)) from None
     if tc.early_stopping and data.valid is None:
@@ -527,24 +594,40 @@ def cmd_train(ns) -> int:
         first.validate(data.schema)
     except (ValueError, IndexError, TypeError) as e:
         raise UserError(f"data does not fit the schema: {e}") from None
+    if world > 1:
+        import torch.distributed as dist
+
+        if not hasattr(data.train, "take"):
+            raise UserError("torchrun: streamed files are not sharded yet; load the file in memory (--no-stream)")
+        data.train = ShardedDataset(data.train, rank, world)
+        dist.barrier()  # every rank has checked the run directory before rank 0 writes to it
     # everything checked: from here on the run directory is written (each file atomically)
-    _save_run_files(out, cfg, data)
-    trainer = Trainer(model, tc, out)
+    if rank == 0:
+        _save_run_files(out, cfg, data)
+    trainer = Trainer(model, tc, out if rank == 0 else None)
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # the trainer calls _forward(batch); DDP's forward averages the gradients over the ranks
+        trainer._forward = DistributedDataParallel(model, find_unused_parameters=False)
     if cfg["resume"]:
         state = _load_checkpoint(out / "checkpoint.pt")
         try:
             trainer.load_state_dict(state)
         except (ValueError, RuntimeError) as e:
             raise UserError(f"checkpoint: {str(e).splitlines()[0][:200]}") from None
-        print(f"rankops train: resuming {out}/checkpoint.pt at epoch {trainer.position.epoch + 1}, "
-              f"batch {trainer.position.batch} (step {trainer.position.step})", file=sys.stderr)
-    elif cfg["overwrite"]:
+        if rank == 0:
+            print(f"rankops train: resuming {out}/checkpoint.pt at epoch {trainer.position.epoch + 1}, "
+                  f"batch {trainer.position.batch} (step {trainer.position.step})", file=sys.stderr)
+    elif cfg["overwrite"] and rank == 0:
         for stale in ("best.pt", "metrics.json", "curves.png", "model.pt2", "eval.json"):
             (out / stale).unlink(missing_ok=True)
     t0 = time.perf_counter()
     with _backend(cfg.get("backend")):
         history = trainer.fit(data.train, data.valid)
         train_s = time.perf_counter() - t0
+        if rank != 0:  # rank 0 reports and writes
+            return 0
         final = {}
         best_path = out / "best.pt"
         used = "last"
@@ -553,22 +636,24 @@ def cmd_train(ns) -> int:
                 trainer.model.load_state_dict(_load_checkpoint(best_path)["model"])
                 used = "best"
             final = trainer.evaluate(data.valid)
-    samples = trainer.position.samples
+    samples = trainer.position.samples * world  # every rank trained on its equal part of each global batch
     trained = sum(h.get("seconds", 0) for h in history)
-    sps = [h["samples_per_s"] for h in history]
+    sps = [h["samples_per_s"] * world for h in history]
     result = {"model": model.name, "model_config": model.config(), "data": data.source, "run": {
         k: cfg.get(k) for k in TRAIN_DEFAULTS}, "history": history, "curve": trainer.curve, "valid": final,
         "checkpoint": used, "best_epoch": trainer.best[1] if trainer.best else None, "samples": samples,
         "train_seconds": trained, "samples_per_s": (sum(sps) / len(sps)) if sps else None,
         "load_seconds": t_load, "bad_lines": data.bad_lines, "oracle_auc": data.oracle_auc,
         "num_parameters": sum(p.numel() for p in model.parameters()),
-        "backend": cfg.get("backend") or "auto", "threads": torch.get_num_threads()}
+        "backend": cfg.get("backend") or "auto", "threads": torch.get_num_threads(), "processes": world}
     write_json(out / "metrics.json", result)
     title = f"{model.name} on {data.source}"
     plot_curves(out / "curves.png", history, trainer.curve, data.schema.tasks, title)
     print(title)
+    procs = f" over {world} processes" if world > 1 else ""
     print(f"{len(history)} epoch(s), {trainer.position.step} steps, {samples:,} samples in {trained:.1f} s "
-          f"({result['samples_per_s'] or 0:,.0f} samples/s), batch {tc.batch_size}, data loaded in {t_load:.1f} s")
+          f"({result['samples_per_s'] or 0:,.0f} samples/s), batch {tc.batch_size * world}{procs}, "
+          f"data loaded in {t_load:.1f} s")
     if final:
         print(metrics_table(final, data.schema.tasks, f"validation ({used} checkpoint"
                             + (f", epoch {trainer.best[1]})" if used == "best" else ")")))
