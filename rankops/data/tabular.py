@@ -384,6 +384,20 @@ def _holdout(n: int, row0: int, fraction: float, seed: int) -> np.ndarray:
     return (h >> np.uint64(11)).astype(np.float64) / float(1 << 53) < fraction
 
 
+def part_chunks(chunks: Iterator[pa.Table], part: tuple[float, str, int] | None) -> Iterator[pa.Table]:
+    """The rows of ``chunks`` in ``part = (fraction, "train" | "valid", seed)`` of the hash split
+    (all rows when None)."""
+    row0 = 0
+    for t in chunks:
+        n = t.num_rows
+        if part is not None:
+            frac, which, seed = part
+            held = _holdout(n, row0, frac, seed)
+            t = t.filter(pa.array(held if which == "valid" else ~held))
+        row0 += n
+        yield t
+
+
 class StreamingDataset:
     """A file read chunk by chunk (the ``Dataset`` protocol): memory holds one chunk of raw rows
     and its encoded batches, whatever the file's size.
@@ -403,15 +417,7 @@ class StreamingDataset:
         self._groups: torch.Tensor | None = None
 
     def raw_chunks(self) -> Iterator[pa.Table]:
-        row0 = 0
-        for t in self.reader.chunks():
-            n = t.num_rows
-            if self.part is not None:
-                frac, which, seed = self.part
-                held = _holdout(n, row0, frac, seed)
-                t = t.filter(pa.array(held if which == "valid" else ~held))
-            row0 += n
-            yield t
+        return part_chunks(self.reader.chunks(), self.part)
 
     def num_batches(self, batch_size: int) -> int | None:
         return None if self._rows is None else -(-self._rows // batch_size)

@@ -279,18 +279,16 @@ def load_data(cfg: dict, feature_map=None) -> Data:
         part = (frac, "train", int(cfg["seed"])) if frac > 0 else None
         train = None
         if fm is None:
-            probe = StreamingDataset.__new__(StreamingDataset)  # raw chunks of the training part, before any fit
-            probe.reader = __import__("rankops.data.tabular", fromlist=["Reader"]).Reader(
-                path, spec, chunk_rows=chunk, strict=strict)
-            probe.part = part
+            from rankops.data.tabular import Reader, part_chunks
             from rankops.train.loop import Progress
 
+            reader = Reader(path, spec, chunk_rows=chunk, strict=strict)
             bar = Progress(None, "fit feature map", max(1, 1_000_000 // chunk), cfg.get("progress", True))
-            fm = spec.feature_map().fit(probe.raw_chunks(), progress=None)
+            fm = spec.feature_map().fit(part_chunks(reader.chunks(), part), progress=bar)
             bar.close()
-            if probe.reader.bad.total:
-                notes.append(probe.reader.bad.summary(src))
-                bad[src] = probe.reader.bad.to_dict()
+            if reader.bad.total:
+                notes.append(reader.bad.summary(src))
+                bad[src] = reader.bad.to_dict()
         train = StreamingDataset(path, spec, fm, chunk_rows=chunk, strict=strict, part=part)
         valid = StreamingDataset(path, spec, fm, chunk_rows=chunk, strict=strict,
                                  part=(frac, "valid", int(cfg["seed"]))) if frac > 0 else None

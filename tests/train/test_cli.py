@@ -89,7 +89,8 @@ def test_criteo_train_early_stopping_eval_export_predict(tmp_path, capsys):
     out = tmp_path / "run"
     rc, stdout, err = run(["train", "--model", "dcnv2", "--data", train, "--hash-size", "200", "--epochs", "2",
                            "--batch-size", "256", "--early-stopping", "auc", "--patience", "1", "--out", out,
-                           "--embedding-optimizer", "rowwise_adagrad", "--no-progress",
+                           "--embedding-optimizer", "rowwise_adagrad", "--no-progress", "--stream",
+                           "--chunk-rows", "700",
                            "--model-config", '{"dnn_hidden_units": [32], "cross_num": 2}'], capsys)
     assert rc == 0, err
     assert "skipped 1 malformed line(s)" in err and "lines 11" in err
@@ -298,6 +299,11 @@ def test_user_error_in_a_fresh_process(tmp_path):
     r = fresh(["train", "--data", tmp_path / "missing.tsv"])
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
     assert "no file" in r.stderr and r.stdout == ""
+
+
+def test_info(capsys):
+    rc, out, _ = run(["info"], capsys)
+    assert rc == 0 and "dcnv2" in out and "adult" in out
 
 
 def test_config_file_and_flags_override(tmp_path, capsys):
