@@ -101,26 +101,37 @@ def _unsupported_dtype(module: nn.Module, args) -> bool:
     return any(isinstance(a, torch.Tensor) and a.is_floating_point() and a.dtype not in _OP_DTYPES for a in args)
 
 
-def _wrap(fn: Callable, original: Callable, backend: Optional[str]) -> Callable:
+def _wrap(fn: Callable, original: Callable, backend: Optional[str], owner: nn.Module) -> Callable:
+    owner_ref = weakref.ref(owner)
+
     @functools.wraps(fn)
     def patched(self, *args, **kwargs):
-        if _unsupported_dtype(self, args):
+        # A copy of the module (copy.deepcopy, pickling) carries this method but not the state it
+        # was made for (stacked tables, plans): the copy runs the library's code until patched itself.
+        if self is not owner_ref() or _unsupported_dtype(self, args):
             return original(self, *args, **kwargs)
         if backend is None:
             return fn(self, *args, **kwargs)
         with _backend.use_backend(backend):
             return fn(self, *args, **kwargs)
 
+    patched._rankops_patch = True
     return patched
+
+
+def _ours(value) -> bool:
+    """A method this module set (possibly on the module a copy was made from)."""
+    return bool(getattr(getattr(value, "__func__", None), "_rankops_patch", False))
 
 
 def _install(module: nn.Module, replacements: dict, undo: Optional[Callable], backend: Optional[str]) -> None:
     log = []
     for name, fn in replacements.items():
-        log.append((name, module.__dict__.get(name, _MISSING)))
+        prev = module.__dict__.get(name, _MISSING)
+        log.append((name, _MISSING if _ours(prev) else prev))
         original = getattr(type(module), name)
         # a bound method on the instance: nn.Module.__call__ (and torch.compile) find it first
-        object.__setattr__(module, name, types.MethodType(_wrap(fn, original, backend), module))
+        object.__setattr__(module, name, types.MethodType(_wrap(fn, original, backend, module), module))
     _SET[module] = log
     if undo is not None:
         _UNDO.setdefault(module, []).append(undo)

@@ -209,3 +209,21 @@ def test_user_subclass_overriding_forward_is_left():
     assert "overrides" in report.entries[0].detail
     x = torch.randn(4, 5, 3)
     peers.assert_close(holder[0](x), 2 * FM()(x), "MyFM untouched")
+
+
+def test_deep_copy_of_a_patched_model():
+    """A copy carries the patched methods but not their state: it runs the library's code (on its
+    own weights) until patched itself; unpatching it leaves no trace."""
+    ref = peers.deepctr_model("xDeepFM")
+    model = copy.deepcopy(ref)
+    rankops.patch(model)
+    twin = copy.deepcopy(model)
+    X, _ = peers.deepctr_batch(ref)
+    with torch.no_grad():
+        for m in (twin, ref):
+            m.embedding_dict["C0"].weight.mul_(2.0)
+        assert torch.equal(twin(X), ref(X))
+        assert len(rankops.patch(twin).patched) == 4
+        peers.assert_close(twin(X), ref(X), "patched copy")
+    rankops.unpatch(twin)
+    assert not any("forward" in m.__dict__ for m in twin.modules())
