@@ -169,7 +169,7 @@ def test_resume_mid_epoch_is_bitwise(tmp_path):
     from rankops.ops.embedding_bag import FusedOptimizer
     from rankops.train.loop import Trainer, TrainConfig
 
-    data = cli._synthetic(dict(cli.TRAIN_DEFAULTS, samples=2000, fields=4, vocab=40, valid_fraction=0.1)).train
+    data = cli._synthetic(dict(cli.TRAIN_DEFAULTS, samples=1000, fields=4, vocab=40, valid_fraction=0.1)).train
     cfg = TrainConfig(epochs=2, batch_size=100, checkpoint_every=4, progress=False)
 
     def model():
@@ -181,10 +181,10 @@ def test_resume_mid_epoch_is_bitwise(tmp_path):
     full.fit(data)
     broken = Trainer(model(), cfg, tmp_path / "broken")
     with pytest.raises(KeyboardInterrupt):
-        broken.fit(Interrupting(data, after=10))  # epoch 1 has 18 batches; the last checkpoint is at step 8
+        broken.fit(Interrupting(data, after=6))  # epoch 1 has 9 batches; the last checkpoint is at step 4
     resumed = Trainer(model(), cfg, tmp_path / "broken")
     resumed.resume(tmp_path / "broken" / "checkpoint.pt")
-    assert (resumed.position.epoch, resumed.position.batch) == (0, 8)
+    assert (resumed.position.epoch, resumed.position.batch) == (0, 4)
     resumed.fit(data)
     a, b = full.model.state_dict(), resumed.model.state_dict()
     for k in a:
