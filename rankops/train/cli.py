@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 EXPORT_FORMAT = "rankops-export/1"
+BUNDLE_FORMAT = "rankops-bundle/1"  # weights + config, for models torch.export cannot trace
 STREAM_BYTES = 256 << 20  # files larger than this are streamed (not loaded whole) unless --stream says
 
 
@@ -739,8 +740,8 @@ def cmd_export(ns) -> int:
     B = torch.export.Dim("batch", min=2)
     K = len(schema.sparse)
     shapes = [{0: B}, {0: torch.export.Dim("nnz", min=2)}, {0: K * B + 1}]
-    for _ in schema.sequences:
-        shapes += [{0: B}, {0: B}]
+    if schema.sequences:  # forward(dense, values, offsets, *seq): the varargs take one nested entry
+        shapes.append(tuple(d for _ in schema.sequences for d in ({0: B}, {0: B})))
     meta = {"format": EXPORT_FORMAT, "model": model.name, "model_config": _jsonable(model.config()),
             "schema": schema.to_dict(), "run": cfg, "checkpoint": str(path)}
     extra = {"rankops.json": json.dumps(meta), "feature_map.json": json.dumps(fm.to_dict()) if fm else "",
@@ -749,9 +750,18 @@ def cmd_export(ns) -> int:
     try:
         with torch.no_grad():
             ep = torch.export.export(serve, args, dynamic_shapes=tuple(shapes))
-    except Exception as e:  # noqa: BLE001  torch.export's failures are many; report and stop
-        raise UserError(f"export: torch.export could not trace {model.name!r}: {str(e).splitlines()[0][:200]}") \
-            from None
+    except Exception as e:  # noqa: BLE001  torch.export's failures are many: fall back to a bundle
+        why = str(e).splitlines()[0][:160]
+        bundle = output.with_name(output.name[:-4] + ".rankops.pt" if output.suffix == ".pt2" else output.name)
+        tmp = bundle.with_name(f".{bundle.name}.tmp{os.getpid()}")
+        own = model.state_dict()
+        torch.save({"format": BUNDLE_FORMAT, **{k: json.loads(v) if v else None for k, v in extra.items()},
+                    "state_dict": own}, tmp)
+        os.replace(tmp, bundle)
+        print(f"rankops export: torch.export could not trace {model.name!r} ({why}); wrote a weights + config "
+              f"bundle instead, which predict rebuilds through rankops.models", file=sys.stderr)
+        print(f"wrote {bundle} ({bundle.stat().st_size / 1e6:.1f} MB)")
+        return 0
     tmp = output.with_name(f".{output.stem}.tmp{os.getpid()}.pt2")
     torch.export.save(ep, tmp, extra_files=extra)
     os.replace(tmp, output)
@@ -775,6 +785,8 @@ def load_exported(path: str | Path):
     path = Path(path)
     if not path.is_file():
         raise UserError(f"predict: no file {str(path)!r}")
+    if path.name.endswith(".rankops.pt"):
+        return _load_bundle(path)
     extra = {"rankops.json": "", "feature_map.json": "", "data_spec.json": ""}
     try:
         ep = torch.export.load(path, extra_files=extra)
@@ -789,6 +801,25 @@ def load_exported(path: str | Path):
     return ep.module(), meta, fm, spec
 
 
+def _load_bundle(path: Path):
+    import torch
+
+    from rankops.data.feature_map import FeatureMap
+    from rankops.data.schema import Schema
+    from rankops.data.tabular import DataSpec
+
+    state = _load_checkpoint(path)
+    if not isinstance(state, dict) or state.get("format") != BUNDLE_FORMAT:
+        raise UserError(f"predict: {str(path)!r} is not an exported rankops model")
+    meta = state["rankops.json"]
+    model = build_model(meta["run"], Schema.from_dict(meta["schema"]), fused=False)  # as the run built it
+    _load_weights(model, state["state_dict"], path)
+    fm = FeatureMap.from_dict(state["feature_map.json"]) if state.get("feature_map.json") else None
+    spec = DataSpec.from_dict(state["data_spec.json"]) if state.get("data_spec.json") else None
+    with torch.no_grad():
+        return serving_module(model.eval()), meta, fm, spec
+
+
 def cmd_predict(ns) -> int:
     import numpy as np
     import torch
@@ -798,9 +829,10 @@ def cmd_predict(ns) -> int:
 
     src = Path(ns.model)
     if src.is_dir():
-        exported = src / "model.pt2"
-        if exported.is_file():
-            src = exported
+        for name in ("model.pt2", "model.rankops.pt"):
+            if (src / name).is_file():
+                src = src / name
+                break
     if src.is_dir():  # a run directory without an export: its checkpoint, in eager mode
         cfg, fm, spec, schema, model, _ = _restore(src, "best")
         fn = serving_module(model)
