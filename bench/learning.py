@@ -235,7 +235,32 @@ def summarise(rows: list[dict]) -> list[dict]:
 
 
 def _pm(line: dict) -> str:
+    if line["seeds"] == 1:
+        return f"{line['auc_mean']:.4f} (1 seed)"
     return f"{line['auc_mean']:.4f} ± {line['auc_std']:.4f}"
+
+
+def claims(summary: list[dict]) -> list[str]:
+    """What the planted table must show, checked: per set and task, every other model beats the
+    baseline (in every seed), and the best model's gap to the ceiling (target <= 0.01)."""
+    out = []
+    baselines = {ps.kind: ps.baseline for ps in PLANTED}
+    groups: dict[tuple, list[dict]] = {}
+    for line in summary:
+        if line["table"] == "planted":
+            groups.setdefault((line["set"], line["task"]), []).append(line)
+    for (set_, task), lines in groups.items():
+        others = [l for l in lines if l["model"] != baselines[set_] and l["vs_baseline"] != ""]
+        if not others:
+            continue
+        won = lambda l: l["vs_baseline"] > 0 and l["beats_baseline"].startswith(str(l["seeds"]))  # noqa: E731
+        beat = [f"{l['model']} {'yes' if won(l) else 'NO'} ({l['vs_baseline']:+.4f}, {l['beats_baseline']})"
+                for l in others]
+        best = min(lines, key=lambda l: l["gap"])
+        within = "yes" if best["gap"] <= 0.01 else "no"
+        out.append(f"- {set_} / {task}: beat {baselines[set_]}: {'; '.join(beat)}. Best: {best['model']}, "
+                   f"{best['gap']:.4f} below the ceiling (within 0.01: {within})")
+    return out
 
 
 def write_md(summary: list[dict], path: Path, header: list[tuple[str, str]], seeds: int, quick: bool) -> None:
@@ -250,12 +275,17 @@ def write_md(summary: list[dict], path: Path, header: list[tuple[str, str]], see
           "vs baseline: mean AUC - the baseline's (first row of each set), and in how many seeds it was higher.",
           "", "| set | task | model | overrides; training | test AUC | ceiling | gap | vs baseline | s/run |",
           "|---|---|---|---|---|---|---|---|---|"]
+    baselines = {ps.kind: ps.baseline for ps in PLANTED}
     for line in summary:
         if line["table"] != "planted":
             continue
-        vs = (f"{line['vs_baseline']:+.4f} ({line['beats_baseline']})" if line["vs_baseline"] != "" else "baseline")
+        if line["vs_baseline"] != "":
+            vs = f"{line['vs_baseline']:+.4f} ({line['beats_baseline']})"
+        else:
+            vs = "baseline" if line["model"] == baselines.get(line["set"]) else "-"
         L.append(f"| {line['set']} | {line['task']} | {line['model']} | {line['overrides'] or '-'} | {_pm(line)} | "
                  f"{line['ceiling']:.4f} | {line['gap']:.4f} | {vs} | {line['seconds']:.0f} |")
+    L += ["", "Checked:", ""] + claims(summary)
     if any(l["cin_linear"] for ps in PLANTED for l in [vars(m) for m in ps.models]):
         L += ["", "\\* diagnostic row: xDeepFM with its CIN built without an activation (the paper's CIN; the zoo's "
               "CIN applies ReLU after every layer and models/ranker.py passes no option to change it), "
@@ -341,6 +371,7 @@ def run(bench, args) -> dict[str, Path]:
             n = ps.num_samples // 10 if quick else None
             new = run_planted(ps, seed, num_samples=n, epochs=2 if quick else None, device=device)
             rows += new
+            _checkpoint(bench, rows)
             print(f"[learning] {ps.kind} seed {seed}: " + ", ".join(f"{r['model']}/{r['task']} {r['auc']:.4f}"
                                                                     for r in new)
                   + f" (ceiling {new[0]['ceiling']:.4f}; {time.perf_counter() - t0:.0f} s)", flush=True)
@@ -350,6 +381,7 @@ def run(bench, args) -> dict[str, Path]:
                 continue
             new = run_adult(tasks, models, seed, epochs=1 if quick else 5, device=device)
             rows += new
+            _checkpoint(bench, rows)
             print(f"[learning] adult {'+'.join(tasks)} seed {seed}: "
                   + ", ".join(f"{r['model']}/{r['task']} {r['auc']:.4f}" for r in new)
                   + f" ({time.perf_counter() - t0:.0f} s)", flush=True)
@@ -357,7 +389,17 @@ def run(bench, args) -> dict[str, Path]:
     return save(bench, rows, quick, f"{time.perf_counter() - t0:.0f} s")
 
 
-def save(bench, rows: list[dict], quick: bool = False, wall: str | None = None) -> dict[str, Path]:
+def _checkpoint(bench, rows: list[dict]) -> None:
+    """The runs so far, to ``<out_dir>/<name>-<tag>-partial-runs.csv`` (a long run killed midway keeps them)."""
+    bench.out_dir.mkdir(parents=True, exist_ok=True)
+    with open(bench.out_dir / f"{bench.name}-{bench.tag}-partial-runs.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def save(bench, rows: list[dict], quick: bool = False, wall: str | None = None,
+         extra_header: list[tuple[str, str]] = ()) -> dict[str, Path]:
     """Write ``<out_dir>/<name>-<tag>.{md,csv,png}`` (and the per-run ``-runs.csv``) from ``rows``."""
     summary = summarise(rows)
     bench.out_dir.mkdir(parents=True, exist_ok=True)
@@ -366,6 +408,7 @@ def save(bench, rows: list[dict], quick: bool = False, wall: str | None = None) 
     header = [h for h in bench.header() if h[0] != "memory bandwidth"]
     if wall:
         header.append(("wall time", wall))
+    header += list(extra_header)
     write_md(summary, paths["md"], header, max(l["seeds"] for l in summary), quick)
     write_csv(rows, summary, paths["csv"])
     write_png(summary, paths["png"])
@@ -388,10 +431,16 @@ def read_runs(*paths) -> list[dict]:
 
 
 if __name__ == "__main__":
-    # python -m bench.learning --merge A-runs.csv B-runs.csv ...: one report from parts run apart
-    if sys.argv[1:2] != ["--merge"] or len(sys.argv) < 3:
-        sys.exit("run as: python -m bench learning [--quick] [--cases table=planted|adult set=... seed=...]\n"
-                 "   or: python -m bench.learning --merge <part>-runs.csv ...")
+    # python -m bench.learning --merge A-runs.csv B-runs.csv ... [--note TEXT]: one report from parts
+    # run in separate processes (e.g. side by side with --cases table=planted set=crosses)
+    import argparse
+
     from bench.common import Bench
 
-    print(save(Bench("learning", "cpu"), read_runs(*sys.argv[2:])))
+    p = argparse.ArgumentParser(prog="python -m bench.learning")
+    p.add_argument("--merge", nargs="+", required=True, metavar="RUNS_CSV")
+    p.add_argument("--note", action="append", default=[], help="a header line (e.g. the commands of the parts)")
+    p.add_argument("--out", default=None)
+    a = p.parse_args()
+    bench = Bench("learning", "cpu", out_dir=a.out, bandwidth=0.0, progress=False)
+    print(save(bench, read_runs(*a.merge), extra_header=[("note", n) for n in a.note]))
