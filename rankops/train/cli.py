@@ -554,7 +554,7 @@ def _train(cfg: dict, out: Path, rank: int, world: int) -> int:
                                 f"{saved.get(k)!r}; start a new run (--out) instead")
         # everything else too, unless a flag says otherwise (e.g. more --epochs)
         given = {k: cfg[k] for k in cfg["_flags"]}
-        cfg.update({k: v for k, v in saved.items() if k in TRAIN_DEFAULTS})
+        cfg.update({k: v for k, v in saved.items() if k in TRAIN_DEFAULTS and k != "max_steps"})
         cfg.update(given)
         cfg["resume"], cfg["overwrite"] = True, False
     elif (out / "checkpoint.pt").is_file() and not cfg["overwrite"]:

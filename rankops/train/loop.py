@@ -212,6 +212,7 @@ class Trainer:
                            cfg.progress)
             loss_sum, loss_n, samples0 = torch.zeros((), device=self.device), 0, pos.samples
             window, window_n = torch.zeros((), device=self.device), 0
+            stopped = False
             for batch in train.batches(cfg.batch_size, shuffle=cfg.shuffle, seed=cfg.seed, epoch=pos.epoch,
                                        start=pos.batch):
                 loss = self.step(batch)
@@ -230,8 +231,16 @@ class Trainer:
                 if self.out_dir and cfg.checkpoint_every and pos.step % cfg.checkpoint_every == 0:
                     self.save_checkpoint()
                 if cfg.max_steps and pos.step >= cfg.max_steps:
+                    stopped = True
                     break
             bar.close()
+            total = train.num_batches(cfg.batch_size)
+            if stopped and (total is None or pos.batch < total):
+                # max_steps inside an epoch: the position stays there (no epoch record), so that a
+                # resume finishes this epoch exactly as an uninterrupted run would
+                if self.out_dir:
+                    self.save_checkpoint()
+                break
             seconds = time.perf_counter() - t0
             record = {"epoch": pos.epoch + 1, "step": pos.step, "train_loss": float(loss_sum) / max(loss_n, 1),
                       "seconds": seconds, "samples_per_s": (pos.samples - samples0) / max(seconds, 1e-9)}

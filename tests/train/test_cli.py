@@ -139,9 +139,13 @@ def _weights(path):
 def test_resume_equals_uninterrupted(tmp_path, capsys):
     base = ["--model", "deepfm", *TINY, "--embedding-optimizer", "rowwise_adagrad"]
     assert run(["train", *base, "--epochs", "2", "--out", tmp_path / "a"], capsys)[0] == 0
-    assert run(["train", *base, "--epochs", "1", "--out", tmp_path / "b"], capsys)[0] == 0
-    rc, _, err = run(["train", "--resume", "--epochs", "2", "--out", tmp_path / "b", "--no-progress"], capsys)
-    assert rc == 0, err and "resuming" in err
+    # stopped inside epoch 2 (11 batches an epoch), then resumed twice: by step, then to the end
+    assert run(["train", *base, "--epochs", "2", "--max-steps", "14", "--out", tmp_path / "b"], capsys)[0] == 0
+    assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["position"]["batch"] == 3
+    rc, _, err = run(["train", "--resume", "--max-steps", "18", "--out", tmp_path / "b", "--no-progress"], capsys)
+    assert rc == 0 and "resuming" in err and "epoch 2, batch 3" in err, err
+    rc, _, err = run(["train", "--resume", "--out", tmp_path / "b", "--no-progress"], capsys)
+    assert rc == 0 and "epoch 2, batch 7" in err, err
     a, b = _weights(tmp_path / "a" / "checkpoint.pt"), _weights(tmp_path / "b" / "checkpoint.pt")
     assert a.keys() == b.keys() and any("rowwise_adagrad_sum" in k for k in a)
     for k in a:
