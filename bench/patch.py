@@ -3,6 +3,7 @@ against unpatched, in one run.
 
     python -m bench patch              # every model (B=4096, 26 sparse + 13 dense features)
     python -m bench patch --quick      # B=256, a smoke run (bench/results/tmp/)
+    python -m bench patch --device cuda   # on a GPU (the peer libraries must be installed there)
 
 Providers: ``eager`` is the library's own model as it comes (eager PyTorch, unpatched); ``patched``
 is an identical model (same seed, same weights) after ``rankops.patch(model)``. ``vs eager`` is
@@ -54,13 +55,14 @@ def _import_deepctr():
 # DeepCTR-Torch
 
 
-def _deepctr(name: str, B: int):
+def _deepctr(name: str, B: int, device):
     _import_deepctr()
     import deepctr_torch.models as zoo
     from deepctr_torch.inputs import DenseFeat, SparseFeat, VarLenSparseFeat
 
     g = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
+    dev = str(device)  # DeepCTR takes the device at construction (its regulariser allocates there)
     if name == "DIN":
         sparse = [SparseFeat(f"C{i}", V, embedding_dim=D) for i in range(F - 2)]
         sparse += [SparseFeat("item", V, embedding_dim=D), SparseFeat("cate", 100, embedding_dim=D)]
@@ -69,13 +71,13 @@ def _deepctr(name: str, B: int):
                 VarLenSparseFeat(SparseFeat("hist_cate", 100, embedding_dim=D, embedding_name="cate"), SEQ,
                                  length_name="seq_length")]
         cols = sparse + [DenseFeat(f"I{i}", 1) for i in range(DENSE)] + seqs
-        make = lambda: zoo.DIN(cols, ["item", "cate"])  # noqa: E731
+        make = lambda: zoo.DIN(cols, ["item", "cate"], device=dev)  # noqa: E731
     else:
         cols = [SparseFeat(f"C{i}", V, embedding_dim=D) for i in range(F)] + [DenseFeat(f"I{i}", 1) for i in range(DENSE)]
-        make = {"DeepFM": lambda: zoo.DeepFM(cols, cols),
-                "DCN-V2": lambda: zoo.DCN(cols, cols, cross_parameterization="matrix"),
-                "DCNMix": lambda: zoo.DCNMix(cols, cols),
-                "xDeepFM": lambda: zoo.xDeepFM(cols, cols, cin_layer_size=(64, 64))}[name]
+        make = {"DeepFM": lambda: zoo.DeepFM(cols, cols, device=dev),
+                "DCN-V2": lambda: zoo.DCN(cols, cols, cross_parameterization="matrix", device=dev),
+                "DCNMix": lambda: zoo.DCNMix(cols, cols, device=dev),
+                "xDeepFM": lambda: zoo.xDeepFM(cols, cols, cin_layer_size=(64, 64), device=dev)}[name]
     ref = make()
     X = torch.zeros(B, max(e for _, e in ref.feature_index.values()))
     lengths = torch.randint(1, SEQ + 1, (B,), generator=g)
@@ -92,6 +94,7 @@ def _deepctr(name: str, B: int):
     if "seq_length" in ref.feature_index:
         X[:, ref.feature_index["seq_length"][0]] = lengths.float()
     y = torch.randint(0, 2, (B,), generator=g).float()
+    X, y = X.to(device), y.to(device)
 
     def build(patched: bool):
         torch.manual_seed(0)
@@ -117,7 +120,7 @@ def _deepctr(name: str, B: int):
 # TorchRec
 
 
-def _torchrec(name: str, B: int):
+def _torchrec(name: str, B: int, device):
     from torchrec.models.deepfm import SimpleDeepFMNN
     from torchrec.models.dlrm import DLRM, DLRM_DCN
     from torchrec.modules.embedding_configs import EmbeddingBagConfig
@@ -131,6 +134,7 @@ def _torchrec(name: str, B: int):
     kjt = KeyedJaggedTensor.from_lengths_sync(keys=keys, values=values, lengths=lengths)
     dense = torch.rand(B, DENSE, generator=g)
     y = torch.randint(0, 2, (B,), generator=g).float()
+    kjt, dense, y = kjt.to(device), dense.to(device), y.to(device)
 
     def make():
         ebc = EmbeddingBagCollection(tables=[EmbeddingBagConfig(name=f"t{i}", embedding_dim=D, num_embeddings=V,
@@ -143,7 +147,7 @@ def _torchrec(name: str, B: int):
 
     def build(patched: bool):
         torch.manual_seed(0)
-        m = make()
+        m = make().to(device)
         m.opt = torch.optim.Adagrad(m.parameters(), lr=0.01)
         if patched:
             rankops.patch(m)
@@ -164,7 +168,7 @@ def _torchrec(name: str, B: int):
 # torch-rechub
 
 
-def _rechub(name: str, B: int):
+def _rechub(name: str, B: int, device):
     from torch_rechub.basic.features import DenseFeature, SequenceFeature, SparseFeature
     from torch_rechub.models.multi_task import MMOE
     from torch_rechub.models.ranking import DCNv2, DIN, DeepFM
@@ -176,6 +180,7 @@ def _rechub(name: str, B: int):
     x["hist_item"] = torch.randint(0, V, (B, SEQ), generator=g)
     x["hist_cate"] = torch.randint(0, 100, (B, SEQ), generator=g)
     y = torch.randint(0, 2, (B,), generator=g).float()
+    x, y = {k: v.to(device) for k, v in x.items()}, y.to(device)
     mlp = {"dims": [256, 128], "dropout": 0.0, "activation": "relu"}
 
     def make():
@@ -197,7 +202,7 @@ def _rechub(name: str, B: int):
 
     def build(patched: bool):
         torch.manual_seed(0)
-        m = make()
+        m = make().to(device)
         m.opt = torch.optim.Adam(m.parameters(), lr=1e-3, weight_decay=1e-5)
         if patched:
             rankops.patch(m)
@@ -236,7 +241,7 @@ def run(bench, args):
             continue
         setup = MODELS[lib][0]
         try:
-            build, step_fn, infer_fn, inputs = setup(name, B)
+            build, step_fn, infer_fn, inputs = setup(name, B, bench.device)
         except ImportError as e:
             bench.note(f"{lib}: not installed ({e}); its models are absent")
             continue

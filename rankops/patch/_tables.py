@@ -109,6 +109,7 @@ class StackedTables:
 def global_rows(stack: StackedTables, ids: Tensor, tables: Tensor, names: Sequence[str]) -> Tensor:
     """``ids [B, T]`` (feature t reads table ``tables[t]``) as row numbers of the stacked buffer, after
     the range check nn.Embedding would make (an IndexError naming the feature)."""
+    tables = tables.to(stack.device)  # (a no-op unless the model moved since the plan was made)
     if not torch.compiler.is_compiling():
         bad = (ids < 0) | (ids >= stack.sizes[tables])
         if bool(bad.any()):

@@ -95,7 +95,7 @@ class _Plan:
 
     def ids(self, X: Tensor, sel) -> Tensor:
         """[B, T] int64 ids, feature-major in memory (a transposed view of a [T, B] tensor)."""
-        cols = X[:, sel] if isinstance(sel, slice) else X.index_select(1, sel)
+        cols = X[:, sel] if isinstance(sel, slice) else X.index_select(1, sel.to(X.device))
         return cols.t().to(torch.int64, memory_format=torch.contiguous_format).t()
 
     def embeddings(self, X: Tensor) -> list[Tensor]:
@@ -188,11 +188,14 @@ def _base_model(model):
 @register(f"{P}.models.basemodel.Linear")
 def _linear(lin):
     inputs = _inputs()
-    where, stacks, undo = _stack_dict(lin.embedding_dict, "linear embedding_dict")
     if not lin.sparse_feature_columns:
-        undo()
         raise Leave("no sparse features")
-    plan = _Plan(lin.sparse_feature_columns, lin.feature_index, where)
+    where, stacks, undo = _stack_dict(lin.embedding_dict, "linear embedding_dict")
+    try:
+        plan = _Plan(lin.sparse_feature_columns, lin.feature_index, where)
+    except (Leave, KeyError) as e:
+        undo()
+        raise Leave(f"sparse features not one column each ({e})") from None
     original = type(lin).forward
 
     def forward(self, X, sparse_feat_refine_weight=None):
