@@ -26,18 +26,10 @@ import math
 import torch
 from torch import Tensor
 
-from rankops.ops import _checks, _dispatch
+from rankops.ops import _checks, _declare, _dispatch
 
-_REF = "rankops.ops.attention.reference"
-_TRITON = "rankops.ops.attention.triton"
-_NATIVE = "torch.ops:rankops_C"  # one schema, CPU and CUDA kernels registered per dispatch key
-
-
-def _impls(name: str, cuda: bool = False) -> dict[str, str]:
-    impls = {"reference": f"{_REF}:{name}", "cpp": f"{_NATIVE}.{name}", "triton": f"{_TRITON}:{name}"}
-    if cuda:
-        impls["cuda"] = f"{_NATIVE}.{name}"
-    return impls
+_NATIVE = _declare.NATIVE
+_impls = _declare.backends("rankops.ops.attention")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -102,67 +94,32 @@ def _check_offsets_values(offsets: Tensor, S: int) -> None:
 # padded
 
 
-@_dispatch.custom_op("rankops::target_attention")
-def _target_attention(q: Tensor, k: Tensor, v: Tensor, lengths: Tensor, scale: float) -> tuple[Tensor, Tensor]:
-    _check_lengths_values(lengths, k.shape[2])
-    return _dispatch.call(
-        "target_attention",
-        _impls("target_attention"),
-        q.device,
-        q.contiguous(),
-        k.contiguous(),
-        v.contiguous(),
-        lengths.to(torch.int64).contiguous(),
-        scale,
-    )
-
-
-@_target_attention.register_fake
-def _(q, k, v, lengths, scale):
+def _out_lse(q: Tensor) -> tuple[Tensor, Tensor]:
     B, H, Q, _ = q.shape
-    return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty(B, H, Q, dtype=torch.float32)
+    return _declare.like(q), q.new_empty(B, H, Q, dtype=torch.float32)
 
 
-@_dispatch.custom_op("rankops::target_attention_backward")
-def _target_attention_backward(
-    grad: Tensor, q: Tensor, k: Tensor, v: Tensor, lengths: Tensor, out: Tensor, lse: Tensor, scale: float
-) -> tuple[Tensor, Tensor, Tensor]:
-    return _dispatch.call(
-        "target_attention",
-        _impls("target_attention_backward"),
-        q.device,
-        grad.to(q.dtype).contiguous(),
-        q.contiguous(),
-        k.contiguous(),
-        v.contiguous(),
-        lengths.to(torch.int64).contiguous(),
-        out.contiguous(),
-        lse.contiguous(),
-        scale,
-    )
+def _backward_prepare(grad, q, k, v, lengths, out, lse, scale):  # lengths or offsets
+    return _declare.contiguous(grad.to(q.dtype), q, k, v, lengths.to(torch.int64), out, lse, scale)
 
 
-@_target_attention_backward.register_fake
-def _(grad, q, k, v, lengths, out, lse, scale):
-    c = torch.contiguous_format
-    return torch.empty_like(q, memory_format=c), torch.empty_like(k, memory_format=c), torch.empty_like(v, memory_format=c)
+# what the padded and the jagged op have in common
+_ATTENTION = dict(impls=_impls, outputs=("out", "lse"), grads=("q", "k", "v"), backward_prepare=_backward_prepare)
 
 
-def _setup(ctx, inputs, output):
-    q, k, v, lengths, scale = inputs
-    out, lse = output
-    ctx.save_for_backward(q, k, v, lengths, out, lse)
-    ctx.scale = scale
-    ctx.mark_non_differentiable(lse)
+def _padded_prepare(q, k, v, lengths, scale):
+    _check_lengths_values(lengths, k.shape[2])
+    return _declare.contiguous(q, k, v, lengths.to(torch.int64), scale)
 
 
-def _backward(ctx, grad_out, grad_lse):
-    q, k, v, lengths, out, lse = ctx.saved_tensors
-    dq, dk, dv = _dispatch.invoke(_target_attention_backward, grad_out, q, k, v, lengths, out, lse, ctx.scale)
-    return dq, dk, dv, None, None
+def _padded_backward(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, lengths: Tensor, out: Tensor, lse: Tensor,
+                     scale: float) -> tuple[Tensor, Tensor, Tensor]: ...
 
 
-_target_attention.register_autograd(_backward, setup_context=_setup)
+@_declare.op("target_attention", **_ATTENTION, prepare=_padded_prepare, backward=_padded_backward,
+             fake=lambda q, k, v, lengths, scale: _out_lse(q),
+             backward_fake=lambda grad, q, k, v, lengths, out, lse, scale: tuple(map(_declare.like, (q, k, v))))
+def _padded(q: Tensor, k: Tensor, v: Tensor, lengths: Tensor, scale: float) -> tuple[Tensor, Tensor]: ...
 
 
 def target_attention(
@@ -191,7 +148,7 @@ def target_attention(
     _checks.same_device(op, "q", q, lengths=lengths)
     if lengths.shape[0] != q.shape[0]:
         raise ValueError(f"rankops.{op}: lengths has {lengths.shape[0]} entries but the batch is {q.shape[0]}")
-    out, lse = _dispatch.invoke(_target_attention, q, k, v, lengths, _scale(scale, q.shape[-1]))
+    out, lse = _padded(q, k, v, lengths, _scale(scale, q.shape[-1]))
     return (out, lse) if return_lse else out
 
 
@@ -199,59 +156,19 @@ def target_attention(
 # jagged
 
 
-@_dispatch.custom_op("rankops::jagged_target_attention")
-def _jagged_target_attention(q: Tensor, k: Tensor, v: Tensor, offsets: Tensor, scale: float) -> tuple[Tensor, Tensor]:
+def _jagged_prepare(q, k, v, offsets, scale):
     _check_offsets_values(offsets, k.shape[0])
-    return _dispatch.call(
-        "jagged_target_attention",
-        _impls("jagged_target_attention"),
-        q.device,
-        q.contiguous(),
-        k.contiguous(),
-        v.contiguous(),
-        offsets.to(torch.int64).contiguous(),
-        scale,
-    )
+    return _declare.contiguous(q, k, v, offsets.to(torch.int64), scale)
 
 
-@_jagged_target_attention.register_fake
-def _(q, k, v, offsets, scale):
-    B, H, Q, _ = q.shape
-    return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty(B, H, Q, dtype=torch.float32)
+def _jagged_backward(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, offsets: Tensor, out: Tensor, lse: Tensor,
+                     scale: float) -> tuple[Tensor, Tensor, Tensor]: ...
 
 
-@_dispatch.custom_op("rankops::jagged_target_attention_backward")
-def _jagged_target_attention_backward(
-    grad: Tensor, q: Tensor, k: Tensor, v: Tensor, offsets: Tensor, out: Tensor, lse: Tensor, scale: float
-) -> tuple[Tensor, Tensor, Tensor]:
-    return _dispatch.call(
-        "jagged_target_attention",
-        _impls("jagged_target_attention_backward"),
-        q.device,
-        grad.to(q.dtype).contiguous(),
-        q.contiguous(),
-        k.contiguous(),
-        v.contiguous(),
-        offsets.to(torch.int64).contiguous(),
-        out.contiguous(),
-        lse.contiguous(),
-        scale,
-    )
-
-
-@_jagged_target_attention_backward.register_fake
-def _(grad, q, k, v, offsets, out, lse, scale):
-    c = torch.contiguous_format
-    return torch.empty_like(q, memory_format=c), torch.empty_like(k, memory_format=c), torch.empty_like(v, memory_format=c)
-
-
-def _jagged_backward(ctx, grad_out, grad_lse):
-    q, k, v, offsets, out, lse = ctx.saved_tensors
-    dq, dk, dv = _dispatch.invoke(_jagged_target_attention_backward, grad_out, q, k, v, offsets, out, lse, ctx.scale)
-    return dq, dk, dv, None, None
-
-
-_jagged_target_attention.register_autograd(_jagged_backward, setup_context=_setup)
+@_declare.op("jagged_target_attention", **_ATTENTION, prepare=_jagged_prepare, backward=_jagged_backward,
+             fake=lambda q, k, v, offsets, scale: _out_lse(q),
+             backward_fake=lambda grad, q, k, v, offsets, out, lse, scale: tuple(map(_declare.like, (q, k, v))))
+def _jagged(q: Tensor, k: Tensor, v: Tensor, offsets: Tensor, scale: float) -> tuple[Tensor, Tensor]: ...
 
 
 def jagged_target_attention(
@@ -279,7 +196,7 @@ def jagged_target_attention(
     _checks.same_device(op, "q", q, offsets=offsets)
     if offsets.shape[0] != q.shape[0] + 1:
         raise ValueError(f"rankops.{op}: offsets has {offsets.shape[0]} entries; the batch of {q.shape[0]} needs B+1")
-    out, lse = _dispatch.invoke(_jagged_target_attention, q, k, v, offsets, _scale(scale, q.shape[-1]))
+    out, lse = _jagged(q, k, v, offsets, _scale(scale, q.shape[-1]))
     return (out, lse) if return_lse else out
 
 
