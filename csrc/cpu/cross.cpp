@@ -443,4 +443,220 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_net_backward(const at::Tens
   return {dx0, dw, db_part.sum(1).to(w.scalar_type())};
 }
 
+
+// ---------------------------------------------------------------------------------------------
+// cross_net_v1: L stacked DCN (v1) layers, x_{l+1} = x0 * (x_l . w_l) + b_l + x_l, in one pass over
+// each row. Layer by layer every [B, N] activation goes through memory (and, for the backward,
+// is saved); here a row's L activations stay in an fp32 scratch of L * N floats (L1/L2-resident)
+// and nothing but the output is written. The backward recomputes them the same way (two dots and
+// two axpys per layer and row: cheaper than reading saved activations back) and writes dx0 only;
+// dw and db are summed per chunk of rows.
+
+namespace {
+
+template <typename T>
+void net_v1_forward(const T* x0, const float* w, const float* bias, T* out, int64_t B, int64_t N, int64_t L) {
+  at::parallel_for(0, B, row_grain(N * L), [&](int64_t b0, int64_t b1) {
+    std::vector<float> buf(2 * N);
+    float* x0f = buf.data();
+    float* x = x0f + N;
+    for (int64_t b = b0; b < b1; ++b) {
+      const T* x0r = x0 + b * N;
+      for (int64_t j = 0; j < N; ++j) x[j] = x0f[j] = static_cast<float>(x0r[j]);
+      for (int64_t l = 0; l < L; ++l) {
+        const float* wl = w + l * N;
+        const float* bl = bias + l * N;
+        float s = 0.f;
+#pragma omp simd reduction(+ : s)
+        for (int64_t j = 0; j < N; ++j) s += x[j] * wl[j];
+#pragma omp simd
+        for (int64_t j = 0; j < N; ++j) x[j] = x0f[j] * s + bl[j] + x[j];
+      }
+      T* outr = out + b * N;
+      for (int64_t j = 0; j < N; ++j) outr[j] = static_cast<T>(x[j]);
+    }
+  });
+}
+
+// Per row: recompute x_0..x_{L-1} and s_l = x_l . w_l, then from the top with G = dL/dx_{l+1}:
+// ds = G . x0, dx0 += G * s_l, dw_l += ds * x_l, db_l += G, G += ds * w_l; x_0 is x0, so the G
+// left at the bottom joins dx0.
+template <typename T>
+void net_v1_backward(const T* g, const T* x0, const float* w, const float* bias, T* dx0, float* dw_part,
+                     float* db_part, int64_t chunks, int64_t B, int64_t N, int64_t L) {
+  for_chunks(B, chunks, [&](int64_t c, int64_t r0, int64_t r1) {
+    float* dw = dw_part + c * L * N;
+    float* db = db_part + c * L * N;
+    std::vector<float> buf((L + 2) * N), s(L);
+    float* xs = buf.data();  // xs[l * N + j] = x_l[j]; x_0 = x0
+    float* G = xs + L * N;
+    float* dx = G + N;
+    for (int64_t b = r0; b < r1; ++b) {
+      const T* x0r = x0 + b * N;
+      const T* gr = g + b * N;
+      for (int64_t j = 0; j < N; ++j) xs[j] = static_cast<float>(x0r[j]);
+      for (int64_t l = 0; l < L; ++l) {
+        const float* xl = xs + l * N;
+        const float* wl = w + l * N;
+        float sl = 0.f;
+#pragma omp simd reduction(+ : sl)
+        for (int64_t j = 0; j < N; ++j) sl += xl[j] * wl[j];
+        s[l] = sl;
+        if (l + 1 < L) {
+          float* xn = xs + (l + 1) * N;
+          const float* bl = bias + l * N;
+#pragma omp simd
+          for (int64_t j = 0; j < N; ++j) xn[j] = xs[j] * sl + bl[j] + xl[j];
+        }
+      }
+      for (int64_t j = 0; j < N; ++j) {
+        G[j] = static_cast<float>(gr[j]);
+        dx[j] = 0.f;
+      }
+      for (int64_t l = L - 1; l >= 0; --l) {
+        const float* xl = xs + l * N;
+        const float* wl = w + l * N;
+        float* dwl = dw + l * N;
+        float* dbl = db + l * N;
+        float ds = 0.f;
+#pragma omp simd reduction(+ : ds)
+        for (int64_t j = 0; j < N; ++j) ds += G[j] * xs[j];
+        const float sl = s[l];
+#pragma omp simd
+        for (int64_t j = 0; j < N; ++j) {
+          dx[j] += G[j] * sl;
+          dwl[j] += ds * xl[j];
+          dbl[j] += G[j];
+          G[j] += ds * wl[j];
+        }
+      }
+      T* dxr = dx0 + b * N;
+      for (int64_t j = 0; j < N; ++j) dxr[j] = static_cast<T>(dx[j] + G[j]);
+    }
+  });
+}
+
+void check_net_v1(const char* op, const at::Tensor& x0, const at::Tensor& w, const at::Tensor& b) {
+  check_2d(x0, op, "x0");
+  const int64_t N = x0.size(1);
+  TORCH_CHECK_VALUE(w.dim() == 2 && w.size(0) >= 1 && w.size(1) == N && b.sizes() == w.sizes(), op,
+                    ": w and bias must be [L, N] with L >= 1 and N = x0.size(1) = ", N, ", got ", w.sizes(), " and ",
+                    b.sizes());
+}
+
+}  // namespace
+
+at::Tensor cross_net_v1(const at::Tensor& x0_, const at::Tensor& w_, const at::Tensor& b_) {
+  check_net_v1("cross_net_v1", x0_, w_, b_);
+  const auto x0 = x0_.contiguous();
+  const int64_t B = x0.size(0), N = x0.size(1), L = w_.size(0);
+  const auto w = w_.to(at::kFloat).contiguous(), bias = b_.to(at::kFloat).contiguous();
+  auto out = empty_large_like(x0);
+  RANKOPS_DISPATCH_FLOAT(x0.scalar_type(), "cross_net_v1", [&] {
+    net_v1_forward(x0.data_ptr<scalar_t>(), w.data_ptr<float>(), bias.data_ptr<float>(), out.data_ptr<scalar_t>(),
+                   B, N, L);
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_net_v1_backward(const at::Tensor& grad_, const at::Tensor& x0_,
+                                                                     const at::Tensor& w_, const at::Tensor& b_) {
+  check_net_v1("cross_net_v1_backward", x0_, w_, b_);
+  const auto x0 = x0_.contiguous();
+  const auto g = grad_.to(x0.scalar_type()).contiguous();
+  const int64_t B = x0.size(0), N = x0.size(1), L = w_.size(0);
+  TORCH_CHECK_VALUE(g.sizes() == x0.sizes(), "cross_net_v1_backward: grad ", g.sizes(), " must have x0's shape ",
+                    x0.sizes());
+  const auto w = w_.to(at::kFloat).contiguous(), bias = b_.to(at::kFloat).contiguous();
+  auto dx0 = empty_large_like(x0);
+  const int64_t chunks = num_chunks(B, row_grain(N * L));
+  auto dw = at::zeros({chunks, L, N}, at::kFloat), db = at::zeros({chunks, L, N}, at::kFloat);
+  RANKOPS_DISPATCH_FLOAT(x0.scalar_type(), "cross_net_v1_backward", [&] {
+    net_v1_backward(g.data_ptr<scalar_t>(), x0.data_ptr<scalar_t>(), w.data_ptr<float>(), bias.data_ptr<float>(),
+                    dx0.data_ptr<scalar_t>(), dw.data_ptr<float>(), db.data_ptr<float>(), chunks, B, N, L);
+  });
+  return {dx0, dw.sum(0).to(w_.scalar_type()), db.sum(0).to(w_.scalar_type())};
+}
+
+// ---------------------------------------------------------------------------------------------
+// cross_net_lowrank: L stacked low-rank layers, x_{l+1} = x0 * (t_l @ u_l.T + b_l) + x_l with
+// t_l = x_l @ v_l.T. The layer kernels' GEMMs and passes, run in one call: the activations go
+// straight into the saved stacks (xs [L-1, B, N], ts [L, B, r], ps [L, B, N]; the GEMMs write
+// into them), inference alternates two buffers, and the backward updates the gradient flowing down
+// the stack in place (G += dt @ v_l) and sums dx0 as it goes.
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cross_net_lowrank(const at::Tensor& x0_,
+                                                                             const at::Tensor& u_,
+                                                                             const at::Tensor& v_,
+                                                                             const at::Tensor& b_, bool save) {
+  check_2d(x0_, "cross_net_lowrank", "x0");
+  const auto x0 = x0_.contiguous(), u = u_.contiguous(), v = v_.contiguous();
+  const int64_t B = x0.size(0), N = x0.size(1);
+  TORCH_CHECK_VALUE(u.dim() == 3 && v.dim() == 3 && u.size(0) >= 1 && u.size(1) == N && v.size(0) == u.size(0) &&
+                        v.size(1) == u.size(2) && v.size(2) == N && u.size(2) >= 1 && b_.dim() == 2 &&
+                        b_.size(0) == u.size(0) && b_.size(1) == N,
+                    "cross_net_lowrank: shapes do not match: x0 ", x0.sizes(), ", u ", u.sizes(), ", v ", v.sizes(),
+                    ", bias ", b_.sizes());
+  const int64_t L = u.size(0), r = u.size(2);
+  const auto bias = b_.to(at::kFloat).contiguous();
+  auto out = empty_large_like(x0);
+  auto xs = save ? empty_large({L - 1, B, N}, x0.options()) : x0.new_empty({0});
+  auto ts = save ? at::empty({L, B, r}, x0.options()) : at::empty({B, r}, x0.options());
+  auto ps = empty_large({save ? L : std::min<int64_t>(L, 2), B, N}, x0.options());
+  RANKOPS_DISPATCH_FLOAT(x0.scalar_type(), "cross_net_lowrank", [&] {
+    at::Tensor x = x0;
+    for (int64_t l = 0; l < L; ++l) {
+      auto t = save ? ts[l] : ts;
+      at::mm_out(t, x, v[l].t());
+      auto p = ps[save ? l : l % 2];
+      at::mm_out(p, t, u[l].t());
+      const bool last = l == L - 1;
+      auto y = last ? out : (save ? xs[l] : p);  // without save the epilogue overwrites p in place
+      epilogue(x0.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), p.data_ptr<scalar_t>(), bias.data_ptr<float>() + l * N,
+               y.data_ptr<scalar_t>(), save, B, N);
+      x = y;
+    }
+  });
+  if (!save) return {out, x0.new_empty({0}), x0.new_empty({0}), x0.new_empty({0})};
+  return {out, xs, ts, ps};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cross_net_lowrank_backward(
+    const at::Tensor& grad_, const at::Tensor& x0_, const at::Tensor& u_, const at::Tensor& v_, const at::Tensor& xs_,
+    const at::Tensor& ts_, const at::Tensor& ps_) {
+  check_2d(x0_, "cross_net_lowrank_backward", "x0");
+  const auto x0 = x0_.contiguous(), u = u_.contiguous(), v = v_.contiguous();
+  const auto xs = xs_.contiguous(), ts = ts_.contiguous(), ps = ps_.contiguous();
+  const auto g = grad_.to(x0.scalar_type()).contiguous();
+  const int64_t B = x0.size(0), N = x0.size(1);
+  TORCH_CHECK_VALUE(u.dim() == 3 && v.dim() == 3 && u.size(1) == N && v.size(2) == N, "cross_net_lowrank_backward: ",
+                    "u ", u.sizes(), " and v ", v.sizes(), " do not match x0 ", x0.sizes());
+  const int64_t L = u.size(0), r = u.size(2);
+  TORCH_CHECK_VALUE(g.sizes() == x0.sizes() && xs.sizes() == at::IntArrayRef({L - 1, B, N}) &&
+                        ts.sizes() == at::IntArrayRef({L, B, r}) && ps.sizes() == at::IntArrayRef({L, B, N}),
+                    "cross_net_lowrank_backward: grad ", g.sizes(), ", xs ", xs.sizes(), ", ts ", ts.sizes(),
+                    " and ps ", ps.sizes(), " are not cross_net_lowrank's saved activations for x0 ", x0.sizes());
+  auto dx0 = empty_large_like(x0), dx0_l = empty_large_like(x0), dp = empty_large_like(x0);
+  auto G = empty_large_like(x0);  // the gradient flowing down the stack
+  auto du = at::empty_like(u), dv = at::empty_like(v);
+  auto db = at::empty({L, N}, at::kFloat);
+  RANKOPS_DISPATCH_FLOAT(x0.scalar_type(), "cross_net_lowrank_backward", [&] {
+    for (int64_t l = L - 1; l >= 0; --l) {
+      const bool top = l == L - 1;
+      // dp = G * x0, dx0 (this layer's share) = G * p_l, and G copied onto itself (or from grad)
+      db[l].copy_(grad_pass(top ? g.data_ptr<scalar_t>() : G.data_ptr<scalar_t>(), x0.data_ptr<scalar_t>(),
+                            ps[l].data_ptr<scalar_t>(), dp.data_ptr<scalar_t>(),
+                            (top ? dx0 : dx0_l).data_ptr<scalar_t>(), G.data_ptr<scalar_t>(), B, N));
+      if (!top) dx0.add_(dx0_l);
+      auto dul = du[l], dvl = dv[l];
+      at::mm_out(dul, dp.t(), ts[l]);
+      auto dt = at::mm(dp, u[l]);
+      at::mm_out(dvl, dt.t(), l == 0 ? x0 : xs[l - 1]);
+      G.addmm_(dt, v[l]);  // G = g + dt @ v_l: the gradient of this layer's input
+    }
+    dx0.add_(G);  // x_0 is x0
+  });
+  return {dx0, du, dv, db.to(u.scalar_type())};
+}
+
 }  // namespace rankops::cpu

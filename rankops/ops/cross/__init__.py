@@ -143,6 +143,97 @@ def cross_net(x0: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
+# DCN (v1) and low-rank stacks in one op each
+
+
+def _check_stack(op: str, x0, **params: Tensor) -> tuple[int, int]:
+    _checks.tensor(op, "x0", x0, 2, "[batch, in_dim]")
+    _checks.floating(op, "x0", x0)
+    for name, t in params.items():
+        _checks.tensor(op, name, t)
+    first = next(iter(params.values()))
+    L, N = (first.shape[0] if first.dim() else 0), x0.shape[1]
+    if L < 1:
+        raise ValueError(f"rankops.{op}: the parameters must hold at least one layer, got shape {tuple(first.shape)}")
+    _check_common(op, x0, **params)
+    return L, N
+
+
+def _net_v1_backward(grad: Tensor, x0: Tensor, w: Tensor, bias: Tensor) -> tuple[Tensor, Tensor, Tensor]: ...
+
+
+@_declare.op("cross_net_v1", impls=_impls, grads=("x0", "w", "bias"), fake=lambda x0, w, bias: _declare.like(x0),
+             backward=_net_v1_backward,
+             backward_fake=lambda grad, x0, w, bias: (_declare.like(x0), _declare.like(w), _declare.like(bias)))
+def _net_v1(x0: Tensor, w: Tensor, bias: Tensor) -> Tensor: ...
+
+
+def cross_net_v1(x0: Tensor, w: Tensor, bias: Tensor) -> Tensor:
+    """L stacked DCN (v1) cross layers in one op: ``x_{l+1} = x0 * (x_l @ w[l])[:, None] + bias[l] + x_l``
+    with ``x_0 = x0``; returns ``x_L``. The same as L calls of :func:`cross_layer_v1`; the CPU
+    kernel runs all L layers on a row while it is in cache and saves nothing for the backward,
+    which recomputes the layers' inputs the same way (one read of x0 and grad, one write of dx0).
+
+    Args:
+        x0: ``[B, N]``, fp32 / fp16 / bf16 (accumulated in fp32).
+        w: ``[L, N]``, L >= 1 (the layers' weight vectors stacked).
+        bias: ``[L, N]``.
+    Returns:
+        ``[B, N]`` in x0's dtype.
+    """
+    op = "cross_net_v1"
+    L, N = _check_stack(op, x0, w=w, bias=bias)
+    _check_shape(op, "w", w, (L, N), "[num_layers, in_dim]")
+    _check_shape(op, "bias", bias, (L, N), "[num_layers, in_dim]")
+    return _net_v1(x0, w, bias)
+
+
+def _net_lowrank_backward(grad: Tensor, x0: Tensor, u: Tensor, v: Tensor, xs: Tensor, ts: Tensor, ps: Tensor
+                          ) -> tuple[Tensor, Tensor, Tensor, Tensor]: ...
+
+
+def _net_lowrank_fake(x0, u, v, bias, save):
+    if not save:
+        return _declare.like(x0), x0.new_empty(0), x0.new_empty(0), x0.new_empty(0)
+    (B, N), (L, _, r) = x0.shape, u.shape
+    return _declare.like(x0), x0.new_empty(L - 1, B, N), x0.new_empty(L, B, r), x0.new_empty(L, B, N)
+
+
+@_declare.op("cross_net_lowrank", impls=_impls, outputs=("out", "xs", "ts", "ps"), grads=("x0", "u", "v", "bias"),
+             recompute="save", fake=_net_lowrank_fake, backward=_net_lowrank_backward,
+             backward_fake=lambda grad, x0, u, v, xs, ts, ps: (_declare.like(x0), _declare.like(u), _declare.like(v),
+                                                              u.new_empty(u.shape[0], u.shape[1])))
+def _net_lowrank(x0: Tensor, u: Tensor, v: Tensor, bias: Tensor, save: bool
+                 ) -> tuple[Tensor, Tensor, Tensor, Tensor]: ...
+
+
+def cross_net_lowrank(x0: Tensor, u: Tensor, v: Tensor, bias: Tensor) -> Tensor:
+    """L stacked DCN-V2 low-rank cross layers in one op:
+    ``x_{l+1} = x0 * ((x_l @ v[l].T) @ u[l].T + bias[l]) + x_l`` with ``x_0 = x0``; returns ``x_L``.
+    The same as L calls of :func:`cross_layer_lowrank`, with the activations written straight into
+    the saved stacks and dx0 summed inside the backward.
+
+    Args:
+        x0: ``[B, N]``, fp32 / fp16 / bf16 (accumulated in fp32).
+        u: ``[L, N, r]`` (TorchRec ``W_kernels`` stacked), L >= 1, r >= 1.
+        v: ``[L, r, N]`` (TorchRec ``V_kernels`` stacked).
+        bias: ``[L, N]``.
+    Returns:
+        ``[B, N]`` in x0's dtype.
+    """
+    op = "cross_net_lowrank"
+    L, N = _check_stack(op, x0, u=u, v=v, bias=bias)
+    _checks.tensor(op, "u", u, 3, "[num_layers, in_dim, rank]")
+    r = u.shape[2]
+    if r < 1:
+        raise ValueError(f"rankops.{op}: rank must be >= 1, got u of shape {tuple(u.shape)} (rank 0)")
+    _check_shape(op, "u", u, (L, N, r), "[num_layers, in_dim, rank]")
+    _check_shape(op, "v", v, (L, r, N), "[num_layers, rank, in_dim]")
+    _check_shape(op, "bias", bias, (L, N), "[num_layers, in_dim]")
+    return _net_lowrank(x0, u, v, bias, _needs_grad(x0, u, v, bias))[0]
+
+
+# ---------------------------------------------------------------------------------------------
 # DCN-V2 low rank
 
 
@@ -226,4 +317,4 @@ def cross_layer_v1(x0: Tensor, xl: Tensor, w: Tensor, bias: Tensor) -> Tensor:
     return _v1(x0, xl, w, bias)
 
 
-__all__ = ["cross_layer", "cross_layer_lowrank", "cross_layer_v1", "cross_net"]
+__all__ = ["cross_layer", "cross_layer_lowrank", "cross_layer_v1", "cross_net", "cross_net_lowrank", "cross_net_v1"]
