@@ -445,93 +445,114 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_net_backward(const at::Tens
 
 
 // ---------------------------------------------------------------------------------------------
-// cross_net_v1: L stacked DCN (v1) layers, x_{l+1} = x0 * (x_l . w_l) + b_l + x_l, in one pass over
-// each row. Layer by layer every [B, N] activation goes through memory (and, for the backward,
-// is saved); here a row's L activations stay in an fp32 scratch of L * N floats (L1/L2-resident)
-// and nothing but the output is written. The backward recomputes them the same way (two dots and
-// two axpys per layer and row: cheaper than reading saved activations back) and writes dx0 only;
-// dw and db are summed per chunk of rows.
+// cross_net_v1: L stacked DCN (v1) layers, x_{l+1} = x0 * (x_l . w_l) + b_l + x_l.
+//
+// Every layer's output is x0 scaled plus a bias sum: x_l = alpha_l x0 + Bc_l with Bc_l = sum_{k<l} b_k
+// (the same for every row) and the per-row scalars alpha_0 = 1, alpha_{l+1} = alpha_l + s_l,
+//     s_l = x_l . w_l = alpha_l d_l + c_l,   d_l = x0 . w_l,   c_l = Bc_l . w_l.
+// So the whole stack is L dot products with x0 and one pass out = alpha_L x0 + Bc_L: x0 is read once
+// from memory (the dots and the pass run on a row in L1), only the output is written, nothing is
+// saved for the backward, whatever L is. The backward, with G = grad and per row
+//     abar = G . x0 (= dL/dalpha_L), then from the top: sbar_l = abar, abar *= 1 + d_l,
+//     dbar_l = sbar_l alpha_l (= dL/dd_l),
+// is dx0 = alpha_L G + sum_l dbar_l w_l (one more pass), dW = dbar.T @ x0 + Cbar_l Bc_l (one GEMM,
+// Cbar_l = sum over rows of sbar_l) and db_k = sum_rows G + sum_{l>k} Cbar_l w_l.
+// Layer by layer (cross_layer_v1) each layer reads and writes [B, N] in both directions.
 
 namespace {
 
+// sum_j f(j) for j < n: four accumulator chains over the four quarters of the row (one chain
+// waits on the FMA latency).
+template <typename F>
+inline float sum4(int64_t n, const F& f) {
+  const int64_t q = n / 4;
+  float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+  for (int64_t j = 0; j < q; ++j) {
+    s0 += f(j);
+    s1 += f(j + q);
+    s2 += f(j + 2 * q);
+    s3 += f(j + 3 * q);
+  }
+  float s = (s0 + s1) + (s2 + s3);
+  for (int64_t j = 4 * q; j < n; ++j) s += f(j);
+  return s;
+}
+
+// Bc [(L + 1) * N]: Bc_l = sum_{k<l} b_k; c [L]: c_l = Bc_l . w_l.
+void v1_constants(const float* w, const float* bias, int64_t N, int64_t L, std::vector<float>& Bc,
+                  std::vector<float>& c) {
+  Bc.assign((L + 1) * N, 0.f);
+  c.assign(L, 0.f);
+  for (int64_t l = 0; l < L; ++l) {
+    for (int64_t j = 0; j < N; ++j) Bc[(l + 1) * N + j] = Bc[l * N + j] + bias[l * N + j];
+    c[l] = sum4(N, [&](int64_t j) { return Bc[l * N + j] * w[l * N + j]; });
+  }
+}
+
+// d_l = x0 . w_l for the L layers; returns alpha_L and fills alpha[0..L) when given.
 template <typename T>
-void net_v1_forward(const T* x0, const float* w, const float* bias, T* out, int64_t B, int64_t N, int64_t L) {
+inline float v1_row(const T* x0r, const float* w, const float* c, int64_t N, int64_t L, float* d, float* alpha) {
+  float a = 1.f;
+  for (int64_t l = 0; l < L; ++l) {
+    const float* wl = w + l * N;
+    d[l] = sum4(N, [&](int64_t j) { return static_cast<float>(x0r[j]) * wl[j]; });
+    if (alpha) alpha[l] = a;
+    a += a * d[l] + c[l];
+  }
+  return a;
+}
+
+template <typename T>
+void net_v1_forward(const T* x0, const float* w, const float* Bc, const float* c, T* out, int64_t B, int64_t N,
+                    int64_t L) {
+  const float* BL = Bc + L * N;
   at::parallel_for(0, B, row_grain(N * L), [&](int64_t b0, int64_t b1) {
-    std::vector<float> buf(2 * N);
-    float* x0f = buf.data();
-    float* x = x0f + N;
+    std::vector<float> d(L);
     for (int64_t b = b0; b < b1; ++b) {
       const T* x0r = x0 + b * N;
-      for (int64_t j = 0; j < N; ++j) x[j] = x0f[j] = static_cast<float>(x0r[j]);
-      for (int64_t l = 0; l < L; ++l) {
-        const float* wl = w + l * N;
-        const float* bl = bias + l * N;
-        float s = 0.f;
-#pragma omp simd reduction(+ : s)
-        for (int64_t j = 0; j < N; ++j) s += x[j] * wl[j];
-#pragma omp simd
-        for (int64_t j = 0; j < N; ++j) x[j] = x0f[j] * s + bl[j] + x[j];
-      }
+      const float a = v1_row(x0r, w, c, N, L, d.data(), nullptr);
       T* outr = out + b * N;
-      for (int64_t j = 0; j < N; ++j) outr[j] = static_cast<T>(x[j]);
+#pragma omp simd
+      for (int64_t j = 0; j < N; ++j) outr[j] = static_cast<T>(a * static_cast<float>(x0r[j]) + BL[j]);
     }
   });
 }
 
-// Per row: recompute x_0..x_{L-1} and s_l = x_l . w_l, then from the top with G = dL/dx_{l+1}:
-// ds = G . x0, dx0 += G * s_l, dw_l += ds * x_l, db_l += G, G += ds * w_l; x_0 is x0, so the G
-// left at the bottom joins dx0.
+// Per row: dx0 and dbar [B, L]; per chunk: the column sums of G and the row sums of sbar (Cbar).
 template <typename T>
-void net_v1_backward(const T* g, const T* x0, const float* w, const float* bias, T* dx0, float* dw_part,
-                     float* db_part, int64_t chunks, int64_t B, int64_t N, int64_t L) {
-  for_chunks(B, chunks, [&](int64_t c, int64_t r0, int64_t r1) {
-    float* dw = dw_part + c * L * N;
-    float* db = db_part + c * L * N;
-    std::vector<float> buf((L + 2) * N), s(L);
-    float* xs = buf.data();  // xs[l * N + j] = x_l[j]; x_0 = x0
-    float* G = xs + L * N;
-    float* dx = G + N;
+void net_v1_backward(const T* g, const T* x0, const float* w, const float* c, T* dx0, float* dbar, float* gsum_part,
+                     float* cbar_part, int64_t chunks, int64_t B, int64_t N, int64_t L) {
+  for_chunks(B, chunks, [&](int64_t ch, int64_t r0, int64_t r1) {
+    float* gsum = gsum_part + ch * N;
+    float* cbar = cbar_part + ch * L;
+    std::vector<float> d(L), alpha(L), acc(N);
     for (int64_t b = r0; b < r1; ++b) {
       const T* x0r = x0 + b * N;
       const T* gr = g + b * N;
-      for (int64_t j = 0; j < N; ++j) xs[j] = static_cast<float>(x0r[j]);
-      for (int64_t l = 0; l < L; ++l) {
-        const float* xl = xs + l * N;
-        const float* wl = w + l * N;
-        float sl = 0.f;
-#pragma omp simd reduction(+ : sl)
-        for (int64_t j = 0; j < N; ++j) sl += xl[j] * wl[j];
-        s[l] = sl;
-        if (l + 1 < L) {
-          float* xn = xs + (l + 1) * N;
-          const float* bl = bias + l * N;
-#pragma omp simd
-          for (int64_t j = 0; j < N; ++j) xn[j] = xs[j] * sl + bl[j] + xl[j];
-        }
-      }
-      for (int64_t j = 0; j < N; ++j) {
-        G[j] = static_cast<float>(gr[j]);
-        dx[j] = 0.f;
-      }
+      float* dbr = dbar + b * L;
+      const float aL = v1_row(x0r, w, c, N, L, d.data(), alpha.data());
+      float abar = sum4(N, [&](int64_t j) {
+        const float gv = static_cast<float>(gr[j]);
+        acc[j] = aL * gv;
+        gsum[j] += gv;
+        return gv * static_cast<float>(x0r[j]);
+      });
       for (int64_t l = L - 1; l >= 0; --l) {
-        const float* xl = xs + l * N;
+        const float sbar = abar;
+        dbr[l] = sbar * alpha[l];
+        cbar[l] += sbar;
+        abar += sbar * d[l];
+      }
+      for (int64_t l = 0; l < L; ++l) {
         const float* wl = w + l * N;
-        float* dwl = dw + l * N;
-        float* dbl = db + l * N;
-        float ds = 0.f;
-#pragma omp simd reduction(+ : ds)
-        for (int64_t j = 0; j < N; ++j) ds += G[j] * xs[j];
-        const float sl = s[l];
+        const float dl = dbr[l];
 #pragma omp simd
-        for (int64_t j = 0; j < N; ++j) {
-          dx[j] += G[j] * sl;
-          dwl[j] += ds * xl[j];
-          dbl[j] += G[j];
-          G[j] += ds * wl[j];
-        }
+        for (int64_t j = 0; j < N; ++j) acc[j] += dl * wl[j];
       }
       T* dxr = dx0 + b * N;
-      for (int64_t j = 0; j < N; ++j) dxr[j] = static_cast<T>(dx[j] + G[j]);
+#pragma omp simd
+      for (int64_t j = 0; j < N; ++j) dxr[j] = static_cast<T>(acc[j]);
     }
   });
 }
@@ -551,10 +572,12 @@ at::Tensor cross_net_v1(const at::Tensor& x0_, const at::Tensor& w_, const at::T
   const auto x0 = x0_.contiguous();
   const int64_t B = x0.size(0), N = x0.size(1), L = w_.size(0);
   const auto w = w_.to(at::kFloat).contiguous(), bias = b_.to(at::kFloat).contiguous();
+  std::vector<float> Bc, c;
+  v1_constants(w.data_ptr<float>(), bias.data_ptr<float>(), N, L, Bc, c);
   auto out = empty_large_like(x0);
   RANKOPS_DISPATCH_FLOAT(x0.scalar_type(), "cross_net_v1", [&] {
-    net_v1_forward(x0.data_ptr<scalar_t>(), w.data_ptr<float>(), bias.data_ptr<float>(), out.data_ptr<scalar_t>(),
-                   B, N, L);
+    net_v1_forward(x0.data_ptr<scalar_t>(), w.data_ptr<float>(), Bc.data(), c.data(), out.data_ptr<scalar_t>(), B,
+                   N, L);
   });
   return out;
 }
@@ -568,14 +591,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_net_v1_backward(const at::T
   TORCH_CHECK_VALUE(g.sizes() == x0.sizes(), "cross_net_v1_backward: grad ", g.sizes(), " must have x0's shape ",
                     x0.sizes());
   const auto w = w_.to(at::kFloat).contiguous(), bias = b_.to(at::kFloat).contiguous();
+  std::vector<float> Bc, c;
+  v1_constants(w.data_ptr<float>(), bias.data_ptr<float>(), N, L, Bc, c);
   auto dx0 = empty_large_like(x0);
+  auto dbar = at::empty({B, L}, at::kFloat);
   const int64_t chunks = num_chunks(B, row_grain(N * L));
-  auto dw = at::zeros({chunks, L, N}, at::kFloat), db = at::zeros({chunks, L, N}, at::kFloat);
+  auto gsum = at::zeros({chunks, N}, at::kFloat), cbar = at::zeros({chunks, L}, at::kFloat);
   RANKOPS_DISPATCH_FLOAT(x0.scalar_type(), "cross_net_v1_backward", [&] {
-    net_v1_backward(g.data_ptr<scalar_t>(), x0.data_ptr<scalar_t>(), w.data_ptr<float>(), bias.data_ptr<float>(),
-                    dx0.data_ptr<scalar_t>(), dw.data_ptr<float>(), db.data_ptr<float>(), chunks, B, N, L);
+    net_v1_backward(g.data_ptr<scalar_t>(), x0.data_ptr<scalar_t>(), w.data_ptr<float>(), c.data(),
+                    dx0.data_ptr<scalar_t>(), dbar.data_ptr<float>(), gsum.data_ptr<float>(), cbar.data_ptr<float>(),
+                    chunks, B, N, L);
   });
-  return {dx0, dw.sum(0).to(w_.scalar_type()), db.sum(0).to(w_.scalar_type())};
+  // dW_l = sum_rows dbar_l x0 + Cbar_l Bc_l;  db_k = sum_rows G + sum_{l>k} Cbar_l w_l
+  const auto Cbar = cbar.sum(0);  // [L]
+  const auto Bct = at::from_blob(Bc.data(), {L + 1, N}, at::kFloat).narrow(0, 0, L);
+  auto dw = at::mm(dbar.t(), x0.to(at::kFloat)).addcmul_(Cbar.unsqueeze(1), Bct);
+  // suffix sums over l > k of Cbar_l w_l: row k of (Cbar w) summed from k + 1 to L - 1
+  const auto cw = Cbar.unsqueeze(1) * w;                        // [L, N]
+  const auto suffix = cw.flip(0).cumsum(0).flip(0) - cw;        // sum_{l >= k} - term k
+  auto db = gsum.sum(0).unsqueeze(0) + suffix;
+  return {dx0, dw.to(w_.scalar_type()), db.to(w_.scalar_type())};
 }
 
 // ---------------------------------------------------------------------------------------------
