@@ -295,8 +295,8 @@ def din_attention(
 
     params = [w1, b1, w2, b2, w_out, b_out, *alphas]
     if _din_native_ok(q, keys, params, activation, dice_stats):
-        return _din_native(q, keys, lengths, w1, b1, w2, b2, w_out, b_out, activation, normalize, alphas,
-                           dice_stats, eps)
+        return _din(*_din_flat(q, keys, lengths, w1, b1, w2, b2, w_out, b_out, activation, normalize, alphas,
+                               dice_stats, eps))
 
     mask = torch.arange(L, device=keys.device)[None, :] < lengths.to(torch.int64)[:, None]  # [B, L]
     qf = q.float()
@@ -339,28 +339,66 @@ def _activate(x: Tensor, kind: str, alpha: Tensor | None, stats, eps: float) -> 
 
 
 def _din_native_ok(q, keys, params, activation, dice_stats) -> bool:
-    """Inference on CPU (nothing needs a gradient, Dice with given statistics, not under
-    torch.compile) goes to the fused C++ kernel, which never stores the [B, L, H] activations;
-    training keeps the PyTorch path above, whose autograd gives every parameter's gradient."""
+    """On CPU (not under torch.compile) the fused C++ kernels serve, forward and backward, through the
+    din_attention custom op: they never store the [B, L, H] activations. Dice with batch statistics
+    (training) keeps the PyTorch path above, whose statistics span the batch; so do other devices."""
     from rankops import backend as _backend
 
     if keys.device.type != "cpu" or torch.compiler.is_compiling():
-        return False
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, keys, *params)):
         return False
     if activation == "dice" and dice_stats is None:
         return False
     return _backend.current() in ("auto", "cpp") and _backend.why_unavailable("cpp", keys.device) is None
 
 
-def _din_native(q, keys, lengths, w1, b1, w2, b2, w_out, b_out, activation, normalize, alphas, dice_stats, eps):
-    """The C++ inference kernel (csrc/cpu/attention.cpp, din_attention_inference)."""
+def _din_flat(q, keys, lengths, w1, b1, w2, b2, w_out, b_out, activation, normalize, alphas, dice_stats, eps):
+    """The op's flat arguments: absent parameters as empty tensors, the activation as its index."""
     none = q.new_empty(0, dtype=torch.float32)
     alphas = tuple(alphas) + (None, None)
     stats = tuple(dice_stats) + (None, None) if dice_stats is not None else (None, None)
     (m1, v1), (m2, v2) = ((s if s is not None else (none, none)) for s in stats[:2])
+    opt = lambda t: t if t is not None else none  # noqa: E731
+    return (q, keys.to(q.dtype), lengths.to(torch.int64), w1, b1, opt(w2), opt(b2), w_out, b_out,
+            ACTIVATIONS.index(activation), bool(normalize), opt(alphas[0]), opt(alphas[1]), m1, v1, m2, v2,
+            float(eps))
+
+
+def _din_native(q, keys, lengths, w1, b1, w2, b2, w_out, b_out, activation, normalize, alphas, dice_stats, eps):
+    """The C++ inference kernel (csrc/cpu/attention.cpp, din_attention_inference), called directly."""
     fn = _dispatch._resolve(f"{_NATIVE}.din_attention_inference")
-    return fn(q, keys.to(q.dtype), lengths, w1, b1, w2 if w2 is not None else none, b2 if b2 is not None else none,
-              w_out, b_out, ACTIVATIONS.index(activation), bool(normalize),
-              alphas[0] if alphas[0] is not None else none, alphas[1] if alphas[1] is not None else none,
-              m1, v1, m2, v2, float(eps))
+    return fn(*_din_flat(q, keys, lengths, w1, b1, w2, b2, w_out, b_out, activation, normalize, alphas, dice_stats,
+                         eps))
+
+
+def _din_impls(name: str) -> dict[str, str]:
+    native = "din_attention_inference" if name == "din_attention" else name
+    return {"reference": f"rankops.ops.attention.reference:{name}", "cpp": f"{_NATIVE}.{native}"}
+
+
+def _din_backward_kernel(*args):  # the C++ kernel returns a list
+    impls = _din_impls("din_attention_backward")
+    return tuple(_dispatch.call("din_attention", impls, args[1].device, *_declare.contiguous(*args)))
+
+
+def _din_fake(q, keys, lengths, w1, b1, w2, b2, w_out, b_out, act, normalize, alpha1, alpha2, mean1, var1, mean2,
+              var2, eps):
+    return _declare.like(q)
+
+
+def _din_backward(grad: Tensor, q: Tensor, keys: Tensor, lengths: Tensor, w1: Tensor, b1: Tensor, w2: Tensor,
+                  b2: Tensor, w_out: Tensor, b_out: Tensor, act: int, normalize: bool, alpha1: Tensor, alpha2: Tensor,
+                  mean1: Tensor, var1: Tensor, mean2: Tensor, var2: Tensor, eps: float
+                  ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]: ...
+
+
+def _din_backward_fake(grad, q, keys, lengths, w1, b1, w2, b2, w_out, b_out, act, normalize, alpha1, alpha2, mean1,
+                       var1, mean2, var2, eps):
+    return tuple(map(_declare.like, (q, keys, w1, b1, w2, b2, w_out, b_out, alpha1, alpha2)))
+
+
+@_declare.op("din_attention", impls=_din_impls, backward_kernel=_din_backward_kernel,
+             grads=("q", "keys", "w1", "b1", "w2", "b2", "w_out", "b_out", "alpha1", "alpha2"),
+             fake=_din_fake, backward=_din_backward, backward_fake=_din_backward_fake)
+def _din(q: Tensor, keys: Tensor, lengths: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, w_out: Tensor,
+         b_out: Tensor, act: int, normalize: bool, alpha1: Tensor, alpha2: Tensor, mean1: Tensor, var1: Tensor,
+         mean2: Tensor, var2: Tensor, eps: float) -> Tensor: ...
