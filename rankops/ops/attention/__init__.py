@@ -103,23 +103,40 @@ def _backward_prepare(grad, q, k, v, lengths, out, lse, scale):  # lengths or of
     return _declare.contiguous(grad.to(q.dtype), q, k, v, lengths.to(torch.int64), out, lse, scale)
 
 
-# what the padded and the jagged op have in common
+# the padded and the jagged op: what they have in common, then each one's own
 _ATTENTION = dict(impls=_impls, outputs=("out", "lse"), grads=("q", "k", "v"), backward_prepare=_backward_prepare)
 
 
-def _padded_prepare(q, k, v, lengths, scale):
-    _check_lengths_values(lengths, k.shape[2])
-    return _declare.contiguous(q, k, v, lengths.to(torch.int64), scale)
+def _prepare(check_values):
+    """The kernels' arguments: the lengths or offsets checked (one sync), as int64, all contiguous."""
+
+    def prepare(q, k, v, index, scale):
+        check_values(index, k)
+        return _declare.contiguous(q, k, v, index.to(torch.int64), scale)
+
+    return prepare
 
 
 def _padded_backward(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, lengths: Tensor, out: Tensor, lse: Tensor,
                      scale: float) -> tuple[Tensor, Tensor, Tensor]: ...
 
 
-@_declare.op("target_attention", **_ATTENTION, prepare=_padded_prepare, backward=_padded_backward,
+def _jagged_backward(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, offsets: Tensor, out: Tensor, lse: Tensor,
+                     scale: float) -> tuple[Tensor, Tensor, Tensor]: ...
+
+
+@_declare.op("target_attention", **_ATTENTION, backward=_padded_backward,
+             prepare=_prepare(lambda lengths, k: _check_lengths_values(lengths, k.shape[2])),
              fake=lambda q, k, v, lengths, scale: _out_lse(q),
              backward_fake=lambda grad, q, k, v, lengths, out, lse, scale: tuple(map(_declare.like, (q, k, v))))
 def _padded(q: Tensor, k: Tensor, v: Tensor, lengths: Tensor, scale: float) -> tuple[Tensor, Tensor]: ...
+
+
+@_declare.op("jagged_target_attention", **_ATTENTION, backward=_jagged_backward,
+             prepare=_prepare(lambda offsets, k: _check_offsets_values(offsets, k.shape[0])),
+             fake=lambda q, k, v, offsets, scale: _out_lse(q),
+             backward_fake=lambda grad, q, k, v, offsets, out, lse, scale: tuple(map(_declare.like, (q, k, v))))
+def _jagged(q: Tensor, k: Tensor, v: Tensor, offsets: Tensor, scale: float) -> tuple[Tensor, Tensor]: ...
 
 
 def target_attention(
@@ -154,21 +171,6 @@ def target_attention(
 
 # ---------------------------------------------------------------------------------------------
 # jagged
-
-
-def _jagged_prepare(q, k, v, offsets, scale):
-    _check_offsets_values(offsets, k.shape[0])
-    return _declare.contiguous(q, k, v, offsets.to(torch.int64), scale)
-
-
-def _jagged_backward(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, offsets: Tensor, out: Tensor, lse: Tensor,
-                     scale: float) -> tuple[Tensor, Tensor, Tensor]: ...
-
-
-@_declare.op("jagged_target_attention", **_ATTENTION, prepare=_jagged_prepare, backward=_jagged_backward,
-             fake=lambda q, k, v, offsets, scale: _out_lse(q),
-             backward_fake=lambda grad, q, k, v, offsets, out, lse, scale: tuple(map(_declare.like, (q, k, v))))
-def _jagged(q: Tensor, k: Tensor, v: Tensor, offsets: Tensor, scale: float) -> tuple[Tensor, Tensor]: ...
 
 
 def jagged_target_attention(
