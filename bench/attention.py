@@ -18,7 +18,8 @@ Q = 64 reading each key once per user is what the byte count assumes: its GB/s i
 the kernel achieved if it did (a kernel that re-reads keys per candidate cannot exceed it).
 
 DIN (op=din_attention): rankops.din_attention on the cpp backend (`cpp`: the fused C++ forward and,
-in fwd+bwd, the fused C++ backward, nothing of size [B, L, H] stored) and on the reference backend
+in fwd+bwd, the fused C++ backward, nothing of size [B, L, H] stored; on a GPU `triton`, the Triton
+forward and backward) and on the reference backend
 (`pytorch-path`: the PyTorch composition with the first layer as c_q + M_q k, no [B, L, 4d]
 concatenation, differentiated by autograd) against the literal concatenate-then-MLP reference
 (eager and torch.compile);

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 import rankops
 from rankops.ops.attention import jagged_target_attention, target_attention
 from rankops.ops.attention import reference as ref
-from tests.utils import DTYPES, assert_close, backend_devices, on, tol
+from tests.utils import DTYPES, assert_close, backend_devices, on, require, tol
 
 KERNELS = backend_devices("cpp", "triton")
 ALL = backend_devices("reference", "cpp", "triton")
@@ -505,7 +505,47 @@ def test_din_training_cpp(activation, normalize, hidden, dtype):
     assert not got[2][0].float().any() and not got[2][3, 7:].float().any(), "no gradient for padding keys"
 
 
-@pytest.mark.parametrize("backend", ["cpp", "reference"])
+@pytest.mark.parametrize("activation", ["sigmoid", "prelu", "dice"])
+@pytest.mark.parametrize("normalize", [False, True])
+@pytest.mark.parametrize("hidden", [(20, 9), (7,)], ids=["20-9", "7"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("backend,device", backend_devices("triton"))
+def test_din_triton(activation, normalize, hidden, dtype, backend, device):
+    """The Triton kernels (under the interpreter on CPU), forward and every gradient, against the
+    PyTorch path (the reference backend, itself checked against the concatenation above) under autograd."""
+    require("triton", device)
+    case = _din_case(activation, hidden, dtype, B=5, L=21, d=6)
+    mv = lambda t: t.to(device) if isinstance(t, torch.Tensor) else t  # noqa: E731
+    q, keys, lengths, grad = (mv(t) for t in (case[0], case[1], case[2], case[6]))
+    params, alphas = {k: mv(v) for k, v in case[3].items()}, tuple(map(mv, case[4]))
+    stats = tuple(tuple(map(mv, st)) if st is not None else None for st in case[5]) if case[5] else None
+    names = [k for k, v in params.items() if v is not None]
+    args = [q, keys] + [params[n] for n in names] + [a for a in alphas if a is not None]
+
+    def run(backend, fn):
+        leaves = [t.clone().requires_grad_() for t in args]
+        p = dict(zip(names, leaves[2:2 + len(names)]), **{k: None for k, v in params.items() if v is None})
+        a = tuple(leaves[2 + len(names):]) + (None,) * (2 - len(leaves[2 + len(names):]))
+        with rankops.use_backend(backend):
+            out = fn(leaves[0], leaves[1], lengths, **p, alphas=a, normalize=normalize, dice_stats=stats,
+                     activation=activation)
+        return [out, *torch.autograd.grad(out, leaves, grad, allow_unused=True, materialize_grads=True)]
+
+    from rankops.ops.attention import _din_native_ok
+
+    with rankops.use_backend("triton"):
+        assert _din_native_ok(q, keys, [], activation, stats)
+    got = run("triton", rankops.din_attention)
+    want = run("reference", rankops.din_attention)  # the PyTorch path, differentiated by autograd
+    for i, (a, e) in enumerate(zip(got, want)):
+        assert a.dtype == dtype, i
+        t = dict(atol=2e-5, rtol=2e-4) if dtype == torch.float32 else tol(dtype, 4.0)
+        scale = max(1.0, e.float().abs().max().item())
+        assert_close(a, e, atol=t["atol"] * scale, rtol=t["rtol"], name=f"din output/grad {i}")
+    assert any(g.float().abs().max() > 0 for g in got[1:]), "gradients flow"
+
+
+@pytest.mark.parametrize("backend", ["cpp", "reference", "triton"])
 def test_din_opcheck(backend):
     from rankops.ops.attention import _din_flat
 
@@ -515,6 +555,8 @@ def test_din_opcheck(backend):
         for i in (0, 1, 3, 4, 5, 6, 7, 8, 11, 12):
             if args[i].numel():
                 args[i] = args[i].requires_grad_()
+        if backend == "triton":
+            require("triton", "cpu")
         with rankops.use_backend(backend):
             torch.library.opcheck(torch.ops.rankops.din_attention.default, tuple(args))
 

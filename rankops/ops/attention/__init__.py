@@ -341,16 +341,21 @@ def _activate(x: Tensor, kind: str, alpha: Tensor | None, stats, eps: float) -> 
 
 
 def _din_native_ok(q, keys, params, activation, dice_stats) -> bool:
-    """On CPU (not under torch.compile) the fused C++ kernels serve, forward and backward, through the
-    din_attention custom op: they never store the [B, L, H] activations. Dice with batch statistics
-    (training) keeps the PyTorch path above, whose statistics span the batch; so do other devices."""
+    """Whether the fused kernels serve, forward and backward, through the din_attention custom op
+    (nothing of size [B, L, H] stored): on CPU the C++ kernels (auto / cpp; triton when pinned, under
+    the interpreter), on CUDA the Triton kernels (auto / triton). Not under torch.compile (it traces
+    the PyTorch path), and not Dice with batch statistics (training), whose statistics span the
+    batch: those keep the PyTorch path above."""
     from rankops import backend as _backend
 
-    if keys.device.type != "cpu" or torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or (activation == "dice" and dice_stats is None):
         return False
-    if activation == "dice" and dice_stats is None:
-        return False
-    return _backend.current() in ("auto", "cpp") and _backend.why_unavailable("cpp", keys.device) is None
+    want, dev = _backend.current(), keys.device
+    if dev.type == "cpu" and want in ("auto", "cpp"):
+        return _backend.why_unavailable("cpp", dev) is None
+    if (dev.type == "cuda" and want in ("auto", "triton")) or (dev.type == "cpu" and want == "triton"):
+        return _backend.why_unavailable("triton", dev) is None
+    return False
 
 
 def _din_flat(q, keys, lengths, w1, b1, w2, b2, w_out, b_out, activation, normalize, alphas, dice_stats, eps):
@@ -374,7 +379,8 @@ def _din_native(q, keys, lengths, w1, b1, w2, b2, w_out, b_out, activation, norm
 
 def _din_impls(name: str) -> dict[str, str]:
     native = "din_attention_inference" if name == "din_attention" else name
-    return {"reference": f"rankops.ops.attention.reference:{name}", "cpp": f"{_NATIVE}.{native}"}
+    return {"reference": f"rankops.ops.attention.reference:{name}", "cpp": f"{_NATIVE}.{native}",
+            "triton": f"rankops.ops.attention.triton:{name}"}
 
 
 def _din_backward_kernel(*args):  # the C++ kernel returns a list
