@@ -12,6 +12,8 @@ from rankops.ops.embedding_bag import batched_embedding_bag, embedding_bag, fuse
 from rankops.ops.interaction import dot_interaction, fm_interaction  # noqa: E402
 
 from rankops import nn  # noqa: E402  (after the ops: the layers import them)
+from rankops.patch import PatchReport, patch, unpatch  # noqa: E402  (after nn: the patches use its layers)
+from rankops import _models_path  # noqa: E402,F401  (rankops.models from a source checkout)
 
 __all__ = ["__version__", "current_backend", "info", "nn", "use_backend"]
 __all__ += ["din_attention", "jagged_target_attention", "target_attention"]
@@ -19,3 +21,4 @@ __all__ += ["batched_embedding_bag", "embedding_bag", "fused_batched_embedding_b
 __all__ += ["dot_interaction", "fm_interaction"]
 __all__ += ["cin_layer", "cross_layer", "cross_layer_lowrank", "cross_layer_v1", "cross_net", "cross_net_lowrank",
             "cross_net_v1"]
+__all__ += ["PatchReport", "patch", "unpatch"]

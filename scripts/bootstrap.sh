@@ -12,14 +12,18 @@ fi
 
 # Re-install only when the pinned requirements changed since the last successful install.
 stamp=.venv/.rankops-requirements
-want=$(cat requirements-dev.txt requirements-anchors.txt | sha256sum | cut -d' ' -f1)
+want=$(cat requirements-dev.txt requirements-anchors.txt requirements-peers.txt | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "[bootstrap] installing requirements-dev.txt (torch's CUDA build is several GB; about a minute from a local mirror)"
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -r requirements-dev.txt
-  # Anchors for the benchmarks, without their dependency resolution (it would replace torch).
-  if ! .venv/bin/python -m pip install -q --no-deps -r requirements-anchors.txt; then
-    echo "[bootstrap] warning: benchmark anchors (fbgemm-gpu-cpu) not installed; their columns will be absent"
+  # Anchors and peer libraries (fbgemm-gpu-cpu, torchrec, deepctr-torch, torch-rechub, ...) without their
+  # dependency resolution (it would replace torch); what they import besides torch is resolved normally
+  # from requirements-peers.txt (none of it pulls torch: checked with pip install --dry-run).
+  if ! .venv/bin/python -m pip install -q -r requirements-peers.txt \
+     || ! .venv/bin/python -m pip install -q --no-deps -r requirements-anchors.txt; then
+    echo "[bootstrap] warning: anchors / peer libraries not installed; their benchmark columns will be absent"
+    echo "[bootstrap] and tests/patch will skip them"
   fi
   echo "$want" > "$stamp"
 fi

@@ -4,9 +4,13 @@ from rankops.nn.attention import DINAttention, MultiHeadTargetAttention
 from rankops.nn.cin import CIN
 from rankops.nn.cross import CrossNet
 from rankops.nn.embedding_bag import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor
+from rankops.nn.experts import MMoE, PLE
 from rankops.nn.interaction import DotInteraction, FactorizationMachine
+from rankops.nn.mlp import MLP
+from rankops.nn.self_attention import InteractingLayer, TransformerBlock
 
 __all__ = ["DINAttention", "MultiHeadTargetAttention"]
 __all__ += ["EmbeddingBagCollection", "EmbeddingBagConfig", "KeyedJaggedTensor"]
 __all__ += ["DotInteraction", "FactorizationMachine"]
 __all__ += ["CIN", "CrossNet"]
+__all__ += ["InteractingLayer", "MLP", "MMoE", "PLE", "TransformerBlock"]

@@ -30,9 +30,9 @@ def _pooling_name(p) -> str:
 
 @dataclass
 class EmbeddingBagConfig:
-    """One table: ``num_embeddings`` rows of ``embedding_dim``, looked up by the feature
-    ``feature_names[0]`` (default: the table's name) and pooled by ``pooling``.
-    Field names follow TorchRec's EmbeddingBagConfig."""
+    """One table: ``num_embeddings`` rows of ``embedding_dim``, looked up by each feature in
+    ``feature_names`` (default: the table's name; several features may share one table) and pooled
+    by ``pooling``. Field names follow TorchRec's EmbeddingBagConfig."""
 
     name: str
     num_embeddings: int
@@ -42,11 +42,7 @@ class EmbeddingBagConfig:
 
     def __post_init__(self):
         self.pooling = _pooling_name(self.pooling)
-        if not self.feature_names:
-            self.feature_names = [self.name]
-        if len(self.feature_names) != 1:
-            raise ValueError(f"rankops.nn.EmbeddingBagCollection: table {self.name!r} lists features "
-                             f"{self.feature_names}; one feature per table is supported")
+        self.feature_names = list(self.feature_names) or [self.name]
         if self.num_embeddings < 1 or self.embedding_dim < 1:
             raise ValueError(f"rankops.nn.EmbeddingBagCollection: table {self.name!r} needs >= 1 rows and dim, got "
                              f"{self.num_embeddings} x {self.embedding_dim}")
@@ -121,10 +117,12 @@ def _empty_tables(rows: int, dim: int, dtype, device) -> Tensor:
 
 
 class EmbeddingBagCollection(nn.Module):
-    """Pooled embeddings of many sparse features, one table each.
+    """Pooled embeddings of many sparse features.
 
-    ``out[b, cols(f)] = pool_f(table_f rows of feature f's ids for sample b)``, tables in the
-    order given, with ``cols(f)`` the feature's slice of the concatenated dims.
+    ``out[b, cols(f)] = pool_t(rows of table t(f) named by feature f's ids for sample b)``, features
+    in table order (each table's ``feature_names`` in turn), ``cols(f)`` the feature's slice of the
+    concatenated dims. A table listing several features (``item`` and ``hist_item``) is one set of
+    rows that each of them looks up.
 
     Args:
         tables: the tables (``EmbeddingBagConfig``; each has its own rows, dim and pooling).
@@ -161,7 +159,14 @@ class EmbeddingBagCollection(nn.Module):
         if fused_optimizer is not None and sparse:
             raise ValueError("rankops.nn.EmbeddingBagCollection: fused_optimizer and sparse exclude each other")
         self.tables = list(tables)
-        self.features = [t.feature_names[0] for t in tables]
+        # every feature, table by table; the first feature of each table rides the batched call,
+        # the others (a table shared by several features) are looked up on their own (lookup()).
+        self.features = [f for t in tables for f in t.feature_names]
+        if len(set(self.features)) != len(self.features):
+            raise ValueError(f"rankops.nn.EmbeddingBagCollection: a feature may be listed by one table only, got "
+                             f"{self.features}")
+        self._primary = [t.feature_names[0] for t in tables]
+        self._extra = [(f, i) for i, t in enumerate(tables) for f in t.feature_names[1:]]
         self.output = output
         self.sparse = sparse
         self.fused_optimizer = fused_optimizer
@@ -288,8 +293,8 @@ class EmbeddingBagCollection(nn.Module):
     # -----------------------------------------------------------------------------------------
     # forward
 
-    def _per_table_inputs(self, features) -> list[tuple[Tensor, Tensor, Tensor | None]]:
-        """(indices, offsets [B+1], per-sample weights or None) of each table, in table order."""
+    def _per_feature_inputs(self, features) -> dict[str, tuple[Tensor, Tensor, Tensor | None]]:
+        """{feature: (indices, offsets [B+1], per-sample weights or None)} for every feature."""
         if isinstance(features, Mapping):
             items = []
             for f in self.features:
@@ -297,9 +302,9 @@ class EmbeddingBagCollection(nn.Module):
                     raise ValueError(f"rankops.nn.EmbeddingBagCollection: feature {f!r} missing from the input")
                 items.append(features[f])
         elif isinstance(features, (list, tuple)):
-            if len(features) != len(self.tables):
+            if len(features) != len(self.features):
                 raise ValueError(f"rankops.nn.EmbeddingBagCollection: {len(features)} inputs for "
-                                 f"{len(self.tables)} tables")
+                                 f"{len(self.features)} features")
             items = list(features)
         else:
             keys, values, off, weights = _kjt_parts(features)
@@ -314,7 +319,7 @@ class EmbeddingBagCollection(nn.Module):
                 o = off[k * B:(k + 1) * B + 1]
                 a, b = int(o[0]), int(o[-1])
                 items.append((values[a:b], o - a, None if weights is None else weights[a:b]))
-        out = []
+        out = {}
         for f, it in zip(self.features, items):
             idx, off = it[0], it[1]
             psw = it[2] if len(it) > 2 else None
@@ -322,7 +327,7 @@ class EmbeddingBagCollection(nn.Module):
                 raise ValueError(f"rankops.nn.EmbeddingBagCollection: feature {f!r} has offsets of shape "
                                  f"{tuple(off.shape)}; every feature needs B+1 = {items[0][1].numel()} offsets "
                                  f"(as feature {self.features[0]!r})")
-            out.append((idx, off, psw))
+            out[f] = (idx, off, psw)
         return out
 
     def _group_call(self, gi: int, parts):
@@ -331,7 +336,7 @@ class EmbeddingBagCollection(nn.Module):
         for i, (idx, off, _) in enumerate(parts):
             if off.numel() - 1 != B:
                 raise ValueError(f"rankops.nn.EmbeddingBagCollection: feature "
-                                 f"{self.features[self._groups[gi][i]]!r} has {off.numel() - 1} bags, "
+                                 f"{self._primary[self._groups[gi][i]]!r} has {off.numel() - 1} bags, "
                                  f"the first has {B}")
         if len(parts) == 1:
             idx, off, psw = parts[0]
@@ -370,8 +375,41 @@ class EmbeddingBagCollection(nn.Module):
             return f"{msg} [table {m.group(1)} of this call is {t.name!r}, feature {t.feature_names[0]!r}]"
         return f"{msg} [tables of this call: {[self.tables[i].name for i in members]}]"
 
+    def lookup(self, table: str, indices: Tensor, offsets: Tensor, per_sample_weights: Tensor | None = None,
+               mode: str | None = None) -> Tensor:
+        """Pool bags of table ``table``'s rows: ``[offsets.numel() - 1, D]``, with the table's pooling
+        unless ``mode`` is given. Serves the extra features of a shared table and the unpooled
+        behaviour sequences of a model (one id per bag); trains like the rest of the table (the
+        fused optimizer included)."""
+        names = [t.name for t in self.tables]
+        if table not in names:
+            raise KeyError(f"rankops.nn.EmbeddingBagCollection: no table {table!r} (tables {names})")
+        i = names.index(table)
+        gi, _, r0 = self._where[i]
+        rows = self.tables[i].num_embeddings
+        if indices.is_floating_point():
+            raise TypeError(f"rankops.nn.EmbeddingBagCollection: indices of table {table!r} must be integers, "
+                            f"got {indices.dtype}")
+        if not torch.compiler.is_compiling() and indices.numel():
+            lo, hi = torch.aminmax(indices)
+            if int(lo) < 0 or int(hi) >= rows:
+                bad = int(lo) if int(lo) < 0 else int(hi)
+                raise IndexError(f"rankops.nn.EmbeddingBagCollection: index {bad} is out of range for table "
+                                 f"{table!r} with {rows} rows")
+        w = self.weights[gi]
+        whole = torch.tensor([0, w.shape[0]], dtype=torch.int64, device=w.device)  # the group as one table
+        idx = indices.to(torch.int64) + r0
+        off = offsets.to(torch.int64)
+        mode = mode or self.tables[i].pooling
+        if self.fused_optimizer is not None:
+            g = fused_batched_embedding_bag(w, getattr(self, f"_state_{gi}"), whole, idx, off, per_sample_weights,
+                                            mode, optimizer=self.fused_optimizer)
+        else:
+            g = batched_embedding_bag(w, whole, idx, off, per_sample_weights, mode, sparse=self.sparse)
+        return g[:, 0]
+
     def forward(self, features) -> Tensor:
-        if len(self._groups) == 1 and not isinstance(features, (Mapping, list, tuple)):
+        if not self._extra and len(self._groups) == 1 and not isinstance(features, (Mapping, list, tuple)):
             keys, values, off, weights = _kjt_parts(features)
             if keys == self.features:  # already table-major in table order: no copy at all
                 to = getattr(self, "_table_offsets_0")
@@ -382,17 +420,20 @@ class EmbeddingBagCollection(nn.Module):
                 else:
                     g = batched_embedding_bag(w, to, values, off, weights, mode, sparse=self.sparse)
                 return g if self.output == "stacked" else g.reshape(g.shape[0], -1)
-        parts = self._per_table_inputs(features)
-        outs: list[Tensor | None] = [None] * len(self.tables)
+        parts = self._per_feature_inputs(features)
+        outs: dict[str, Tensor] = {}
         for gi, members in enumerate(self._groups):
-            g = self._group_call(gi, [parts[i] for i in members])  # [B, T_g, D]
-            if len(self._groups) == 1:
+            g = self._group_call(gi, [parts[self._primary[i]] for i in members])  # [B, T_g, D]
+            if len(self._groups) == 1 and not self._extra:
                 return g if self.output == "stacked" else g.reshape(g.shape[0], -1)
             for slot, i in enumerate(members):
-                outs[i] = g[:, slot]
+                outs[self._primary[i]] = g[:, slot]
+        for f, i in self._extra:
+            outs[f] = self.lookup(self.tables[i].name, *parts[f])
+        ordered = [outs[f] for f in self.features]
         if self.output == "stacked":
-            return torch.stack(outs, 1)
-        return torch.cat(outs, 1)
+            return torch.stack(ordered, 1)
+        return torch.cat(ordered, 1)
 
     def extra_repr(self) -> str:
         tabs = ", ".join(f"{t.name}:{t.num_embeddings}x{t.embedding_dim}/{t.pooling}" for t in self.tables)

@@ -388,14 +388,18 @@ class _FusedLookup(torch.autograd.Function):
     def forward(ctx, anchor, weights, state, table_offsets, indices, offsets, psw, mode: str, optimizer: str,
                 lr: Tensor, eps: float):
         out, argmax = _batched(weights, table_offsets, indices, offsets, psw, mode, False)
-        ctx.save_for_backward(weights, state, table_offsets, indices, offsets, psw, argmax)
-        # not saved: a saved tensor may not change before the backward, and lr may (a schedule)
+        ctx.save_for_backward(table_offsets, indices, offsets, psw, argmax)
+        # not saved: a saved tensor may not change before the backward, and lr may (a schedule);
+        # the weights and state do change, by design: another fused lookup into the same buffer
+        # (a table shared by two features) updates them in its own backward first.
+        ctx.weights, ctx.state = weights, state
         ctx.lr, ctx.mode, ctx.optimizer, ctx.eps = lr, mode, optimizer, eps
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        weights, state, table_offsets, indices, offsets, psw, argmax = ctx.saved_tensors
+        table_offsets, indices, offsets, psw, argmax = ctx.saved_tensors
+        weights, state = ctx.weights, ctx.state
         gp = None
         if psw is not None and ctx.needs_input_grad[6]:  # before the update: it reads the old rows
             gp = _dispatch.invoke(_batched.backward, grad, weights, table_offsets, indices, offsets, psw, ctx.mode,

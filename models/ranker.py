@@ -1,0 +1,263 @@
+"""The configurable pointwise ranking model: the one data flow every named architecture presets.
+
+    batch -> embeddings (one EmbeddingBagCollection) -> pooling of each behaviour sequence against
+    its target (mean / DIN / target attention / transformer) -> interaction (FM / cross / CIN /
+    AutoInt) -> deep part (MLP, or shared-bottom / MMoE / PLE experts with one tower per task)
+    -> one logit per task, plus the additive terms (first-order linear, FM, CIN) where configured.
+
+Argument names follow DeepCTR-Torch / FuxiCTR (``dnn_hidden_units``, ``cross_num``, ``cin_layer_size``,
+``num_experts``...). Every layer is a rankops layer on the fused ops.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from rankops.data.batch import Batch
+from rankops.data.schema import Schema
+from rankops.nn import CIN, CrossNet, FactorizationMachine
+from rankops.nn.experts import MMoE, PLE
+from rankops.nn.mlp import MLP
+from rankops.nn.self_attention import InteractingLayer
+from rankops.ops.embedding_bag import FusedOptimizer
+
+from .base import RankingModel
+from .features import SEQUENCE_POOLINGS, FeatureArch, embedding_collection
+
+INTERACTIONS = (None, "fm", "cross", "cin", "autoint")
+TOWERS = (None, "shared_bottom", "mmoe", "ple")
+
+
+class Ranker(RankingModel):
+    """The pointwise ranking model, configured by keyword (defaults: a DNN over the embeddings).
+
+    Args (beside ``schema``):
+        use_linear: a first-order term: one weight per id and task plus a linear map of the dense
+            features, added to the logits (LR, FM, Wide & Deep, DeepFM, xDeepFM).
+        use_dnn: the MLP ``dnn_hidden_units`` over all fields (or over the cross output when
+            ``interaction_mode="stacked"``).
+        interaction: ``None``, ``"fm"`` (logit += FM term), ``"cross"`` (CrossNet of ``cross_num``
+            layers, ``cross_variant`` v1 / v2 / lowrank / mix), ``"cin"`` (logit += linear(CIN)),
+            ``"autoint"`` (``att_layer_num`` interacting layers).
+        interaction_mode: ``"parallel"`` (the interaction output beside the DNN's, DCN) or
+            ``"stacked"`` (the DNN runs on the interaction output, DCN-V2's stacked form).
+        sequence_pooling: how each behaviour sequence becomes one field: ``"mean"``, ``"din"``
+            (DIN's activation unit), ``"attention"`` (multi-head target attention) or
+            ``"transformer"`` (BST: self-attention over [target, sequence], the target's output).
+        towers: ``None`` (one linear head per task on the DNN), ``"shared_bottom"`` (the DNN is the
+            shared bottom, one ``tower_hidden_units`` MLP per task), ``"mmoe"`` or ``"ple"`` (experts
+            of ``expert_hidden_units`` instead of the DNN, then the towers).
+        embedding_optimizer: a ``rankops.FusedOptimizer`` to train the tables inside the backward
+            (the tables then take no part in the dense optimizer).
+    """
+
+    def __init__(self, schema: Schema, *, name: str = "ranker", use_linear: bool = False, use_dnn: bool = True,
+                 dnn_hidden_units: Sequence[int] = (256, 128), dnn_activation: str = "relu",
+                 dnn_dropout: float = 0.0, dnn_norm: str | None = None,
+                 interaction: str | None = None, interaction_mode: str = "parallel",
+                 cross_num: int = 3, cross_variant: str = "v2", low_rank: int | None = None,
+                 num_cross_experts: int = 4, cin_layer_size: Sequence[int] = (128, 128), cin_split_half: bool = True,
+                 att_layer_num: int = 3, att_embedding_size: int = 8, att_head_num: int = 2, att_res: bool = True,
+                 sequence_pooling: str = "mean", att_hidden_units: Sequence[int] = (80, 40),
+                 att_activation: str = "dice", att_heads: int = 1, transformer_layers: int = 1,
+                 transformer_dropout: float = 0.1,
+                 towers: str | None = None, num_experts: int = 4, expert_hidden_units: Sequence[int] = (256, 128),
+                 tower_hidden_units: Sequence[int] = (64,), num_levels: int = 2, num_specific_experts: int = 1,
+                 num_shared_experts: int = 1, embedding_optimizer: FusedOptimizer | None = None):
+        super().__init__(schema, name)
+        self._config = {k: v for k, v in locals().items() if k not in ("self", "schema", "__class__")
+                        and not isinstance(v, FusedOptimizer)}
+        err = lambda msg: ValueError(f"rankops.models.{name}: {msg}")  # noqa: E731
+        if interaction not in INTERACTIONS:
+            raise err(f"interaction must be one of {INTERACTIONS}, got {interaction!r}")
+        if interaction_mode not in ("parallel", "stacked"):
+            raise err(f"interaction_mode must be 'parallel' or 'stacked', got {interaction_mode!r}")
+        if sequence_pooling not in SEQUENCE_POOLINGS:
+            raise err(f"sequence_pooling must be one of {SEQUENCE_POOLINGS}, got {sequence_pooling!r}")
+        if towers not in TOWERS:
+            raise err(f"towers must be one of {TOWERS}, got {towers!r}")
+        if not schema.sparse:
+            raise err("the schema has no sparse feature; every model here embeds at least one")
+        if towers in ("mmoe", "ple") and schema.num_tasks < 2:
+            raise err(f"towers={towers!r} mixes experts across tasks and needs at least 2 tasks; the schema has "
+                      f"{[t.name for t in schema.tasks]}")
+        dims = schema.embedding_dims()
+        if (interaction in ("fm", "cin", "autoint") or schema.sequences) and len(dims) != 1:
+            what = f"interaction={interaction!r}" if interaction in ("fm", "cin", "autoint") else "sequence pooling"
+            raise err(f"{what} needs every sparse feature to have one embedding_dim; the schema has "
+                      f"{sorted(dims)} ({[(f.name, f.embedding_dim) for f in schema.sparse]})")
+        if not (use_dnn or use_linear or interaction or towers):
+            raise err("nothing to compute: enable use_dnn, use_linear, an interaction or towers")
+        T = schema.num_tasks
+        self.use_dnn, self.interaction, self.interaction_mode = use_dnn, interaction, interaction_mode
+        self.sequence_pooling, self.towers = sequence_pooling, towers
+
+        # embeddings and sequence pooling: one field per sparse feature and per sequence (none for
+        # a model made of the first-order term alone: LR)
+        self.features = None if not (use_dnn or interaction or towers) else FeatureArch(schema, sequence_pooling=sequence_pooling, att_hidden_units=att_hidden_units,
+                                    att_activation=att_activation, att_heads=att_heads,
+                                    transformer_layers=transformer_layers, transformer_dropout=transformer_dropout,
+                                    embedding_optimizer=embedding_optimizer)
+        D = schema.sparse[0].embedding_dim
+        num_fields = self.features.num_fields if self.features is not None else 0
+        flat_dim = (self.features.output_dim if self.features is not None else 0) + schema.dense_dim
+
+        # first-order term
+        self.linear = None
+        if use_linear:
+            self.linear, _ = embedding_collection(schema, dim=T, fused_optimizer=embedding_optimizer)
+            with torch.no_grad():
+                for w in self.linear.weights:
+                    w.zero_()
+            self.linear_dense = nn.Linear(schema.dense_dim, T) if schema.dense_dim else None
+
+        # interaction
+        self.fm = FactorizationMachine() if interaction == "fm" else None
+        self.cross = None
+        self.cin = None
+        self.autoint = None
+        deep_in, side_dim = flat_dim, 0  # what the DNN reads; what sits beside its output
+        if interaction == "cross":
+            self.cross = CrossNet(flat_dim, cross_num, variant=cross_variant, low_rank=low_rank,
+                                  num_experts=num_cross_experts)
+            if interaction_mode == "parallel":
+                side_dim = flat_dim
+        elif interaction == "cin":
+            self.cin = CIN(num_fields, cin_layer_size, split_half=cin_split_half)
+            self.cin_head = nn.Linear(self.cin.output_dim, T)
+        elif interaction == "autoint":
+            layers, width = [], D
+            for _ in range(att_layer_num):
+                layers.append(InteractingLayer(width, att_embedding_size, att_head_num, use_res=att_res))
+                width = layers[-1].output_dim
+            self.autoint = nn.Sequential(*layers)
+            if interaction_mode == "parallel":
+                side_dim = num_fields * width
+            else:
+                deep_in = num_fields * width
+
+        # deep part and heads
+        self.dnn = None
+        self.experts = None
+        self.task_towers = None
+        self.head = None
+        if towers is None:
+            if use_dnn:
+                self.dnn = MLP(deep_in, dnn_hidden_units, dnn_activation, dnn_dropout, dnn_norm)
+            head_in = (self.dnn.output_dim if self.dnn is not None else 0) + side_dim
+            if self.dnn is None and interaction in ("cross", "autoint") and interaction_mode == "stacked":
+                head_in = deep_in
+            if head_in:
+                self.head = nn.Linear(head_in, T)
+        else:
+            if towers == "shared_bottom":
+                self.dnn = MLP(deep_in + side_dim, dnn_hidden_units, dnn_activation, dnn_dropout, dnn_norm)
+                tower_in = self.dnn.output_dim
+            elif towers == "mmoe":
+                self.experts = MMoE(deep_in + side_dim, T, num_experts, expert_hidden_units, dnn_activation,
+                                    dnn_dropout, dnn_norm)
+                tower_in = self.experts.output_dim
+            else:
+                self.experts = PLE(deep_in + side_dim, T, num_levels, num_specific_experts, num_shared_experts,
+                                   expert_hidden_units, dnn_activation, dnn_dropout, dnn_norm)
+                tower_in = self.experts.output_dim
+            self.task_towers = nn.ModuleList(
+                nn.Sequential(MLP(tower_in, tower_hidden_units, dnn_activation, dnn_dropout, dnn_norm),
+                              nn.Linear(tower_hidden_units[-1] if tower_hidden_units else tower_in, 1))
+                for _ in range(T))
+        self.bias = nn.Parameter(torch.zeros(T))
+
+    # -----------------------------------------------------------------------------------------
+
+    def forward(self, batch: Batch) -> Tensor:
+        B = batch.size
+        logits = self.bias.expand(B, -1)
+        if self.linear is not None:
+            logits = logits + self.linear(batch.sparse).view(B, len(self.schema.sparse), -1).sum(1)
+            if self.linear_dense is not None:
+                logits = logits + self.linear_dense(batch.dense)
+        if self.features is None:
+            return logits
+        x = self.features(batch)  # [B, F, D], or [B, sum of widths] when they differ
+        stack = x if x.dim() == 3 else None
+        flat = x.flatten(1)
+        if self.schema.dense_dim:
+            flat = torch.cat([flat, batch.dense], 1)
+        if self.fm is not None:
+            logits = logits + self.fm(stack)
+        if self.cin is not None:
+            logits = logits + self.cin_head(self.cin(stack))
+        deep, side = flat, None
+        if self.cross is not None:
+            crossed = self.cross(flat)
+            if self.interaction_mode == "stacked":
+                deep = crossed
+            else:
+                side = crossed
+        elif self.autoint is not None:
+            att = self.autoint(stack).flatten(1)
+            if self.interaction_mode == "stacked":
+                deep = att
+            else:
+                side = att
+        if self.task_towers is None:
+            outs = []
+            if self.dnn is not None:
+                outs.append(self.dnn(deep))
+            elif self.interaction_mode == "stacked" and (self.cross is not None or self.autoint is not None):
+                outs.append(deep)
+            if side is not None:
+                outs.append(side)
+            if self.head is not None:
+                logits = logits + self.head(torch.cat(outs, 1) if len(outs) > 1 else outs[0])
+            return logits
+        shared_in = deep if side is None else torch.cat([deep, side], 1)
+        if self.dnn is not None:  # shared bottom: every task reads the same representation
+            h = self.dnn(shared_in)
+            per_task = [h] * self.schema.num_tasks
+        else:
+            mixed = self.experts(shared_in)  # [B, T, H]
+            per_task = mixed.unbind(1)
+        tower_logits = torch.cat([tower(x) for tower, x in zip(self.task_towers, per_task)], 1)
+        return logits + tower_logits
+
+
+def options(cls=Ranker) -> list[str]:
+    """The keyword options a model built on ``cls`` takes."""
+    return [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "schema", "name")]
+
+
+def preset(name: str, schema: Schema, defaults: dict, config: dict, requires: Callable[[Schema], str | None] = None,
+           cls=Ranker) -> RankingModel:
+    """``cls(schema, name=name, **defaults, **config)`` with the model's own checks: unknown options
+    and schemas the model cannot use raise one ValueError naming the model."""
+    unknown = sorted(set(config) - set(options(cls)))
+    if unknown:
+        raise ValueError(f"rankops.models.{name}: unknown option(s) {unknown}; options: {options(cls)}")
+    missing = requires(schema) if requires else None
+    if missing:
+        raise ValueError(f"rankops.models.{name}: {missing}")
+    return cls(schema, name=name, **{**defaults, **config})
+
+
+def needs_sequence(schema: Schema) -> str | None:
+    if not schema.sequences:
+        return ("needs a behaviour sequence in the schema (sequences: [{name: hist_item, target: item, "
+                "max_len: 50}]); it has none")
+    return None
+
+
+def needs_tasks(n: int):
+    def check(schema: Schema) -> str | None:
+        if schema.num_tasks < n:
+            return f"is a multi-task model and needs at least {n} tasks; the schema has {[t.name for t in schema.tasks]}"
+        return None
+    return check
+
+
+def build(schema: Schema, **config) -> Ranker:
+    return preset("ranker", schema, {}, config)

