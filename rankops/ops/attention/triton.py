@@ -511,12 +511,9 @@ def _din_layers(k, M, c, W2, b2, wo, bo, al1, mu1, rs1, al2, mu2, rs2, ACT: tl.c
 
 
 @triton.jit
-def _din_fwd_kernel(q_ptr, k_ptr, len_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, wo_ptr, bo_ptr, act_ptr, out_ptr, L, d,
-                    H1, H2, NL, ACT: tl.constexpr, TWO: tl.constexpr, NORM: tl.constexpr, DP: tl.constexpr,
-                    H1P: tl.constexpr, H2P: tl.constexpr, HLP: tl.constexpr, BL: tl.constexpr,
-                    USE_DOT: tl.constexpr):
-    b = tl.program_id(0).to(tl.int64)
-    n = tl.load(len_ptr + b)
+def _din_params(q_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, wo_ptr, bo_ptr, act_ptr, b, d, H1, H2, NL, DP: tl.constexpr,
+                H1P: tl.constexpr, H2P: tl.constexpr, HLP: tl.constexpr):
+    """Sample b's first layer as (c_q, M_q) and the shared parameters, padded with zeros."""
     oe = tl.arange(0, DP)
     me = oe < d
     o1 = tl.arange(0, H1P)
@@ -544,6 +541,20 @@ def _din_fwd_kernel(q_ptr, k_ptr, len_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, wo_pt
     al2 = tl.load(act_ptr + 3 * H1P + o2)
     mu2 = tl.load(act_ptr + 3 * H1P + H2P + o2)
     rs2 = tl.load(act_ptr + 3 * H1P + 2 * H2P + o2)
+    return qv, Wa + Wc, Wd, c, M, W2, b2, wo, bo, al1, mu1, rs1, al2, mu2, rs2
+
+
+@triton.jit
+def _din_fwd_kernel(q_ptr, k_ptr, len_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, wo_ptr, bo_ptr, act_ptr, out_ptr, L, d,
+                    H1, H2, NL, ACT: tl.constexpr, TWO: tl.constexpr, NORM: tl.constexpr, DP: tl.constexpr,
+                    H1P: tl.constexpr, H2P: tl.constexpr, HLP: tl.constexpr, BL: tl.constexpr,
+                    USE_DOT: tl.constexpr):
+    b = tl.program_id(0).to(tl.int64)
+    n = tl.load(len_ptr + b)
+    oe = tl.arange(0, DP)
+    me = oe < d
+    qv, Wac, Wd, c, M, W2, b2, wo, bo, al1, mu1, rs1, al2, mu2, rs2 = _din_params(
+        q_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, wo_ptr, bo_ptr, act_ptr, b, d, H1, H2, NL, DP, H1P, H2P, HLP)
     acc = tl.zeros((DP,), dtype=tl.float32)
     m_run = tl.full((), float("-inf"), tl.float32)
     l_run = tl.full((), 0.0, tl.float32)
@@ -583,26 +594,11 @@ def _din_bwd_kernel(g_ptr, q_ptr, k_ptr, len_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr
     m2 = o2 < H2
     ol = tl.arange(0, HLP)
     mlast = ol < NL
-    qv = tl.load(q_ptr + b * d + oe, mask=me, other=0.0).to(tl.float32)
+    qv, Wac, Wd, c, M, W2, b2, wo, bo, al1, mu1, rs1, al2, mu2, rs2 = _din_params(
+        q_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, wo_ptr, bo_ptr, act_ptr, b, d, H1, H2, NL, DP, H1P, H2P, HLP)
     G = tl.load(g_ptr + b * d + oe, mask=me, other=0.0).to(tl.float32)
     wp = w1_ptr + o1[:, None] * (4 * d) + oe[None, :]
     wm = m1[:, None] & me[None, :]
-    Wa = tl.load(wp, mask=wm, other=0.0)
-    Wb = tl.load(wp + d, mask=wm, other=0.0)
-    Wc = tl.load(wp + 2 * d, mask=wm, other=0.0)
-    Wd = tl.load(wp + 3 * d, mask=wm, other=0.0)
-    c = tl.sum((Wa + Wc) * qv[None, :], 1) + tl.load(b1_ptr + o1, mask=m1, other=0.0)
-    M = Wb - Wc + Wd * qv[None, :]
-    W2 = tl.load(w2_ptr + o2[:, None] * H1 + o1[None, :], mask=m2[:, None] & m1[None, :], other=0.0)
-    b2 = tl.load(b2_ptr + o2, mask=m2, other=0.0)
-    wo = tl.load(wo_ptr + ol, mask=mlast, other=0.0)
-    bo = tl.load(bo_ptr)
-    al1 = tl.load(act_ptr + o1)
-    mu1 = tl.load(act_ptr + H1P + o1)
-    rs1 = tl.load(act_ptr + 2 * H1P + o1)
-    al2 = tl.load(act_ptr + 3 * H1P + o2)
-    mu2 = tl.load(act_ptr + 3 * H1P + H2P + o2)
-    rs2 = tl.load(act_ptr + 3 * H1P + 2 * H2P + o2)
     # the softmax's statistics and sum_j p_j (G . k_j), online
     m_run = tl.full((), float("-inf"), tl.float32)
     l_run = tl.full((), 0.0, tl.float32)
@@ -664,7 +660,7 @@ def _din_bwd_kernel(g_ptr, q_ptr, k_ptr, len_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr
         dM += _mm_tn(dz1, k, USE_DOT)
         dk = w[:, None] * G[None, :] + _mm_nn(dz1, M, USE_DOT)
         tl.store(dk_ptr + kp, dk.to(dk_ptr.dtype.element_ty), mask=km)
-    dq = tl.sum((Wa + Wc) * dc[:, None], 0) + tl.sum(dM * Wd, 0)
+    dq = tl.sum(Wac * dc[:, None], 0) + tl.sum(dM * Wd, 0)
     tl.store(dq_ptr + b * d + oe, dq.to(dq_ptr.dtype.element_ty), mask=me)
     dcq = dc[:, None] * qv[None, :]
     dwp = dw1_ptr + o1[:, None] * (4 * d) + oe[None, :]
