@@ -2,7 +2,12 @@
 
     pip install --no-build-isolation -e .      # or: python setup.py build_ext --inplace
 
-Environment: RANKOPS_WITH_CUDA=AUTO|ON|OFF, RANKOPS_CUDA_ARCHS="80;90", MAX_JOBS=<n>.
+Environment: RANKOPS_WITH_CUDA=AUTO|ON|OFF, RANKOPS_CUDA_ARCHS="80;90", MAX_JOBS=<n>,
+RANKOPS_BUILD_NATIVE=0 (install the pure-Python package: reference and Triton backends only).
+
+Without a C++ compiler, CMake or ninja, or torch at build time, the native extension is skipped
+with one notice and the pure-Python package is installed; rankops.info() then says which
+backends the install has. A build that starts and fails still fails.
 """
 
 import os
@@ -13,20 +18,52 @@ from pathlib import Path
 
 from setuptools import Extension, find_packages, setup
 from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
 
 
-def _tool(module: str, attr: str, name: str) -> str:
+def _find_tool(module: str, attr: str, name: str) -> str | None:
     """The pip-installed cmake / ninja when present (newer than the OS one), else PATH's."""
     try:
         mod = __import__(module)
-        return str(Path(getattr(mod, attr)) / name)
+        path = Path(getattr(mod, attr)) / name
+        if path.exists():
+            return str(path)
     except Exception:
-        found = shutil.which(name)
-        if not found:
-            raise RuntimeError(f"{name} is needed to build rankops._C: pip install {module}")
-        return found
+        pass
+    return shutil.which(name)
+
+
+def _tool(module: str, attr: str, name: str) -> str:
+    found = _find_tool(module, attr, name)
+    if not found:
+        raise RuntimeError(f"{name} is needed to build rankops._C: pip install {module}")
+    return found
+
+
+def _cxx() -> str | None:
+    want = os.environ.get("CXX")
+    if want:
+        return shutil.which(want)
+    return next((shutil.which(c) for c in ("c++", "g++", "clang++") if shutil.which(c)), None)
+
+
+def skip_native() -> str | None:
+    """Why rankops._C will not be built here (None: it will be)."""
+    if os.environ.get("RANKOPS_BUILD_NATIVE", "1").strip().lower() in ("0", "off", "false", "no"):
+        return "RANKOPS_BUILD_NATIVE=0"
+    missing = []
+    if _cxx() is None:
+        missing.append(f"a C++ compiler ({os.environ['CXX']!r} from $CXX)" if os.environ.get("CXX")
+                       else "a C++ compiler (c++, g++ or clang++)")
+    missing += [name for module, attr, name in (("cmake", "CMAKE_BIN_DIR", "cmake"), ("ninja", "BIN_DIR", "ninja"))
+                if _find_tool(module, attr, name) is None]
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        missing.append("torch (importable at build time: pip install --no-build-isolation)")
+    return "missing " + ", ".join(missing) if missing else None
 
 
 class CMakeBuild(build_ext):
@@ -58,8 +95,23 @@ class CMakeBuild(build_ext):
         subprocess.check_call([cmake, "--build", str(build_dir), "-j", jobs])
 
 
+_skip = skip_native()
+
+
+class BuildPy(build_py):
+    """build_py, saying once per build (pip runs setup.py several times) that rankops._C is skipped."""
+
+    def run(self) -> None:
+        if _skip:
+            print(f"rankops: NOTICE: installing the pure-Python package without the native extension rankops._C "
+                  f"({_skip}): the reference and Triton backends work, the cpp and cuda backends are absent "
+                  "(rankops.info() lists them). To build them install a C++ compiler, cmake and ninja and reinstall.",
+                  file=sys.stderr)
+        super().run()
+
+
 setup(
     packages=find_packages(include=["rankops", "rankops.*"]),
-    ext_modules=[Extension("rankops._C", sources=[])],
-    cmdclass={"build_ext": CMakeBuild},
+    ext_modules=[] if _skip else [Extension("rankops._C", sources=[])],
+    cmdclass={"build_ext": CMakeBuild, "build_py": BuildPy},
 )

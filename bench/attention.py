@@ -17,9 +17,12 @@ Bytes and flops count the real (valid) keys, not the padding (as generative-reco
 Q = 64 reading each key once per user is what the byte count assumes: its GB/s is the bandwidth
 the kernel achieved if it did (a kernel that re-reads keys per candidate cannot exceed it).
 
-DIN (op=din_attention): rankops.din_attention (fwd, no grad: the C++ inference kernel, nothing of
-size [B, L, H] stored; fwd+bwd: the PyTorch path with the first layer as c_q + M_q k, no [B, L, 4d]
-concatenation) against the literal concatenate-then-MLP reference (eager and torch.compile);
+DIN (op=din_attention): rankops.din_attention on the cpp backend (`cpp`: the fused C++ forward and,
+in fwd+bwd, the fused C++ backward, nothing of size [B, L, H] stored; on a GPU `triton`, the Triton
+forward and backward) and on the reference backend
+(`pytorch-path`: the PyTorch composition with the first layer as c_q + M_q k, no [B, L, 4d]
+concatenation, differentiated by autograd) against the literal concatenate-then-MLP reference
+(eager and torch.compile);
 B = 512 users, L = 100, d = 32, hidden (80, 40), PReLU. Bytes: q, keys (valid rows) and the
 output; flops: the MLP as DIN defines it (4d*H1 + H1*H2 + H2 per key, x2) plus the pooling.
 
@@ -102,6 +105,14 @@ def run(bench, args) -> None:
             run_din(bench, dtype)
 
 
+def _on_reference(fn):
+    def run(*args):
+        with rankops.use_backend("reference"):
+            return fn(*args)
+
+    return run
+
+
 def run_din(bench, dtype) -> None:
     from rankops.ops.attention import din_attention
 
@@ -121,8 +132,8 @@ def run_din(bench, dtype) -> None:
         def fused(q, keys, w1, b1, w2, b2, wo, bo, a1, a2):
             return din_attention(q, keys, lengths, w1, b1, w2, b2, wo, bo, activation="prelu", alphas=(a1, a2))
 
-        provs = providers(reference=concat, op=fused, device=bench.device, backends=())
-        provs["rankops"] = fused
+        provs = providers(reference=concat, op=fused, device=bench.device, backends=("cpp", "triton", "cuda"))
+        provs["pytorch-path"] = _on_reference(fused)
         n = int(lengths.sum())
         isz = q.element_size()
         mlp = 2 * n * (4 * d * hidden[0] + hidden[0] * hidden[1] + hidden[1]) + 2 * n * d

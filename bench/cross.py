@@ -6,11 +6,12 @@ its torch.compile.
 
 Cases (B = 4096 on CPU; on a GPU also B = 65536 with N = 432, DCN-V2's 429 padded):
   op=cross_layer           full rank, N in {429, 1024}, 3 layers: weight [3, N, N], bias [3, N]
-  op=cross_layer_lowrank   N = 429, r = 107 (~N/4), 3 layers: u [3, N, r], v [3, r, N]
-  op=cross_layer_v1        N = 429, 3 layers: w [3, N]
+  op=cross_net_lowrank     N = 429, r = 107 (~N/4), 3 layers: u [3, N, r], v [3, r, N]
+  op=cross_net_v1          N = 429, 3 layers: w [3, N]
 Providers: eager = bench.baselines.cross_stack* (x = x0 * F.linear(x, W_l, b_l) + x per layer,
 TorchRec's formula, parameters unbound per layer), compile = torch.compile of it, and the rankops
-backends: the full-rank stack as one rankops.cross_net call, low rank and v1 as one op per layer.
+backends: each stack as one op (rankops.cross_net, cross_net_lowrank, cross_net_v1); for low rank
+and v1 also `cpp-layers`, the stack as one cpp layer op per layer (what CrossNet ran before).
 In fwd+bwd every input is differentiated (x0 and all parameters), as in training.
 
 flops: forward 2*B*N*N per full-rank layer, 4*B*N*r low rank, 4*B*N v1; fwd+bwd 3x that.
@@ -49,11 +50,19 @@ def _v1_op(x0, w, bias):
     return x
 
 
-OPS = {  # op: (eager reference, rankops, flops of one layer's forward / (B*N))
-    "cross_layer": (baselines.cross_stack, rankops.cross_net, lambda N, r: 2 * N),
-    "cross_layer_lowrank": (baselines.cross_stack_lowrank, _lowrank_op, lambda N, r: 4 * r),
-    "cross_layer_v1": (baselines.cross_stack_v1, _v1_op, lambda N, r: 4),
+OPS = {  # op: (eager reference, rankops, one op per layer or None, flops of one layer's forward / (B*N))
+    "cross_layer": (baselines.cross_stack, rankops.cross_net, None, lambda N, r: 2 * N),
+    "cross_net_lowrank": (baselines.cross_stack_lowrank, rankops.cross_net_lowrank, _lowrank_op, lambda N, r: 4 * r),
+    "cross_net_v1": (baselines.cross_stack_v1, rankops.cross_net_v1, _v1_op, lambda N, r: 4),
 }
+
+
+def _on_cpp(fn):
+    def run(*args):
+        with rankops.use_backend("cpp"):
+            return fn(*args)
+
+    return run
 
 
 def _params(op, N, r, gen):
@@ -62,7 +71,7 @@ def _params(op, N, r, gen):
 
     if op == "cross_layer":
         return [rnd(L, N, N, scale=N**-0.5), rnd(L, N, scale=0.01)]
-    if op == "cross_layer_lowrank":
+    if op == "cross_net_lowrank":
         return [rnd(L, N, r, scale=N**-0.25), rnd(L, r, N, scale=N**-0.25), rnd(L, N, scale=0.01)]
     return [rnd(L, N, scale=N**-0.5), rnd(L, N, scale=0.01)]
 
@@ -109,29 +118,32 @@ def cases(device: str, quick: bool):
     """(op, B, N) of the grid."""
     if quick:
         return [("cross_layer", 4096, 429)]
-    out = [("cross_layer", 4096, 429), ("cross_layer", 4096, 1024), ("cross_layer_lowrank", 4096, 429),
-           ("cross_layer_v1", 4096, 429)]
+    out = [("cross_layer", 4096, 429), ("cross_layer", 4096, 1024), ("cross_net_lowrank", 4096, 429),
+           ("cross_net_v1", 4096, 429)]
     if device == "cuda":
-        out += [("cross_layer", 65536, 432), ("cross_layer_lowrank", 65536, 432), ("cross_layer_v1", 65536, 432)]
+        out += [("cross_layer", 65536, 432), ("cross_net_lowrank", 65536, 432), ("cross_net_v1", 65536, 432)]
     return out
 
 
 def run(bench, args) -> None:
     dtypes = getattr(args, "dtypes", None) or [torch.float32]
     bench.note(f"{L} stacked layers per case; eager = TorchRec's formula with F.linear (bench/baselines.py); "
-               "rankops: full rank as one cross_net call, low rank / v1 one op per layer.")
+               "rankops: each stack as one op (cross_net, cross_net_lowrank, cross_net_v1); cpp-layers: one cpp "
+               "layer op per layer.")
     gen = torch.Generator(device="cpu").manual_seed(0)
     grid = cases(bench.device.type, bench.quick)
     for c in bench.grid(dtype=dtypes, case=[f"{op}:{B}:{N}" for op, B, N in grid], mode=("fwd", "fwd+bwd")):
         op, B, N = c["case"].split(":")
         B, N = int(B), int(N)
         dtype, mode = c["dtype"], c["mode"]
-        r = RANK if op == "cross_layer_lowrank" else None
+        r = RANK if op == "cross_net_lowrank" else None
         grad = mode == "fwd+bwd"
         inputs = [t.to(bench.device, dtype).requires_grad_(grad)
                   for t in [torch.randn(B, N, generator=gen)] + _params(op, N, r, gen)]
-        eager, fused, layer_flops = OPS[op]
+        eager, fused, per_layer, layer_flops = OPS[op]
         provs = providers(reference=eager, op=fused, device=bench.device)
+        if per_layer is not None and "cpp" in provs:
+            provs["cpp-layers"] = _on_cpp(per_layer)
         isz = inputs[0].element_size()
         nparam = sum(t.numel() for t in inputs[1:])
         nbytes = (2 * B * N + nparam) * isz * (1 if mode == "fwd" else 2) + (B * N * isz if grad else 0)

@@ -17,6 +17,10 @@ TORCH_LIBRARY_FRAGMENT(rankops_C, m) {
       "din_attention_inference(Tensor q, Tensor keys, Tensor lengths, Tensor w1, Tensor b1, Tensor w2, Tensor b2, "
       "Tensor w_out, Tensor b_out, int act, bool normalize, Tensor alpha1, Tensor alpha2, Tensor mean1, Tensor var1, "
       "Tensor mean2, Tensor var2, float eps) -> Tensor");
+  m.def(
+      "din_attention_backward(Tensor grad, Tensor q, Tensor keys, Tensor lengths, Tensor w1, Tensor b1, Tensor w2, "
+      "Tensor b2, Tensor w_out, Tensor b_out, int act, bool normalize, Tensor alpha1, Tensor alpha2, Tensor mean1, "
+      "Tensor var1, Tensor mean2, Tensor var2, float eps) -> Tensor[]");
 }
 
 TORCH_LIBRARY_IMPL(rankops_C, CPU, m) {
@@ -25,4 +29,5 @@ TORCH_LIBRARY_IMPL(rankops_C, CPU, m) {
   m.impl("jagged_target_attention", &rankops::cpu::jagged_target_attention);
   m.impl("jagged_target_attention_backward", &rankops::cpu::jagged_target_attention_backward);
   m.impl("din_attention_inference", &rankops::cpu::din_attention_inference);
+  m.impl("din_attention_backward", &rankops::cpu::din_attention_backward);
 }

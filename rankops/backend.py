@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import importlib.util
 import os
 import threading
 from typing import Iterator
@@ -83,7 +84,22 @@ def _extension():
     try:
         return importlib.import_module("rankops._C"), ""
     except ImportError as e:  # not built, or built against another torch
+        if importlib.util.find_spec("rankops._C") is None:
+            return None, ("rankops._C is not part of this install (a pure-Python install: no C++ compiler or "
+                          "CMake at install time, or RANKOPS_BUILD_NATIVE=0); install a compiler and reinstall")
         return None, f"rankops._C could not be imported ({e}); build it with `pip install -e .`"
+
+
+def installed_backends() -> tuple[str, ...]:
+    """The backends this install has, whatever the device: reference always, cpp (and cuda) with the
+    native extension, triton with the triton package."""
+    ext = extension()
+    have = ["reference"]
+    if ext is not None:
+        have += ["cpp"] + (["cuda"] if ext.with_cuda else [])
+    if _triton()[0]:
+        have.append("triton")
+    return tuple(have)
 
 
 def extension():
@@ -173,6 +189,8 @@ def info(file=None) -> str:
         lines.append(f"rankops._C: built with CUDA={ext.with_cuda} archs={ext.cuda_archs or '-'} torch={ext.torch_version}")
     else:
         lines.append(f"rankops._C: {why}")
+    lines.append("installed backends: " + ", ".join(installed_backends())
+                 + ("" if ext is not None else "  (pure Python: no cpp / cuda kernels)"))
     devices = ["cpu"]
     if torch.cuda.is_available():
         devices += [f"cuda:{i}" for i in range(torch.cuda.device_count())]

@@ -8,6 +8,7 @@
 // by every query. The backward recomputes the probabilities from the saved log-sum-exp and owns
 // dq, dk, dv of its (sample, head): no atomics, no second pass.
 #include "cpu/attention.h"
+#include "cpu/parallel.h"
 
 #include <ATen/Parallel.h>
 
@@ -892,6 +893,286 @@ at::Tensor din_attention_inference(const at::Tensor& q_, const at::Tensor& keys_
                normalize, out.data_ptr<scalar_t>(), B, L, d, H1, H2);
   });
   return out;
+}
+
+
+// ---------------------------------------------------------------------------------------------
+// DIN's activation unit, backward. One task per chunk of samples; per sample two passes over its
+// valid keys, nothing of size [L, H] stored:
+//   pass 1: each key's score a_j (the forward's layers) and G . k_j, G = dL/dout[b];
+//   then the pooling weights' gradients da_j (softmax's Jacobian when normalize);
+//   pass 2: each key again, backward through the score, layer 2 and layer 1 (pre-activations
+//   recomputed), dk_j = w_j G + M_q^T dz1, and the sample's sums dc = sum_j dz1, dM = sum_j dz1 k_j^T,
+//   which give dq, dW1 and db1 through c_q = (Wa + Wc) q + b1 and M_q = Wb - Wc + Wd diag(q).
+// Weight gradients are summed per chunk (fp32) and the chunks added in order (deterministic).
+
+namespace {
+
+// h = act(z) in place, with dh/dz in dz and dh/dalpha in da (when the activation has a slope).
+inline void activate_grad(float* z, float* dz, float* da, int64_t n, const DinAct& a) {
+  for (int64_t o = 0; o < n; ++o) {
+    const float x = z[o];
+    if (a.kind == 0) {
+      const float h = sigmoid_f(x);
+      z[o] = h;
+      dz[o] = h * (1.f - h);
+    } else if (a.kind == 1) {
+      z[o] = x > 0.f ? x : a.alpha[o] * x;
+      dz[o] = x > 0.f ? 1.f : a.alpha[o];
+      da[o] = x > 0.f ? 0.f : x;
+    } else {
+      const float p = sigmoid_f((x - a.mean[o]) * a.rstd[o]);
+      const float g = p + (1.f - p) * a.alpha[o];
+      z[o] = x * g;
+      dz[o] = g + x * (1.f - a.alpha[o]) * p * (1.f - p) * a.rstd[o];
+      da[o] = x * (1.f - p);
+    }
+  }
+}
+
+struct DinGrads {  // one chunk's sums
+  float *w1, *b1, *w2T, *b2, *wout, *bout, *alpha1, *alpha2;
+};
+
+template <typename T>
+void din_backward_kernel(const T* g, const T* q, const T* keys, const int64_t* lengths, const float* w1,
+                         const float* b1, const float* w2T, const float* b2, const float* wout, float bout,
+                         DinAct act1, DinAct act2, bool normalize, T* dq, T* dkeys, float* part, int64_t part_size,
+                         int64_t chunks, int64_t B, int64_t L, int64_t d, int64_t H1, int64_t H2) {
+  const int64_t Hl = H2 > 0 ? H2 : H1, H2n = H2 > 0 ? H2 : 0;
+  for_chunks(B, chunks, [&](int64_t ch, int64_t r0, int64_t r1) {
+    float* base = part + ch * part_size;
+    DinGrads acc{base, base + H1 * 4 * d, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};
+    acc.w2T = acc.b1 + H1;
+    acc.b2 = acc.w2T + H1 * H2n;
+    acc.wout = acc.b2 + H2n;
+    acc.bout = acc.wout + Hl;
+    acc.alpha1 = acc.bout + 1;
+    acc.alpha2 = acc.alpha1 + H1;
+    std::vector<float> buf(3 * d + 2 * d * H1 + 2 * H1 + 3 * H1 + 3 * H2n + 2 * L);
+    float* qf = buf.data();
+    float* gf = qf + d;
+    float* kf = gf + d;
+    float* MT = kf + d;       // [d][H1]
+    float* dMT = MT + d * H1;  // [d][H1]
+    float* c = dMT + d * H1;
+    float* dc = c + H1;
+    float* z1 = dc + H1;  // pre-activation, then h1
+    float* dz1 = z1 + H1;
+    float* da1 = dz1 + H1;
+    float* z2 = da1 + H1;
+    float* dz2 = z2 + H2n;
+    float* da2 = dz2 + H2n;
+    float* score = da2 + H2n;  // [L]: a_j, then the pooling weight w_j
+    float* dscore = score + L;  // [L]: G . k_j, then da_j
+    for (int64_t b = r0; b < r1; ++b) {
+      const int64_t len = lengths[b];
+      T* dqb = dq + b * d;
+      T* dkb = dkeys + b * L * d;
+      std::fill(dkb + len * d, dkb + L * d, static_cast<T>(0.f));
+      if (len == 0) {
+        std::fill(dqb, dqb + d, static_cast<T>(0.f));
+        continue;
+      }
+      for (int64_t e = 0; e < d; ++e) {
+        qf[e] = static_cast<float>(q[b * d + e]);
+        gf[e] = static_cast<float>(g[b * d + e]);
+      }
+      for (int64_t o = 0; o < H1; ++o) {
+        const float* w = w1 + o * 4 * d;
+        float sc = b1[o];
+        for (int64_t e = 0; e < d; ++e) {
+          sc += (w[e] + w[2 * d + e]) * qf[e];
+          MT[e * H1 + o] = w[d + e] - w[2 * d + e] + w[3 * d + e] * qf[e];
+        }
+        c[o] = sc;
+      }
+      auto layers = [&](const T* kr) {  // kf, z1 (= h1), z2 (= h2) and their derivatives; returns the last
+        for (int64_t e = 0; e < d; ++e) kf[e] = static_cast<float>(kr[e]);
+        affine(z1, c, kf, d, MT, H1);
+        activate_grad(z1, dz1, da1, H1, act1);
+        if (H2 > 0) {
+          affine(z2, b2, z1, H1, w2T, H2);
+          activate_grad(z2, dz2, da2, H2, act2);
+          return static_cast<const float*>(z2);
+        }
+        return static_cast<const float*>(z1);
+      };
+      for (int64_t j = 0; j < len; ++j) {
+        const float* last = layers(keys + (b * L + j) * d);
+        float a = bout, gk = 0.f;
+        for (int64_t o = 0; o < Hl; ++o) a += wout[o] * last[o];
+        for (int64_t e = 0; e < d; ++e) gk += gf[e] * kf[e];
+        score[j] = a;
+        dscore[j] = gk;
+      }
+      if (normalize) {  // w = softmax(a); da_j = w_j (G.k_j - sum_i w_i G.k_i)
+        float m = -std::numeric_limits<float>::infinity(), sum = 0.f, dot = 0.f;
+        for (int64_t j = 0; j < len; ++j) m = std::max(m, score[j]);
+        for (int64_t j = 0; j < len; ++j) sum += (score[j] = std::exp(score[j] - m));
+        for (int64_t j = 0; j < len; ++j) dot += (score[j] /= sum) * dscore[j];
+        for (int64_t j = 0; j < len; ++j) dscore[j] = score[j] * (dscore[j] - dot);
+      }
+      std::fill(dc, dc + H1, 0.f);
+      std::fill(dMT, dMT + d * H1, 0.f);
+      for (int64_t j = 0; j < len; ++j) {
+        const float* last = layers(keys + (b * L + j) * d);
+        const float da = dscore[j];
+        *acc.bout += da;
+        float* dlast = H2 > 0 ? dz2 : dz1;  // dh = da * wout, then dz = dh * act'(z), in place
+        float* dal = H2 > 0 ? da2 : da1;
+        float* gal = H2 > 0 ? acc.alpha2 : acc.alpha1;
+        for (int64_t o = 0; o < Hl; ++o) {
+          acc.wout[o] += da * last[o];
+          const float dh = da * wout[o];
+          if (act1.kind >= 1) gal[o] += dh * dal[o];
+          dlast[o] *= dh;
+        }
+        if (H2 > 0) {  // dW2 += dz2 h1^T, db2 += dz2, dh1 = W2^T dz2 -> dz1
+          for (int64_t i = 0; i < H1; ++i) {
+            const float* row = w2T + i * H2;
+            float* grow = acc.w2T + i * H2;
+            const float hi = z1[i];
+            float dh = 0.f;
+#pragma omp simd reduction(+ : dh)
+            for (int64_t o = 0; o < H2; ++o) {
+              grow[o] += hi * dz2[o];
+              dh += row[o] * dz2[o];
+            }
+            if (act1.kind >= 1) acc.alpha1[i] += dh * da1[i];
+            dz1[i] *= dh;
+          }
+          for (int64_t o = 0; o < H2; ++o) acc.b2[o] += dz2[o];
+        }
+        // dk_j = w_j G + M_q^T dz1; dc += dz1; dM += dz1 k_j^T
+        T* dkr = dkb + j * d;
+        const float wj = score[j];
+        for (int64_t e = 0; e < d; ++e) {
+          const float* mrow = MT + e * H1;
+          float* dmrow = dMT + e * H1;
+          const float ke = kf[e];
+          float s = 0.f;
+#pragma omp simd reduction(+ : s)
+          for (int64_t o = 0; o < H1; ++o) {
+            s += mrow[o] * dz1[o];
+            dmrow[o] += ke * dz1[o];
+          }
+          dkr[e] = static_cast<T>(wj * gf[e] + s);
+        }
+#pragma omp simd
+        for (int64_t o = 0; o < H1; ++o) dc[o] += dz1[o];
+      }
+      // c = (Wa + Wc) q + b1, M = Wb - Wc + Wd diag(q)
+      for (int64_t e = 0; e < d; ++e) {
+        float s = 0.f;
+        for (int64_t o = 0; o < H1; ++o) {
+          const float* w = w1 + o * 4 * d;
+          s += (w[e] + w[2 * d + e]) * dc[o] + dMT[e * H1 + o] * w[3 * d + e];
+        }
+        dqb[e] = static_cast<T>(s);
+      }
+      for (int64_t o = 0; o < H1; ++o) {
+        float* gw = acc.w1 + o * 4 * d;
+        acc.b1[o] += dc[o];
+        for (int64_t e = 0; e < d; ++e) {
+          const float dm = dMT[e * H1 + o], cq = dc[o] * qf[e];
+          gw[e] += cq;
+          gw[d + e] += dm;
+          gw[2 * d + e] += cq - dm;
+          gw[3 * d + e] += dm * qf[e];
+        }
+      }
+    }
+  });
+}
+
+}  // namespace
+
+std::vector<at::Tensor> din_attention_backward(const at::Tensor& grad_, const at::Tensor& q_, const at::Tensor& keys_,
+                                               const at::Tensor& lengths_, const at::Tensor& w1_,
+                                               const at::Tensor& b1_, const at::Tensor& w2_, const at::Tensor& b2_,
+                                               const at::Tensor& w_out_, const at::Tensor& b_out_, int64_t act,
+                                               bool normalize, const at::Tensor& alpha1_, const at::Tensor& alpha2_,
+                                               const at::Tensor& mean1_, const at::Tensor& var1_,
+                                               const at::Tensor& mean2_, const at::Tensor& var2_, double eps) {
+  TORCH_CHECK_VALUE(q_.dim() == 2 && keys_.dim() == 3 && keys_.size(0) == q_.size(0) && keys_.size(2) == q_.size(1),
+                    "din_attention_backward: q must be [B, d] and keys [B, L, d], got ", q_.sizes(), " and ",
+                    keys_.sizes());
+  TORCH_CHECK_VALUE(act >= 0 && act <= 2, "din_attention_backward: unknown activation code ", act);
+  const auto q = q_.contiguous(), keys = keys_.to(q.scalar_type()).contiguous();
+  const auto g = grad_.to(q.scalar_type()).contiguous();
+  const int64_t B = keys.size(0), L = keys.size(1), d = keys.size(2);
+  TORCH_CHECK_VALUE(g.sizes() == q.sizes(), "din_attention_backward: grad must be [B, d]");
+  const auto lengths = lengths_.to(at::kLong).contiguous();
+  check_lengths(lengths, B, L);
+  const auto f = [](const at::Tensor& t) { return t.to(at::kFloat).contiguous(); };
+  const auto w1 = f(w1_), b1 = f(b1_), w_out = f(w_out_).reshape({-1}), b_out = f(b_out_).reshape({-1});
+  const int64_t H1 = w1.size(0), H2 = w2_.numel() ? w2_.size(0) : 0, Hl = H2 > 0 ? H2 : H1;
+  TORCH_CHECK_VALUE(w1.dim() == 2 && w1.size(1) == 4 * d && b1.numel() == H1, "din_attention: w1 must be [H1, 4d]");
+  at::Tensor w2T, b2;
+  if (H2 > 0) {
+    TORCH_CHECK_VALUE(w2_.dim() == 2 && w2_.size(1) == H1 && b2_.numel() == H2, "din_attention: w2 must be [H2, H1]");
+    w2T = f(w2_).t().contiguous();
+    b2 = f(b2_);
+  }
+  TORCH_CHECK_VALUE(w_out.numel() == Hl && b_out.numel() == 1, "din_attention: w_out / b_out shapes");
+  std::vector<at::Tensor> keep;
+  keep.reserve(6);
+  auto layer = [&](const at::Tensor& alpha, const at::Tensor& mean, const at::Tensor& var, int64_t n) {
+    DinAct a{act, nullptr, nullptr, nullptr};
+    if (act >= 1) {
+      TORCH_CHECK_VALUE(alpha.numel() == n, "din_attention: alpha has ", alpha.numel(), " entries, expected ", n);
+      keep.push_back(f(alpha));
+      a.alpha = keep.back().data_ptr<float>();
+    }
+    if (act == 2) {
+      TORCH_CHECK_VALUE(mean.numel() == n && var.numel() == n, "din_attention: Dice statistics need ", n, " entries");
+      keep.push_back(f(mean));
+      a.mean = keep.back().data_ptr<float>();
+      keep.push_back((f(var) + eps).rsqrt());
+      a.rstd = keep.back().data_ptr<float>();
+    }
+    return a;
+  };
+  const DinAct a1 = layer(alpha1_, mean1_, var1_, H1);
+  const DinAct a2 = H2 > 0 ? layer(alpha2_, mean2_, var2_, H2) : DinAct{act, nullptr, nullptr, nullptr};
+  const int64_t H2n = H2 > 0 ? H2 : 0;
+  const int64_t part_size = H1 * 4 * d + H1 + H1 * H2n + H2n + Hl + 1 + H1 + H2n;
+  const int64_t chunks = num_chunks(B, 4);
+  auto part = at::zeros({chunks, part_size}, at::kFloat);
+  auto dq = at::empty_like(q), dkeys = at::empty_like(keys);
+  if (B > 0 && d > 0) {
+    RANKOPS_DISPATCH_FLOAT(q.scalar_type(), "din_attention_backward", [&] {
+      din_backward_kernel(g.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(), keys.data_ptr<scalar_t>(),
+                          lengths.data_ptr<int64_t>(), w1.data_ptr<float>(), b1.data_ptr<float>(),
+                          H2 > 0 ? w2T.data_ptr<float>() : nullptr, H2 > 0 ? b2.data_ptr<float>() : nullptr,
+                          w_out.data_ptr<float>(), b_out.item<float>(), a1, a2, normalize, dq.data_ptr<scalar_t>(),
+                          dkeys.data_ptr<scalar_t>(), part.data_ptr<float>(), part_size, chunks, B, L, d, H1, H2);
+    });
+  } else {
+    dq.zero_();
+    dkeys.zero_();
+  }
+  const auto sum = part.sum(0);
+  int64_t at_ = 0;
+  auto take = [&](int64_t n) {
+    auto t = sum.narrow(0, at_, n);
+    at_ += n;
+    return t;
+  };
+  // views of one buffer: copied out (the outputs of an op must not alias each other)
+  auto like = [](const at::Tensor& t, const at::Tensor& src) {
+    return t.reshape(src.sizes()).to(src.scalar_type(), /*non_blocking=*/false, /*copy=*/true);
+  };
+  auto dw1 = like(take(H1 * 4 * d), w1_), db1 = like(take(H1), b1_);
+  auto dw2T = take(H1 * H2n), db2 = take(H2n);
+  auto dw2 = H2 > 0 ? like(dw2T.reshape({H1, H2}).t().contiguous(), w2_) : w2_.new_zeros(w2_.sizes());
+  auto db2o = H2 > 0 ? like(db2, b2_) : b2_.new_zeros(b2_.sizes());
+  auto dwout = like(take(Hl), w_out_), dbout = like(take(1), b_out_);
+  auto dalpha1 = take(H1), dalpha2 = take(H2n);
+  auto da1 = act >= 1 ? like(dalpha1, alpha1_) : alpha1_.new_zeros(alpha1_.sizes());
+  auto da2 = act >= 1 && H2 > 0 ? like(dalpha2, alpha2_) : alpha2_.new_zeros(alpha2_.sizes());
+  return {dq, dkeys, dw1, db1, dw2, db2o, dwout, dbout, da1, da2};
 }
 
 }  // namespace rankops::cpu

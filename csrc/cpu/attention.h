@@ -2,6 +2,7 @@
 #include <ATen/ATen.h>
 
 #include <tuple>
+#include <vector>
 
 namespace rankops::cpu {
 // Padded: q[B,H,Q,d], k/v[B,H,L,d], lengths[B] int64 -> (out[B,H,Q,d], lse[B,H,Q] fp32).
@@ -31,4 +32,13 @@ at::Tensor din_attention_inference(const at::Tensor& q, const at::Tensor& keys, 
                                    int64_t act, bool normalize, const at::Tensor& alpha1, const at::Tensor& alpha2,
                                    const at::Tensor& mean1, const at::Tensor& var1, const at::Tensor& mean2,
                                    const at::Tensor& var2, double eps);
+// Its backward: (dq, dkeys, dw1, db1, dw2, db2, dw_out, db_out, dalpha1, dalpha2), each shaped as its
+// input (absent parameters: zeros of their empty shape); the Dice statistics are taken as given.
+std::vector<at::Tensor> din_attention_backward(const at::Tensor& grad, const at::Tensor& q, const at::Tensor& keys,
+                                               const at::Tensor& lengths, const at::Tensor& w1, const at::Tensor& b1,
+                                               const at::Tensor& w2, const at::Tensor& b2, const at::Tensor& w_out,
+                                               const at::Tensor& b_out, int64_t act, bool normalize,
+                                               const at::Tensor& alpha1, const at::Tensor& alpha2,
+                                               const at::Tensor& mean1, const at::Tensor& var1,
+                                               const at::Tensor& mean2, const at::Tensor& var2, double eps);
 }  // namespace rankops::cpu

@@ -443,4 +443,255 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_net_backward(const at::Tens
   return {dx0, dw, db_part.sum(1).to(w.scalar_type())};
 }
 
+
+// ---------------------------------------------------------------------------------------------
+// cross_net_v1: L stacked DCN (v1) layers, x_{l+1} = x0 * (x_l . w_l) + b_l + x_l.
+//
+// Every layer's output is x0 scaled plus a bias sum: x_l = alpha_l x0 + Bc_l with Bc_l = sum_{k<l} b_k
+// (the same for every row) and the per-row scalars alpha_0 = 1, alpha_{l+1} = alpha_l + s_l,
+//     s_l = x_l . w_l = alpha_l d_l + c_l,   d_l = x0 . w_l,   c_l = Bc_l . w_l.
+// So the whole stack is L dot products with x0 and one pass out = alpha_L x0 + Bc_L: x0 is read once
+// from memory (the dots and the pass run on a row in L1), only the output is written, nothing is
+// saved for the backward, whatever L is. The backward, with G = grad and per row
+//     abar = G . x0 (= dL/dalpha_L), then from the top: sbar_l = abar, abar *= 1 + d_l,
+//     dbar_l = sbar_l alpha_l (= dL/dd_l),
+// is dx0 = alpha_L G + sum_l dbar_l w_l (one more pass), dW = dbar.T @ x0 + Cbar_l Bc_l (one GEMM,
+// Cbar_l = sum over rows of sbar_l) and db_k = sum_rows G + sum_{l>k} Cbar_l w_l.
+// Layer by layer (cross_layer_v1) each layer reads and writes [B, N] in both directions.
+
+namespace {
+
+// sum_j f(j) for j < n: four accumulator chains over the four quarters of the row (one chain
+// waits on the FMA latency).
+template <typename F>
+inline float sum4(int64_t n, const F& f) {
+  const int64_t q = n / 4;
+  float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+  for (int64_t j = 0; j < q; ++j) {
+    s0 += f(j);
+    s1 += f(j + q);
+    s2 += f(j + 2 * q);
+    s3 += f(j + 3 * q);
+  }
+  float s = (s0 + s1) + (s2 + s3);
+  for (int64_t j = 4 * q; j < n; ++j) s += f(j);
+  return s;
+}
+
+// Bc [(L + 1) * N]: Bc_l = sum_{k<l} b_k; c [L]: c_l = Bc_l . w_l.
+void v1_constants(const float* w, const float* bias, int64_t N, int64_t L, std::vector<float>& Bc,
+                  std::vector<float>& c) {
+  Bc.assign((L + 1) * N, 0.f);
+  c.assign(L, 0.f);
+  for (int64_t l = 0; l < L; ++l) {
+    for (int64_t j = 0; j < N; ++j) Bc[(l + 1) * N + j] = Bc[l * N + j] + bias[l * N + j];
+    c[l] = sum4(N, [&](int64_t j) { return Bc[l * N + j] * w[l * N + j]; });
+  }
+}
+
+// d_l = x0 . w_l for the L layers; returns alpha_L and fills alpha[0..L) when given.
+template <typename T>
+inline float v1_row(const T* x0r, const float* w, const float* c, int64_t N, int64_t L, float* d, float* alpha) {
+  float a = 1.f;
+  for (int64_t l = 0; l < L; ++l) {
+    const float* wl = w + l * N;
+    d[l] = sum4(N, [&](int64_t j) { return static_cast<float>(x0r[j]) * wl[j]; });
+    if (alpha) alpha[l] = a;
+    a += a * d[l] + c[l];
+  }
+  return a;
+}
+
+template <typename T>
+void net_v1_forward(const T* x0, const float* w, const float* Bc, const float* c, T* out, int64_t B, int64_t N,
+                    int64_t L) {
+  const float* BL = Bc + L * N;
+  at::parallel_for(0, B, row_grain(N * L), [&](int64_t b0, int64_t b1) {
+    std::vector<float> d(L);
+    for (int64_t b = b0; b < b1; ++b) {
+      const T* x0r = x0 + b * N;
+      const float a = v1_row(x0r, w, c, N, L, d.data(), nullptr);
+      T* outr = out + b * N;
+#pragma omp simd
+      for (int64_t j = 0; j < N; ++j) outr[j] = static_cast<T>(a * static_cast<float>(x0r[j]) + BL[j]);
+    }
+  });
+}
+
+// Per row: dx0 and dbar [B, L]; per chunk: the column sums of G and the row sums of sbar (Cbar).
+template <typename T>
+void net_v1_backward(const T* g, const T* x0, const float* w, const float* c, T* dx0, float* dbar, float* gsum_part,
+                     float* cbar_part, int64_t chunks, int64_t B, int64_t N, int64_t L) {
+  for_chunks(B, chunks, [&](int64_t ch, int64_t r0, int64_t r1) {
+    float* gsum = gsum_part + ch * N;
+    float* cbar = cbar_part + ch * L;
+    std::vector<float> d(L), alpha(L), acc(N);
+    for (int64_t b = r0; b < r1; ++b) {
+      const T* x0r = x0 + b * N;
+      const T* gr = g + b * N;
+      float* dbr = dbar + b * L;
+      const float aL = v1_row(x0r, w, c, N, L, d.data(), alpha.data());
+      float abar = sum4(N, [&](int64_t j) {
+        const float gv = static_cast<float>(gr[j]);
+        acc[j] = aL * gv;
+        gsum[j] += gv;
+        return gv * static_cast<float>(x0r[j]);
+      });
+      for (int64_t l = L - 1; l >= 0; --l) {
+        const float sbar = abar;
+        dbr[l] = sbar * alpha[l];
+        cbar[l] += sbar;
+        abar += sbar * d[l];
+      }
+      for (int64_t l = 0; l < L; ++l) {
+        const float* wl = w + l * N;
+        const float dl = dbr[l];
+#pragma omp simd
+        for (int64_t j = 0; j < N; ++j) acc[j] += dl * wl[j];
+      }
+      T* dxr = dx0 + b * N;
+#pragma omp simd
+      for (int64_t j = 0; j < N; ++j) dxr[j] = static_cast<T>(acc[j]);
+    }
+  });
+}
+
+void check_net_v1(const char* op, const at::Tensor& x0, const at::Tensor& w, const at::Tensor& b) {
+  check_2d(x0, op, "x0");
+  const int64_t N = x0.size(1);
+  TORCH_CHECK_VALUE(w.dim() == 2 && w.size(0) >= 1 && w.size(1) == N && b.sizes() == w.sizes(), op,
+                    ": w and bias must be [L, N] with L >= 1 and N = x0.size(1) = ", N, ", got ", w.sizes(), " and ",
+                    b.sizes());
+}
+
+}  // namespace
+
+at::Tensor cross_net_v1(const at::Tensor& x0_, const at::Tensor& w_, const at::Tensor& b_) {
+  check_net_v1("cross_net_v1", x0_, w_, b_);
+  const auto x0 = x0_.contiguous();
+  const int64_t B = x0.size(0), N = x0.size(1), L = w_.size(0);
+  const auto w = w_.to(at::kFloat).contiguous(), bias = b_.to(at::kFloat).contiguous();
+  std::vector<float> Bc, c;
+  v1_constants(w.data_ptr<float>(), bias.data_ptr<float>(), N, L, Bc, c);
+  auto out = empty_large_like(x0);
+  RANKOPS_DISPATCH_FLOAT(x0.scalar_type(), "cross_net_v1", [&] {
+    net_v1_forward(x0.data_ptr<scalar_t>(), w.data_ptr<float>(), Bc.data(), c.data(), out.data_ptr<scalar_t>(), B,
+                   N, L);
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_net_v1_backward(const at::Tensor& grad_, const at::Tensor& x0_,
+                                                                     const at::Tensor& w_, const at::Tensor& b_) {
+  check_net_v1("cross_net_v1_backward", x0_, w_, b_);
+  const auto x0 = x0_.contiguous();
+  const auto g = grad_.to(x0.scalar_type()).contiguous();
+  const int64_t B = x0.size(0), N = x0.size(1), L = w_.size(0);
+  TORCH_CHECK_VALUE(g.sizes() == x0.sizes(), "cross_net_v1_backward: grad ", g.sizes(), " must have x0's shape ",
+                    x0.sizes());
+  const auto w = w_.to(at::kFloat).contiguous(), bias = b_.to(at::kFloat).contiguous();
+  std::vector<float> Bc, c;
+  v1_constants(w.data_ptr<float>(), bias.data_ptr<float>(), N, L, Bc, c);
+  auto dx0 = empty_large_like(x0);
+  auto dbar = at::empty({B, L}, at::kFloat);
+  const int64_t chunks = num_chunks(B, row_grain(N * L));
+  auto gsum = at::zeros({chunks, N}, at::kFloat), cbar = at::zeros({chunks, L}, at::kFloat);
+  RANKOPS_DISPATCH_FLOAT(x0.scalar_type(), "cross_net_v1_backward", [&] {
+    net_v1_backward(g.data_ptr<scalar_t>(), x0.data_ptr<scalar_t>(), w.data_ptr<float>(), c.data(),
+                    dx0.data_ptr<scalar_t>(), dbar.data_ptr<float>(), gsum.data_ptr<float>(), cbar.data_ptr<float>(),
+                    chunks, B, N, L);
+  });
+  // dW_l = sum_rows dbar_l x0 + Cbar_l Bc_l;  db_k = sum_rows G + sum_{l>k} Cbar_l w_l
+  const auto Cbar = cbar.sum(0);  // [L]
+  const auto Bct = at::from_blob(Bc.data(), {L + 1, N}, at::kFloat).narrow(0, 0, L);
+  auto dw = at::mm(dbar.t(), x0.to(at::kFloat)).addcmul_(Cbar.unsqueeze(1), Bct);
+  // suffix sums over l > k of Cbar_l w_l: row k of (Cbar w) summed from k + 1 to L - 1
+  const auto cw = Cbar.unsqueeze(1) * w;                        // [L, N]
+  const auto suffix = cw.flip(0).cumsum(0).flip(0) - cw;        // sum_{l >= k} - term k
+  auto db = gsum.sum(0).unsqueeze(0) + suffix;
+  return {dx0, dw.to(w_.scalar_type()), db.to(w_.scalar_type())};
+}
+
+// ---------------------------------------------------------------------------------------------
+// cross_net_lowrank: L stacked low-rank layers, x_{l+1} = x0 * (t_l @ u_l.T + b_l) + x_l with
+// t_l = x_l @ v_l.T. The layer kernels' GEMMs and passes, run in one call: the activations go
+// straight into the saved stacks (xs [L-1, B, N], ts [L, B, r], ps [L, B, N]; the GEMMs write
+// into them), inference alternates two buffers, and the backward updates the gradient flowing down
+// the stack in place (G += dt @ v_l) and sums dx0 as it goes.
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cross_net_lowrank(const at::Tensor& x0_,
+                                                                             const at::Tensor& u_,
+                                                                             const at::Tensor& v_,
+                                                                             const at::Tensor& b_, bool save) {
+  check_2d(x0_, "cross_net_lowrank", "x0");
+  const auto x0 = x0_.contiguous(), u = u_.contiguous(), v = v_.contiguous();
+  const int64_t B = x0.size(0), N = x0.size(1);
+  TORCH_CHECK_VALUE(u.dim() == 3 && v.dim() == 3 && u.size(0) >= 1 && u.size(1) == N && v.size(0) == u.size(0) &&
+                        v.size(1) == u.size(2) && v.size(2) == N && u.size(2) >= 1 && b_.dim() == 2 &&
+                        b_.size(0) == u.size(0) && b_.size(1) == N,
+                    "cross_net_lowrank: shapes do not match: x0 ", x0.sizes(), ", u ", u.sizes(), ", v ", v.sizes(),
+                    ", bias ", b_.sizes());
+  const int64_t L = u.size(0), r = u.size(2);
+  const auto bias = b_.to(at::kFloat).contiguous();
+  auto out = empty_large_like(x0);
+  auto xs = save ? empty_large({L - 1, B, N}, x0.options()) : x0.new_empty({0});
+  auto ts = save ? at::empty({L, B, r}, x0.options()) : at::empty({B, r}, x0.options());
+  auto ps = empty_large({save ? L : std::min<int64_t>(L, 2), B, N}, x0.options());
+  RANKOPS_DISPATCH_FLOAT(x0.scalar_type(), "cross_net_lowrank", [&] {
+    at::Tensor x = x0;
+    for (int64_t l = 0; l < L; ++l) {
+      auto t = save ? ts[l] : ts;
+      at::mm_out(t, x, v[l].t());
+      auto p = ps[save ? l : l % 2];
+      at::mm_out(p, t, u[l].t());
+      const bool last = l == L - 1;
+      auto y = last ? out : (save ? xs[l] : p);  // without save the epilogue overwrites p in place
+      epilogue(x0.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), p.data_ptr<scalar_t>(), bias.data_ptr<float>() + l * N,
+               y.data_ptr<scalar_t>(), save, B, N);
+      x = y;
+    }
+  });
+  if (!save) return {out, x0.new_empty({0}), x0.new_empty({0}), x0.new_empty({0})};
+  return {out, xs, ts, ps};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cross_net_lowrank_backward(
+    const at::Tensor& grad_, const at::Tensor& x0_, const at::Tensor& u_, const at::Tensor& v_, const at::Tensor& xs_,
+    const at::Tensor& ts_, const at::Tensor& ps_) {
+  check_2d(x0_, "cross_net_lowrank_backward", "x0");
+  const auto x0 = x0_.contiguous(), u = u_.contiguous(), v = v_.contiguous();
+  const auto xs = xs_.contiguous(), ts = ts_.contiguous(), ps = ps_.contiguous();
+  const auto g = grad_.to(x0.scalar_type()).contiguous();
+  const int64_t B = x0.size(0), N = x0.size(1);
+  TORCH_CHECK_VALUE(u.dim() == 3 && v.dim() == 3 && u.size(1) == N && v.size(2) == N, "cross_net_lowrank_backward: ",
+                    "u ", u.sizes(), " and v ", v.sizes(), " do not match x0 ", x0.sizes());
+  const int64_t L = u.size(0), r = u.size(2);
+  TORCH_CHECK_VALUE(g.sizes() == x0.sizes() && xs.sizes() == at::IntArrayRef({L - 1, B, N}) &&
+                        ts.sizes() == at::IntArrayRef({L, B, r}) && ps.sizes() == at::IntArrayRef({L, B, N}),
+                    "cross_net_lowrank_backward: grad ", g.sizes(), ", xs ", xs.sizes(), ", ts ", ts.sizes(),
+                    " and ps ", ps.sizes(), " are not cross_net_lowrank's saved activations for x0 ", x0.sizes());
+  auto dx0 = empty_large_like(x0), dx0_l = empty_large_like(x0), dp = empty_large_like(x0);
+  auto G = empty_large_like(x0);  // the gradient flowing down the stack
+  auto du = at::empty_like(u), dv = at::empty_like(v);
+  auto db = at::empty({L, N}, at::kFloat);
+  RANKOPS_DISPATCH_FLOAT(x0.scalar_type(), "cross_net_lowrank_backward", [&] {
+    for (int64_t l = L - 1; l >= 0; --l) {
+      const bool top = l == L - 1;
+      // dp = G * x0, dx0 (this layer's share) = G * p_l, and G copied onto itself (or from grad)
+      db[l].copy_(grad_pass(top ? g.data_ptr<scalar_t>() : G.data_ptr<scalar_t>(), x0.data_ptr<scalar_t>(),
+                            ps[l].data_ptr<scalar_t>(), dp.data_ptr<scalar_t>(),
+                            (top ? dx0 : dx0_l).data_ptr<scalar_t>(), G.data_ptr<scalar_t>(), B, N));
+      if (!top) dx0.add_(dx0_l);
+      auto dul = du[l], dvl = dv[l];
+      at::mm_out(dul, dp.t(), ts[l]);
+      auto dt = at::mm(dp, u[l]);
+      at::mm_out(dvl, dt.t(), l == 0 ? x0 : xs[l - 1]);
+      G.addmm_(dt, v[l]);  // G = g + dt @ v_l: the gradient of this layer's input
+    }
+    dx0.add_(G);  // x_0 is x0
+  });
+  return {dx0, du, dv, db.to(u.scalar_type())};
+}
+
 }  // namespace rankops::cpu

@@ -28,4 +28,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_net(const at::Tensor& x0, c
 std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_net_backward(const at::Tensor& grad, const at::Tensor& x0,
                                                                   const at::Tensor& weight, const at::Tensor& xs,
                                                                   const at::Tensor& ps);
+at::Tensor cross_net_v1(const at::Tensor& x0, const at::Tensor& w, const at::Tensor& bias);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_net_v1_backward(const at::Tensor& grad, const at::Tensor& x0,
+                                                                     const at::Tensor& w, const at::Tensor& bias);
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cross_net_lowrank(const at::Tensor& x0,
+                                                                             const at::Tensor& u,
+                                                                             const at::Tensor& v,
+                                                                             const at::Tensor& bias, bool save);
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cross_net_lowrank_backward(
+    const at::Tensor& grad, const at::Tensor& x0, const at::Tensor& u, const at::Tensor& v, const at::Tensor& xs,
+    const at::Tensor& ts, const at::Tensor& ps);
 }  // namespace rankops::cpu

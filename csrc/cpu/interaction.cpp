@@ -7,6 +7,7 @@
 
 #include <vector>
 
+#include "cpu/alloc.h"
 #include "registration.h"
 
 namespace rankops::cpu {
@@ -218,7 +219,7 @@ at::Tensor fm_interaction_backward(const at::Tensor& grad_, const at::Tensor& x_
   const int64_t B = x.size(0), F = x.size(1), D = x.size(2);
   const auto grad = grad_.to(x.scalar_type()).contiguous();
   TORCH_CHECK_VALUE(grad.numel() == B * (reduce ? 1 : D), "fm_interaction_backward: grad has shape ", grad.sizes());
-  auto gx = at::empty_like(x);
+  auto gx = empty_large_like(x);  // huge pages, reused: a fresh [B, F, D] of torch faults 4 KiB at a time
   RANKOPS_DISPATCH_FLOAT(x.scalar_type(), "fm_interaction_backward", [&] {
     fm_backward_kernel(grad.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), gx.data_ptr<scalar_t>(), B, F, D, reduce);
   });
@@ -244,7 +245,7 @@ at::Tensor dot_interaction_backward(const at::Tensor& grad_, const at::Tensor& x
   const int64_t P = self_interaction ? F * (F + 1) / 2 : F * (F - 1) / 2;
   const auto grad = grad_.to(x.scalar_type()).contiguous();
   TORCH_CHECK_VALUE(grad.numel() == B * P, "dot_interaction_backward: grad has shape ", grad.sizes());
-  auto gx = at::empty_like(x);
+  auto gx = empty_large_like(x);  // huge pages, reused: a fresh [B, F, D] of torch faults 4 KiB at a time
   RANKOPS_DISPATCH_FLOAT(x.scalar_type(), "dot_interaction_backward", [&] {
     dot_backward_kernel(grad.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), gx.data_ptr<scalar_t>(), B, F, D,
                         self_interaction);

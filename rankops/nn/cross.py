@@ -8,7 +8,7 @@ from typing import Callable, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from rankops.ops.cross import cross_layer_lowrank, cross_layer_v1, cross_net
+from rankops.ops.cross import cross_net, cross_net_lowrank, cross_net_v1
 
 VARIANTS = ("v2", "v1", "lowrank", "mix")
 
@@ -42,8 +42,8 @@ class CrossNet(nn.Module):
     Parameters are stacked over layers: ``weight [L, N, N]``, ``u [L, N, r]``, ``v [L, r, N]``,
     ``w [L, N]``, ``bias [L, N]``, and for "mix" ``U [L, K, N, r]``, ``V [L, K, r, N]``,
     ``C [L, K, r, r]``, ``gate [K, N]``. ``rankops.nn.convert`` loads TorchRec and DeepCTR-Torch
-    state dicts. v2 runs its whole stack as one op (cross_net); lowrank / v1 run on the fused layer ops; "mix" runs its small projections in
-    PyTorch and its [B, N] part as one GEMM + epilogue.
+    state dicts. v2, v1 and lowrank run their whole stack as one op (cross_net, cross_net_v1,
+    cross_net_lowrank); "mix" runs its small projections in PyTorch and its [B, N] part as one GEMM + epilogue.
 
     Example::
 
@@ -116,18 +116,13 @@ class CrossNet(nn.Module):
         """x0: ``[B, N]`` -> ``[B, N]``."""
         if self.variant == "v2":
             return cross_net(x0, self.weight, self.bias)
-        # unbind, not indexing: indexing's backward zero-fills an [L, ...] gradient for every layer
-        bias = self.bias.unbind(0)
-        x = x0
+        if self.variant == "v1":
+            return cross_net_v1(x0, self.w, self.bias)
         if self.variant == "lowrank":
-            for u, v, b in zip(self.u.unbind(0), self.v.unbind(0), bias):
-                x = cross_layer_lowrank(x0, x, u, v, b)
-        elif self.variant == "v1":
-            for w, b in zip(self.w.unbind(0), bias):
-                x = cross_layer_v1(x0, x, w, b)
-        else:
-            for l in range(self.num_layers):
-                x = self._mix_layer(x0, x, l)
+            return cross_net_lowrank(x0, self.u, self.v, self.bias)
+        x = x0
+        for l in range(self.num_layers):
+            x = self._mix_layer(x0, x, l)
         return x
 
     def _mix_layer(self, x0: Tensor, x: Tensor, l: int) -> Tensor:

@@ -2,8 +2,8 @@
 
 Each op family lists its implementations as ``{backend: "module:function"}``; modules are imported
 on first use so that importing rankops never imports triton or loads the extension eagerly.
-Families declare their ops with ``custom_op`` and call them through ``invoke``, which skips the
-torch.library dispatch where nothing needs to see the op (``direct``).
+Families declare their ops with ``rankops.ops._declare``, which calls them through ``invoke``: it
+skips the torch.library dispatch where nothing needs to see the op (``direct``).
 """
 
 from __future__ import annotations
@@ -33,20 +33,8 @@ def call(op: str, impls: dict[str, str], device: torch.device, *args):
     return _resolve(impls[name])(*args)
 
 
-def custom_op(name: str):
-    """``torch.library.custom_op(name)`` for an op that mutates nothing, keeping the decorated
-    implementation at hand (``.impl``) for invoke()."""
-
-    def wrap(fn: Callable):
-        op = torch.library.custom_op(name, fn, mutates_args=())
-        op.impl = fn
-        return op
-
-    return wrap
-
-
 def invoke(op, *args):
-    """``op(*args)``, or the op's implementation itself where direct() allows: the custom op's
+    """``op(*args)``, or the op's implementation itself (``op.impl``) where direct() allows: the custom op's
     Python dispatch costs about 30 us a call, as long as a small serving batch's whole op."""
     return op.impl(*args) if direct(*(a for a in args if isinstance(a, torch.Tensor))) else op(*args)
 

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 import rankops
 from rankops.ops.attention import jagged_target_attention, target_attention
 from rankops.ops.attention import reference as ref
-from tests.utils import DTYPES, assert_close, backend_devices, on, tol
+from tests.utils import DTYPES, assert_close, backend_devices, on, require, tol
 
 KERNELS = backend_devices("cpp", "triton")
 ALL = backend_devices("reference", "cpp", "triton")
@@ -453,6 +453,112 @@ def test_din_inference_cpp(activation, normalize, hidden, dtype):
     assert got.dtype == dtype
     assert torch.equal(got[0].float(), torch.zeros(d)), "an empty sample pools to zeros"
     assert_close(got, want, **(tol(dtype) if dtype != torch.float32 else dict(atol=1e-5, rtol=1e-4)), name="din")
+
+
+def _din_case(activation, hidden, dtype, B=6, L=11, d=12, seed=4):
+    params, alphas = din_params(d, hidden, seed=seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    q, keys = torch.randn(B, d, generator=g), torch.randn(B, L, d, generator=g)
+    lengths = torch.tensor([0, 1, L, 7, 4, 0][:B])
+    stats = tuple((torch.randn(h, generator=g), torch.rand(h, generator=g) + 0.5) for h in hidden)
+    stats = (stats + (None,))[:2] if activation == "dice" else None
+    cast = lambda t: t.to(dtype) if t is not None else None  # noqa: E731
+    return (cast(q), cast(keys), lengths, {k: cast(v) for k, v in params.items()}, tuple(map(cast, alphas)), stats,
+            torch.randn(B, d, generator=g).to(dtype))
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "prelu", "dice"])
+@pytest.mark.parametrize("normalize", [False, True])
+@pytest.mark.parametrize("hidden", [(20, 9), (7,)], ids=["20-9", "7"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_din_training_cpp(activation, normalize, hidden, dtype):
+    """Training on CPU runs the fused C++ forward and backward (the din_attention custom op): output
+    and every gradient against autograd of the literal concatenation, zero and odd lengths."""
+    from torch.profiler import ProfilerActivity, profile
+
+    q, keys, lengths, params, alphas, stats, grad = _din_case(activation, hidden, dtype)
+    names = [k for k, v in params.items() if v is not None]
+
+    def run(fn, **kw):
+        leaves = [t.clone().requires_grad_() for t in [q, keys] + [params[n] for n in names]
+                  + [a for a in alphas if a is not None]]
+        p = dict(zip(names, leaves[2:2 + len(names)]), **{k: None for k, v in params.items() if v is None})
+        a = tuple(leaves[2 + len(names):]) + (None,) * (2 - len(leaves[2 + len(names):]))
+        out = fn(leaves[0], leaves[1], lengths, **p, alphas=a, normalize=normalize, dice_stats=stats, **kw)
+        return [out, *torch.autograd.grad(out, leaves, grad, allow_unused=True, materialize_grads=True)]
+
+    with on("cpp", "cpu"), profile(activities=[ProfilerActivity.CPU]) as prof:
+        got = run(rankops.din_attention, activation=activation)
+    events = {e.name for e in prof.events()}
+    assert "rankops_C::din_attention_backward" in events and "rankops_C::din_attention_inference" in events
+    f32 = lambda t: t.float() if t is not None else None  # noqa: E731
+    want = run(lambda q_, k_, lengths_, alphas, dice_stats, **p: ref.din_attention_concat(
+        q_.float(), k_.float(), lengths_, **{k: f32(v) for k, v in p.items() if k != "normalize"},
+        normalize=normalize, activation_kind=activation, alphas=tuple(map(f32, alphas)),
+        dice_stats=dice_stats or (None, None)))
+    for i, (a, e) in enumerate(zip(got, want)):
+        assert a.dtype == dtype, i
+        t = dict(atol=2e-5, rtol=2e-4) if dtype == torch.float32 else tol(dtype, 4.0)
+        scale = max(1.0, e.abs().max().item())
+        assert_close(a, e.to(dtype), atol=t["atol"] * scale, rtol=t["rtol"], name=f"din output/grad {i}")
+    assert not got[0][0].float().any() and not got[0][-1].float().any(), "empty samples pool to zeros"
+    assert not got[2][0].float().any() and not got[2][3, 7:].float().any(), "no gradient for padding keys"
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "prelu", "dice"])
+@pytest.mark.parametrize("normalize", [False, True])
+@pytest.mark.parametrize("hidden", [(20, 9), (7,)], ids=["20-9", "7"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("backend,device", backend_devices("triton"))
+def test_din_triton(activation, normalize, hidden, dtype, backend, device):
+    """The Triton kernels (under the interpreter on CPU), forward and every gradient, against the
+    PyTorch path (the reference backend, itself checked against the concatenation above) under autograd."""
+    require("triton", device)
+    case = _din_case(activation, hidden, dtype, B=5, L=21, d=6)
+    mv = lambda t: t.to(device) if isinstance(t, torch.Tensor) else t  # noqa: E731
+    q, keys, lengths, grad = (mv(t) for t in (case[0], case[1], case[2], case[6]))
+    params, alphas = {k: mv(v) for k, v in case[3].items()}, tuple(map(mv, case[4]))
+    stats = tuple(tuple(map(mv, st)) if st is not None else None for st in case[5]) if case[5] else None
+    names = [k for k, v in params.items() if v is not None]
+    args = [q, keys] + [params[n] for n in names] + [a for a in alphas if a is not None]
+
+    def run(backend, fn):
+        leaves = [t.clone().requires_grad_() for t in args]
+        p = dict(zip(names, leaves[2:2 + len(names)]), **{k: None for k, v in params.items() if v is None})
+        a = tuple(leaves[2 + len(names):]) + (None,) * (2 - len(leaves[2 + len(names):]))
+        with rankops.use_backend(backend):
+            out = fn(leaves[0], leaves[1], lengths, **p, alphas=a, normalize=normalize, dice_stats=stats,
+                     activation=activation)
+        return [out, *torch.autograd.grad(out, leaves, grad, allow_unused=True, materialize_grads=True)]
+
+    from rankops.ops.attention import _din_native_ok
+
+    with rankops.use_backend("triton"):
+        assert _din_native_ok(q, keys, [], activation, stats)
+    got = run("triton", rankops.din_attention)
+    want = run("reference", rankops.din_attention)  # the PyTorch path, differentiated by autograd
+    for i, (a, e) in enumerate(zip(got, want)):
+        assert a.dtype == dtype, i
+        t = dict(atol=2e-5, rtol=2e-4) if dtype == torch.float32 else tol(dtype, 4.0)
+        scale = max(1.0, e.float().abs().max().item())
+        assert_close(a, e, atol=t["atol"] * scale, rtol=t["rtol"], name=f"din output/grad {i}")
+    assert any(g.float().abs().max() > 0 for g in got[1:]), "gradients flow"
+
+
+@pytest.mark.parametrize("backend", ["cpp", "reference", "triton"])
+def test_din_opcheck(backend):
+    from rankops.ops.attention import _din_flat
+
+    for activation, hidden in (("prelu", (6, 4)), ("dice", (5,)), ("sigmoid", (3,))):
+        q, keys, lengths, params, alphas, stats, _ = _din_case(activation, hidden, torch.float32, B=3, L=5, d=4)
+        args = list(_din_flat(q, keys, lengths, *params.values(), activation, True, alphas, stats, 1e-8))
+        for i in (0, 1, 3, 4, 5, 6, 7, 8, 11, 12):
+            if args[i].numel():
+                args[i] = args[i].requires_grad_()
+        if backend == "triton":
+            require("triton", "cpu")
+        with rankops.use_backend(backend):
+            torch.library.opcheck(torch.ops.rankops.din_attention.default, tuple(args))
 
 
 def test_din_bad_inputs():

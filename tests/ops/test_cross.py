@@ -350,3 +350,138 @@ def test_net_bad_inputs():
         cross_net(x0, W.to("meta"), b)
     with pytest.raises(TypeError, match="weight"):
         cross_net(x0, W.numpy(), b)
+
+
+# ---------------------------------------------------------------------------------------------
+# cross_net_v1 / cross_net_lowrank: v1 and low-rank stacks as one op, against the per-layer ops
+
+from rankops.ops.cross import cross_net_lowrank, cross_net_v1  # noqa: E402
+
+STACK_SHAPES = [(67, 429, 7, 3), (1, 1, 1, 1), (9, 33, 1, 2), (5, 32, 3, 4)]
+STACK_IDS = ["B67-N429-r7-L3", "B1-N1-r1-L1", "B9-N33-r1-L2", "B5-N32-r3-L4"]
+
+
+def _stack_inputs(variant, B, N, r, L, dtype, device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g) * scale).to(device=device, dtype=dtype)
+
+    if variant == "v1":
+        return [rnd(B, N), rnd(L, N, scale=N**-0.5), rnd(L, N, scale=0.1)]
+    return [rnd(B, N), rnd(L, N, r, scale=N**-0.25), rnd(L, r, N, scale=N**-0.25), rnd(L, N, scale=0.1)]
+
+
+def _per_layer(variant):
+    """The stack as L calls of the layer op (what CrossNet ran before the stacked ops)."""
+    if variant == "v1":
+        def run(x0, w, b):
+            x = x0
+            for l in range(w.shape[0]):
+                x = cross_layer_v1(x0, x, w[l], b[l])
+            return x
+    else:
+        def run(x0, u, v, b):
+            x = x0
+            for l in range(u.shape[0]):
+                x = cross_layer_lowrank(x0, x, u[l], v[l], b[l])
+            return x
+    return run
+
+
+STACKS = {"v1": (cross_net_v1, ["x0", "w", "bias"]), "lowrank": (cross_net_lowrank, ["x0", "u", "v", "bias"])}
+
+
+@pytest.mark.parametrize("backend,device", backend_devices("cpp", "triton", "reference"))
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", STACK_SHAPES, ids=STACK_IDS)
+@pytest.mark.parametrize("variant", ["v1", "lowrank"])
+def test_stack_matches_per_layer_reference(variant, shape, dtype, backend, device):
+    args = _stack_inputs(variant, *shape, dtype, device)
+    grad = torch.randn(shape[0], shape[1], generator=torch.Generator().manual_seed(1)).to(device=device, dtype=dtype)
+    # the per-layer reference in fp32 (rounding every layer's output to bf16 would be the larger error)
+    ref_out, ref_grads = _fwd_bwd(_per_layer(variant), [a.float() for a in args], grad.float(), "reference", device)
+    fn, names = STACKS[variant]
+    out, grads = _fwd_bwd(fn, args, grad, backend, device)
+    assert out.dtype == dtype
+    _check(out, grads, ref_out.to(dtype), [g.to(dtype) for g in ref_grads], dtype, names)
+
+
+@pytest.mark.parametrize("backend,device", backend_devices("cpp", "triton"))
+@pytest.mark.parametrize("variant", ["v1", "lowrank"])
+def test_stack_non_contiguous(variant, backend, device):
+    args = _stack_inputs(variant, 13, 40, 5, 2, torch.float32, device)
+    nc = [torch.stack([a, a], -1)[..., 0] for a in args]
+    assert not any(t.is_contiguous() for t in nc)
+    grad = torch.randn(13, 40, device=device)
+    ref_out, ref_grads = _fwd_bwd(_per_layer(variant), args, grad, "reference", device)
+    out, grads = _fwd_bwd(STACKS[variant][0], nc, grad, backend, device)
+    _check(out, grads, ref_out, ref_grads, torch.float32, STACKS[variant][1])
+
+
+@pytest.mark.parametrize("backend,device", backend_devices("cpp", "triton", "reference"))
+def test_stack_opcheck(backend, device):
+    B, N, r, L = 5, 12, 3, 2
+    v1 = [a.requires_grad_(True) for a in _stack_inputs("v1", B, N, r, L, torch.float32, device)]
+    lr = [a.requires_grad_(True) for a in _stack_inputs("lowrank", B, N, r, L, torch.float32, device)]
+    g = torch.randn(B, N, device=device)
+    with on(backend, device) if backend != "reference" else rankops.use_backend("reference"):
+        torch.library.opcheck(torch.ops.rankops.cross_net_v1.default, tuple(v1))
+        torch.library.opcheck(torch.ops.rankops.cross_net_v1_backward.default, (g, *[a.detach() for a in v1]))
+        for save in (True, False):
+            torch.library.opcheck(torch.ops.rankops.cross_net_lowrank.default, (*lr, save))
+        d = [a.detach() for a in lr]
+        out, xs, ts, ps = torch.ops.rankops.cross_net_lowrank(*d, True)
+        assert xs.shape == (L - 1, B, N) and ts.shape == (L, B, r) and ps.shape == (L, B, N)
+        out2, *empty = torch.ops.rankops.cross_net_lowrank(*d, False)
+        assert all(t.numel() == 0 for t in empty)
+        torch.testing.assert_close(out, out2)
+        torch.library.opcheck(torch.ops.rankops.cross_net_lowrank_backward.default, (g, d[0], d[1], d[2], xs, ts, ps))
+
+
+@pytest.mark.parametrize("variant", ["v1", "lowrank"])
+def test_crossnet_runs_one_stack_op_and_compiles(variant):
+    """CrossNet(v1 / lowrank) is one stacked op call, also under torch.compile(fullgraph=True)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from rankops.nn import CrossNet
+
+    net = CrossNet(21, 3, variant=variant, low_rank=4)
+    with torch.no_grad():
+        net.bias.normal_()
+    x = torch.randn(7, 21, requires_grad=True)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        net(x).sum().backward()
+    names = [e.name for e in prof.events()]  # the cpp kernels (auto on CPU): one stack each way, no layer op
+    assert names.count(f"rankops_C::cross_net_{variant}") == 1
+    assert names.count(f"rankops_C::cross_net_{variant}_backward") == 1
+    assert not any(n.startswith("rankops_C::cross_layer") for n in names)
+    out_e, grads_e = _fwd_bwd(net, [x], torch.ones(7, 21), "cpp", "cpu")
+    ref_e, ref_grads = _fwd_bwd(net, [x], torch.ones(7, 21), "reference", "cpu")
+    torch.testing.assert_close(out_e, ref_e, atol=1e-5, rtol=1e-5)
+    torch._dynamo.reset()
+    out_c, grads_c = _fwd_bwd(torch.compile(net, fullgraph=True, backend="aot_eager"), [x], torch.ones(7, 21), "cpp",
+                              "cpu")
+    torch.testing.assert_close(out_c, out_e)
+    torch.testing.assert_close(grads_c[0], grads_e[0])
+
+
+def test_stack_bad_inputs():
+    B, N, L, r = 4, 6, 2, 3
+    x0 = torch.randn(B, N)
+    with pytest.raises(ValueError, match="w"):
+        cross_net_v1(x0, torch.randn(N), torch.randn(N))  # one layer's vector, not a stack
+    with pytest.raises(ValueError, match="at least one layer"):
+        cross_net_v1(x0, torch.randn(0, N), torch.randn(0, N))
+    with pytest.raises(ValueError, match="bias"):
+        cross_net_v1(x0, torch.randn(L, N), torch.randn(L + 1, N))
+    with pytest.raises(TypeError, match="bias"):
+        cross_net_v1(x0, torch.randn(L, N), torch.randn(L, N).half())
+    with pytest.raises(ValueError, match="v"):
+        cross_net_lowrank(x0, torch.randn(L, N, r), torch.randn(L, r + 1, N), torch.randn(L, N))
+    with pytest.raises(ValueError, match="rank"):
+        cross_net_lowrank(x0, torch.randn(L, N, 0), torch.randn(L, 0, N), torch.randn(L, N))
+    with pytest.raises(ValueError, match="x0"):
+        cross_net_lowrank(torch.randn(B, N, 1), torch.randn(L, N, r), torch.randn(L, r, N), torch.randn(L, N))
+    with pytest.raises(TypeError, match="u"):
+        cross_net_lowrank(x0, torch.randn(L, N, r).numpy(), torch.randn(L, r, N), torch.randn(L, N))

@@ -26,18 +26,10 @@ import math
 import torch
 from torch import Tensor
 
-from rankops.ops import _checks, _dispatch
+from rankops.ops import _checks, _declare, _dispatch
 
-_REF = "rankops.ops.attention.reference"
-_TRITON = "rankops.ops.attention.triton"
-_NATIVE = "torch.ops:rankops_C"  # one schema, CPU and CUDA kernels registered per dispatch key
-
-
-def _impls(name: str, cuda: bool = False) -> dict[str, str]:
-    impls = {"reference": f"{_REF}:{name}", "cpp": f"{_NATIVE}.{name}", "triton": f"{_TRITON}:{name}"}
-    if cuda:
-        impls["cuda"] = f"{_NATIVE}.{name}"
-    return impls
+_NATIVE = _declare.NATIVE
+_impls = _declare.backends("rankops.ops.attention")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -102,67 +94,49 @@ def _check_offsets_values(offsets: Tensor, S: int) -> None:
 # padded
 
 
-@_dispatch.custom_op("rankops::target_attention")
-def _target_attention(q: Tensor, k: Tensor, v: Tensor, lengths: Tensor, scale: float) -> tuple[Tensor, Tensor]:
-    _check_lengths_values(lengths, k.shape[2])
-    return _dispatch.call(
-        "target_attention",
-        _impls("target_attention"),
-        q.device,
-        q.contiguous(),
-        k.contiguous(),
-        v.contiguous(),
-        lengths.to(torch.int64).contiguous(),
-        scale,
-    )
-
-
-@_target_attention.register_fake
-def _(q, k, v, lengths, scale):
+def _out_lse(q: Tensor) -> tuple[Tensor, Tensor]:
     B, H, Q, _ = q.shape
-    return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty(B, H, Q, dtype=torch.float32)
+    return _declare.like(q), q.new_empty(B, H, Q, dtype=torch.float32)
 
 
-@_dispatch.custom_op("rankops::target_attention_backward")
-def _target_attention_backward(
-    grad: Tensor, q: Tensor, k: Tensor, v: Tensor, lengths: Tensor, out: Tensor, lse: Tensor, scale: float
-) -> tuple[Tensor, Tensor, Tensor]:
-    return _dispatch.call(
-        "target_attention",
-        _impls("target_attention_backward"),
-        q.device,
-        grad.to(q.dtype).contiguous(),
-        q.contiguous(),
-        k.contiguous(),
-        v.contiguous(),
-        lengths.to(torch.int64).contiguous(),
-        out.contiguous(),
-        lse.contiguous(),
-        scale,
-    )
+def _backward_prepare(grad, q, k, v, lengths, out, lse, scale):  # lengths or offsets
+    return _declare.contiguous(grad.to(q.dtype), q, k, v, lengths.to(torch.int64), out, lse, scale)
 
 
-@_target_attention_backward.register_fake
-def _(grad, q, k, v, lengths, out, lse, scale):
-    c = torch.contiguous_format
-    return torch.empty_like(q, memory_format=c), torch.empty_like(k, memory_format=c), torch.empty_like(v, memory_format=c)
+# the padded and the jagged op: what they have in common, then each one's own
+_ATTENTION = dict(impls=_impls, outputs=("out", "lse"), grads=("q", "k", "v"), backward_prepare=_backward_prepare)
 
 
-def _setup(ctx, inputs, output):
-    q, k, v, lengths, scale = inputs
-    out, lse = output
-    ctx.save_for_backward(q, k, v, lengths, out, lse)
-    ctx.scale = scale
-    ctx.mark_non_differentiable(lse)
+def _prepare(check_values):
+    """The kernels' arguments: the lengths or offsets checked (one sync), as int64, all contiguous."""
+
+    def prepare(q, k, v, index, scale):
+        check_values(index, k)
+        return _declare.contiguous(q, k, v, index.to(torch.int64), scale)
+
+    return prepare
 
 
-def _backward(ctx, grad_out, grad_lse):
-    q, k, v, lengths, out, lse = ctx.saved_tensors
-    dq, dk, dv = _dispatch.invoke(_target_attention_backward, grad_out, q, k, v, lengths, out, lse, ctx.scale)
-    return dq, dk, dv, None, None
+def _padded_backward(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, lengths: Tensor, out: Tensor, lse: Tensor,
+                     scale: float) -> tuple[Tensor, Tensor, Tensor]: ...
 
 
-_target_attention.register_autograd(_backward, setup_context=_setup)
+def _jagged_backward(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, offsets: Tensor, out: Tensor, lse: Tensor,
+                     scale: float) -> tuple[Tensor, Tensor, Tensor]: ...
+
+
+@_declare.op("target_attention", **_ATTENTION, backward=_padded_backward,
+             prepare=_prepare(lambda lengths, k: _check_lengths_values(lengths, k.shape[2])),
+             fake=lambda q, k, v, lengths, scale: _out_lse(q),
+             backward_fake=lambda grad, q, k, v, lengths, out, lse, scale: tuple(map(_declare.like, (q, k, v))))
+def _padded(q: Tensor, k: Tensor, v: Tensor, lengths: Tensor, scale: float) -> tuple[Tensor, Tensor]: ...
+
+
+@_declare.op("jagged_target_attention", **_ATTENTION, backward=_jagged_backward,
+             prepare=_prepare(lambda offsets, k: _check_offsets_values(offsets, k.shape[0])),
+             fake=lambda q, k, v, offsets, scale: _out_lse(q),
+             backward_fake=lambda grad, q, k, v, offsets, out, lse, scale: tuple(map(_declare.like, (q, k, v))))
+def _jagged(q: Tensor, k: Tensor, v: Tensor, offsets: Tensor, scale: float) -> tuple[Tensor, Tensor]: ...
 
 
 def target_attention(
@@ -191,67 +165,12 @@ def target_attention(
     _checks.same_device(op, "q", q, lengths=lengths)
     if lengths.shape[0] != q.shape[0]:
         raise ValueError(f"rankops.{op}: lengths has {lengths.shape[0]} entries but the batch is {q.shape[0]}")
-    out, lse = _dispatch.invoke(_target_attention, q, k, v, lengths, _scale(scale, q.shape[-1]))
+    out, lse = _padded(q, k, v, lengths, _scale(scale, q.shape[-1]))
     return (out, lse) if return_lse else out
 
 
 # ---------------------------------------------------------------------------------------------
 # jagged
-
-
-@_dispatch.custom_op("rankops::jagged_target_attention")
-def _jagged_target_attention(q: Tensor, k: Tensor, v: Tensor, offsets: Tensor, scale: float) -> tuple[Tensor, Tensor]:
-    _check_offsets_values(offsets, k.shape[0])
-    return _dispatch.call(
-        "jagged_target_attention",
-        _impls("jagged_target_attention"),
-        q.device,
-        q.contiguous(),
-        k.contiguous(),
-        v.contiguous(),
-        offsets.to(torch.int64).contiguous(),
-        scale,
-    )
-
-
-@_jagged_target_attention.register_fake
-def _(q, k, v, offsets, scale):
-    B, H, Q, _ = q.shape
-    return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty(B, H, Q, dtype=torch.float32)
-
-
-@_dispatch.custom_op("rankops::jagged_target_attention_backward")
-def _jagged_target_attention_backward(
-    grad: Tensor, q: Tensor, k: Tensor, v: Tensor, offsets: Tensor, out: Tensor, lse: Tensor, scale: float
-) -> tuple[Tensor, Tensor, Tensor]:
-    return _dispatch.call(
-        "jagged_target_attention",
-        _impls("jagged_target_attention_backward"),
-        q.device,
-        grad.to(q.dtype).contiguous(),
-        q.contiguous(),
-        k.contiguous(),
-        v.contiguous(),
-        offsets.to(torch.int64).contiguous(),
-        out.contiguous(),
-        lse.contiguous(),
-        scale,
-    )
-
-
-@_jagged_target_attention_backward.register_fake
-def _(grad, q, k, v, offsets, out, lse, scale):
-    c = torch.contiguous_format
-    return torch.empty_like(q, memory_format=c), torch.empty_like(k, memory_format=c), torch.empty_like(v, memory_format=c)
-
-
-def _jagged_backward(ctx, grad_out, grad_lse):
-    q, k, v, offsets, out, lse = ctx.saved_tensors
-    dq, dk, dv = _dispatch.invoke(_jagged_target_attention_backward, grad_out, q, k, v, offsets, out, lse, ctx.scale)
-    return dq, dk, dv, None, None
-
-
-_jagged_target_attention.register_autograd(_jagged_backward, setup_context=_setup)
 
 
 def jagged_target_attention(
@@ -279,7 +198,7 @@ def jagged_target_attention(
     _checks.same_device(op, "q", q, offsets=offsets)
     if offsets.shape[0] != q.shape[0] + 1:
         raise ValueError(f"rankops.{op}: offsets has {offsets.shape[0]} entries; the batch of {q.shape[0]} needs B+1")
-    out, lse = _dispatch.invoke(_jagged_target_attention, q, k, v, offsets, _scale(scale, q.shape[-1]))
+    out, lse = _jagged(q, k, v, offsets, _scale(scale, q.shape[-1]))
     return (out, lse) if return_lse else out
 
 
@@ -378,8 +297,8 @@ def din_attention(
 
     params = [w1, b1, w2, b2, w_out, b_out, *alphas]
     if _din_native_ok(q, keys, params, activation, dice_stats):
-        return _din_native(q, keys, lengths, w1, b1, w2, b2, w_out, b_out, activation, normalize, alphas,
-                           dice_stats, eps)
+        return _din(*_din_flat(q, keys, lengths, w1, b1, w2, b2, w_out, b_out, activation, normalize, alphas,
+                               dice_stats, eps))
 
     mask = torch.arange(L, device=keys.device)[None, :] < lengths.to(torch.int64)[:, None]  # [B, L]
     qf = q.float()
@@ -422,28 +341,72 @@ def _activate(x: Tensor, kind: str, alpha: Tensor | None, stats, eps: float) -> 
 
 
 def _din_native_ok(q, keys, params, activation, dice_stats) -> bool:
-    """Inference on CPU (nothing needs a gradient, Dice with given statistics, not under
-    torch.compile) goes to the fused C++ kernel, which never stores the [B, L, H] activations;
-    training keeps the PyTorch path above, whose autograd gives every parameter's gradient."""
+    """Whether the fused kernels serve, forward and backward, through the din_attention custom op
+    (nothing of size [B, L, H] stored): on CPU the C++ kernels (auto / cpp; triton when pinned, under
+    the interpreter), on CUDA the Triton kernels (auto / triton). Not under torch.compile (it traces
+    the PyTorch path), and not Dice with batch statistics (training), whose statistics span the
+    batch: those keep the PyTorch path above."""
     from rankops import backend as _backend
 
-    if keys.device.type != "cpu" or torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or (activation == "dice" and dice_stats is None):
         return False
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, keys, *params)):
-        return False
-    if activation == "dice" and dice_stats is None:
-        return False
-    return _backend.current() in ("auto", "cpp") and _backend.why_unavailable("cpp", keys.device) is None
+    want, dev = _backend.current(), keys.device
+    if dev.type == "cpu" and want in ("auto", "cpp"):
+        return _backend.why_unavailable("cpp", dev) is None
+    if (dev.type == "cuda" and want in ("auto", "triton")) or (dev.type == "cpu" and want == "triton"):
+        return _backend.why_unavailable("triton", dev) is None
+    return False
 
 
-def _din_native(q, keys, lengths, w1, b1, w2, b2, w_out, b_out, activation, normalize, alphas, dice_stats, eps):
-    """The C++ inference kernel (csrc/cpu/attention.cpp, din_attention_inference)."""
+def _din_flat(q, keys, lengths, w1, b1, w2, b2, w_out, b_out, activation, normalize, alphas, dice_stats, eps):
+    """The op's flat arguments: absent parameters as empty tensors, the activation as its index."""
     none = q.new_empty(0, dtype=torch.float32)
     alphas = tuple(alphas) + (None, None)
     stats = tuple(dice_stats) + (None, None) if dice_stats is not None else (None, None)
     (m1, v1), (m2, v2) = ((s if s is not None else (none, none)) for s in stats[:2])
+    opt = lambda t: t if t is not None else none  # noqa: E731
+    return (q, keys.to(q.dtype), lengths.to(torch.int64), w1, b1, opt(w2), opt(b2), w_out, b_out,
+            ACTIVATIONS.index(activation), bool(normalize), opt(alphas[0]), opt(alphas[1]), m1, v1, m2, v2,
+            float(eps))
+
+
+def _din_native(q, keys, lengths, w1, b1, w2, b2, w_out, b_out, activation, normalize, alphas, dice_stats, eps):
+    """The C++ inference kernel (csrc/cpu/attention.cpp, din_attention_inference), called directly."""
     fn = _dispatch._resolve(f"{_NATIVE}.din_attention_inference")
-    return fn(q, keys.to(q.dtype), lengths, w1, b1, w2 if w2 is not None else none, b2 if b2 is not None else none,
-              w_out, b_out, ACTIVATIONS.index(activation), bool(normalize),
-              alphas[0] if alphas[0] is not None else none, alphas[1] if alphas[1] is not None else none,
-              m1, v1, m2, v2, float(eps))
+    return fn(*_din_flat(q, keys, lengths, w1, b1, w2, b2, w_out, b_out, activation, normalize, alphas, dice_stats,
+                         eps))
+
+
+def _din_impls(name: str) -> dict[str, str]:
+    native = "din_attention_inference" if name == "din_attention" else name
+    return {"reference": f"rankops.ops.attention.reference:{name}", "cpp": f"{_NATIVE}.{native}",
+            "triton": f"rankops.ops.attention.triton:{name}"}
+
+
+def _din_backward_kernel(*args):  # the C++ kernel returns a list
+    impls = _din_impls("din_attention_backward")
+    return tuple(_dispatch.call("din_attention", impls, args[1].device, *_declare.contiguous(*args)))
+
+
+def _din_fake(q, keys, lengths, w1, b1, w2, b2, w_out, b_out, act, normalize, alpha1, alpha2, mean1, var1, mean2,
+              var2, eps):
+    return _declare.like(q)
+
+
+def _din_backward(grad: Tensor, q: Tensor, keys: Tensor, lengths: Tensor, w1: Tensor, b1: Tensor, w2: Tensor,
+                  b2: Tensor, w_out: Tensor, b_out: Tensor, act: int, normalize: bool, alpha1: Tensor, alpha2: Tensor,
+                  mean1: Tensor, var1: Tensor, mean2: Tensor, var2: Tensor, eps: float
+                  ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]: ...
+
+
+def _din_backward_fake(grad, q, keys, lengths, w1, b1, w2, b2, w_out, b_out, act, normalize, alpha1, alpha2, mean1,
+                       var1, mean2, var2, eps):
+    return tuple(map(_declare.like, (q, keys, w1, b1, w2, b2, w_out, b_out, alpha1, alpha2)))
+
+
+@_declare.op("din_attention", impls=_din_impls, backward_kernel=_din_backward_kernel,
+             grads=("q", "keys", "w1", "b1", "w2", "b2", "w_out", "b_out", "alpha1", "alpha2"),
+             fake=_din_fake, backward=_din_backward, backward_fake=_din_backward_fake)
+def _din(q: Tensor, keys: Tensor, lengths: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, w_out: Tensor,
+         b_out: Tensor, act: int, normalize: bool, alpha1: Tensor, alpha2: Tensor, mean1: Tensor, var1: Tensor,
+         mean2: Tensor, var2: Tensor, eps: float) -> Tensor: ...

@@ -163,3 +163,37 @@ def din_attention_concat(q, keys, lengths, w1, b1, w2, b2, w_out, b_out, activat
         w = score.masked_fill(~mask, 0.0)
     out = torch.einsum("bl,bld->bd", w, kf.masked_fill(~mask[..., None], 0.0))
     return out.to(q.dtype)
+
+
+# The din_attention op's flat form (activation as an index into ACTIVATIONS, absent parameters as
+# empty tensors, Dice statistics given): the concatenation above, and its gradient by autograd.
+
+_DIN_ACTIVATIONS = ("sigmoid", "prelu", "dice")
+_DIN_GRADS = 10  # q, keys, w1, b1, w2, b2, w_out, b_out, alpha1, alpha2
+
+
+def _din_args(q, keys, lengths, w1, b1, w2, b2, w_out, b_out, act, normalize, alpha1, alpha2, mean1, var1, mean2,
+              var2, eps):
+    some = lambda t: t if t.numel() else None  # noqa: E731
+    return dict(q=q, keys=keys, lengths=lengths, w1=w1, b1=b1, w2=some(w2), b2=some(b2), w_out=w_out, b_out=b_out,
+                activation_kind=_DIN_ACTIVATIONS[act], normalize=normalize, alphas=(some(alpha1), some(alpha2)),
+                dice_stats=((mean1, var1), (mean2, var2)) if act == 2 else (None, None), eps=eps)
+
+
+def din_attention(*args) -> Tensor:
+    return din_attention_concat(**_din_args(*args))
+
+
+def din_attention_backward(grad, *args) -> tuple[Tensor, ...]:
+    """The gradients of din_attention by torch.func.vjp (which works where the op's kernel runs:
+    below torch's autograd key, where a plain autograd.grad would record nothing)."""
+    diff = (0, 1, 3, 4, 5, 6, 7, 8, 11, 12)  # the positions of the differentiable inputs, in _DIN_GRADS order
+
+    def f(*leaves):
+        full = list(args)
+        for i, t in zip(diff, leaves):
+            full[i] = t
+        return din_attention(*full)
+
+    _, vjp = torch.func.vjp(f, *(args[i] for i in diff))
+    return tuple(g.to(args[i].dtype) for g, i in zip(vjp(grad.to(args[0].dtype)), diff))

@@ -468,3 +468,278 @@ def sm90_resource_usage(dtype: torch.dtype, d: int, NQ: int, jagged: bool = Fals
             out[name] = " ".join(re.sub(r"ptxas info\s*:\s*", "", line).strip() for line in r.stderr.splitlines()
                                  if "registers" in line or "spill" in line)
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# DIN's activation unit (din_attention): one program per sample, its valid keys in BLOCK_L tiles.
+# The first layer is c_q + M_q k (c_q = (Wa + Wc) q + b1, M_q = Wb - Wc + Wd diag(q), formed in the
+# program from W1's four blocks), then the second layer and the score on the tile, then the pooling
+# (online softmax when normalize); nothing of size [B, L, H] is stored. The backward recomputes the
+# tile's layers twice (the softmax's statistics first, when normalize), writes dq and dk and adds
+# the sample's parameter gradients into fp32 buffers with atomics. Hidden widths and d are padded
+# to powers of two >= 16 (tl.dot's minimum) with zero weights. Compiled for sm_90a (no GPU run yet):
+# at d = 32, hidden 80-40 the forward uses 160 registers at 4 warps, no spill; the backward, with 16
+# warps, 128 registers and a 64-byte (fp32) / 32-byte (bf16) spill: to be tuned where a GPU measures it.
+
+
+@triton.jit
+def _din_act(z, alpha, mean, rstd, ACT: tl.constexpr):
+    """(h, dh/dz, dh/dalpha) at the pre-activation z [BL, H]: sigmoid, PReLU or Dice (given statistics)."""
+    if ACT == 0:
+        h = 1.0 / (1.0 + tl.exp(-z))
+        return h, h * (1.0 - h), z * 0.0
+    elif ACT == 1:
+        pos = z > 0
+        return tl.where(pos, z, alpha[None, :] * z), tl.where(pos, 1.0, alpha[None, :] + z * 0.0), tl.where(pos, 0.0, z)
+    else:
+        p = 1.0 / (1.0 + tl.exp(-(z - mean[None, :]) * rstd[None, :]))
+        gate = p + (1.0 - p) * alpha[None, :]
+        return z * gate, gate + z * (1.0 - alpha[None, :]) * p * (1.0 - p) * rstd[None, :], z * (1.0 - p)
+
+
+@triton.jit
+def _din_layers(k, M, c, W2, b2, wo, bo, al1, mu1, rs1, al2, mu2, rs2, ACT: tl.constexpr, TWO: tl.constexpr,
+                USE_DOT: tl.constexpr):
+    """The tile's hidden layers and scores: (h1, dh1/dz1, dh1/dalpha1, h2, dh2/dz2, dh2/dalpha2, score);
+    with one layer the second triple repeats the first."""
+    h1, g1, q1 = _din_act(_mm_nt(k, M, USE_DOT) + c[None, :], al1, mu1, rs1, ACT)
+    if TWO:
+        h2, g2, q2 = _din_act(_mm_nt(h1, W2, USE_DOT) + b2[None, :], al2, mu2, rs2, ACT)
+    else:
+        h2, g2, q2 = h1, g1, q1
+    return h1, g1, q1, h2, g2, q2, tl.sum(h2 * wo[None, :], 1) + bo
+
+
+@triton.jit
+def _din_params(q_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, wo_ptr, bo_ptr, act_ptr, b, d, H1, H2, NL, DP: tl.constexpr,
+                H1P: tl.constexpr, H2P: tl.constexpr, HLP: tl.constexpr):
+    """Sample b's first layer as (c_q, M_q) and the shared parameters, padded with zeros."""
+    oe = tl.arange(0, DP)
+    me = oe < d
+    o1 = tl.arange(0, H1P)
+    m1 = o1 < H1
+    o2 = tl.arange(0, H2P)
+    m2 = o2 < H2
+    ol = tl.arange(0, HLP)
+    qv = tl.load(q_ptr + b * d + oe, mask=me, other=0.0).to(tl.float32)
+    wp = w1_ptr + o1[:, None] * (4 * d) + oe[None, :]
+    wm = m1[:, None] & me[None, :]
+    Wa = tl.load(wp, mask=wm, other=0.0)
+    Wb = tl.load(wp + d, mask=wm, other=0.0)
+    Wc = tl.load(wp + 2 * d, mask=wm, other=0.0)
+    Wd = tl.load(wp + 3 * d, mask=wm, other=0.0)
+    c = tl.sum((Wa + Wc) * qv[None, :], 1) + tl.load(b1_ptr + o1, mask=m1, other=0.0)
+    M = Wb - Wc + Wd * qv[None, :]
+    W2 = tl.load(w2_ptr + o2[:, None] * H1 + o1[None, :], mask=m2[:, None] & m1[None, :], other=0.0)
+    b2 = tl.load(b2_ptr + o2, mask=m2, other=0.0)
+    wo = tl.load(wo_ptr + ol, mask=ol < NL, other=0.0)
+    bo = tl.load(bo_ptr)
+    # activation parameters, rows of act_ptr: alpha1, mean1, rstd1 [H1P] then alpha2, mean2, rstd2 [H2P]
+    al1 = tl.load(act_ptr + o1)
+    mu1 = tl.load(act_ptr + H1P + o1)
+    rs1 = tl.load(act_ptr + 2 * H1P + o1)
+    al2 = tl.load(act_ptr + 3 * H1P + o2)
+    mu2 = tl.load(act_ptr + 3 * H1P + H2P + o2)
+    rs2 = tl.load(act_ptr + 3 * H1P + 2 * H2P + o2)
+    return qv, Wa + Wc, Wd, c, M, W2, b2, wo, bo, al1, mu1, rs1, al2, mu2, rs2
+
+
+@triton.jit
+def _din_fwd_kernel(q_ptr, k_ptr, len_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, wo_ptr, bo_ptr, act_ptr, out_ptr, L, d,
+                    H1, H2, NL, ACT: tl.constexpr, TWO: tl.constexpr, NORM: tl.constexpr, DP: tl.constexpr,
+                    H1P: tl.constexpr, H2P: tl.constexpr, HLP: tl.constexpr, BL: tl.constexpr,
+                    USE_DOT: tl.constexpr):
+    b = tl.program_id(0).to(tl.int64)
+    n = tl.load(len_ptr + b)
+    oe = tl.arange(0, DP)
+    me = oe < d
+    qv, Wac, Wd, c, M, W2, b2, wo, bo, al1, mu1, rs1, al2, mu2, rs2 = _din_params(
+        q_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, wo_ptr, bo_ptr, act_ptr, b, d, H1, H2, NL, DP, H1P, H2P, HLP)
+    acc = tl.zeros((DP,), dtype=tl.float32)
+    m_run = tl.full((), float("-inf"), tl.float32)
+    l_run = tl.full((), 0.0, tl.float32)
+    for l0 in range(0, n, BL):
+        rows = l0 + tl.arange(0, BL)
+        mr = rows < n
+        k = tl.load(k_ptr + (b * L + rows[:, None]) * d + oe[None, :], mask=mr[:, None] & me[None, :],
+                    other=0.0).to(tl.float32)
+        _, _, _, _, _, _, s = _din_layers(k, M, c, W2, b2, wo, bo, al1, mu1, rs1, al2, mu2, rs2, ACT, TWO, USE_DOT)
+        if NORM:
+            s = tl.where(mr, s, -float("inf"))
+            m_new = tl.maximum(m_run, tl.max(s, 0))
+            scale = tl.exp(m_run - m_new)
+            p = tl.where(mr, tl.exp(s - m_new), 0.0)
+            l_run = l_run * scale + tl.sum(p, 0)
+            acc = acc * scale + tl.sum(p[:, None] * k, 0)
+            m_run = m_new
+        else:
+            acc += tl.sum(tl.where(mr, s, 0.0)[:, None] * k, 0)
+    if NORM:
+        acc = acc / tl.maximum(l_run, 1e-30)
+    tl.store(out_ptr + b * d + oe, acc.to(out_ptr.dtype.element_ty), mask=me)
+
+
+@triton.jit
+def _din_bwd_kernel(g_ptr, q_ptr, k_ptr, len_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, wo_ptr, bo_ptr, act_ptr, dq_ptr,
+                    dk_ptr, dw1_ptr, db1_ptr, dw2_ptr, db2_ptr, dwo_ptr, dbo_ptr, dact_ptr, L, d, H1, H2, NL,
+                    ACT: tl.constexpr, TWO: tl.constexpr, NORM: tl.constexpr, DP: tl.constexpr, H1P: tl.constexpr,
+                    H2P: tl.constexpr, HLP: tl.constexpr, BL: tl.constexpr, USE_DOT: tl.constexpr):
+    b = tl.program_id(0).to(tl.int64)
+    n = tl.load(len_ptr + b)
+    oe = tl.arange(0, DP)
+    me = oe < d
+    o1 = tl.arange(0, H1P)
+    m1 = o1 < H1
+    o2 = tl.arange(0, H2P)
+    m2 = o2 < H2
+    ol = tl.arange(0, HLP)
+    mlast = ol < NL
+    qv, Wac, Wd, c, M, W2, b2, wo, bo, al1, mu1, rs1, al2, mu2, rs2 = _din_params(
+        q_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, wo_ptr, bo_ptr, act_ptr, b, d, H1, H2, NL, DP, H1P, H2P, HLP)
+    G = tl.load(g_ptr + b * d + oe, mask=me, other=0.0).to(tl.float32)
+    wp = w1_ptr + o1[:, None] * (4 * d) + oe[None, :]
+    wm = m1[:, None] & me[None, :]
+    # the softmax's statistics and sum_j p_j (G . k_j), online
+    m_run = tl.full((), float("-inf"), tl.float32)
+    l_run = tl.full((), 0.0, tl.float32)
+    t_run = tl.full((), 0.0, tl.float32)
+    if NORM:
+        for l0 in range(0, n, BL):
+            rows = l0 + tl.arange(0, BL)
+            mr = rows < n
+            k = tl.load(k_ptr + (b * L + rows[:, None]) * d + oe[None, :], mask=mr[:, None] & me[None, :],
+                        other=0.0).to(tl.float32)
+            _, _, _, _, _, _, s = _din_layers(k, M, c, W2, b2, wo, bo, al1, mu1, rs1, al2, mu2, rs2, ACT, TWO,
+                                              USE_DOT)
+            s = tl.where(mr, s, -float("inf"))
+            m_new = tl.maximum(m_run, tl.max(s, 0))
+            scale = tl.exp(m_run - m_new)
+            p = tl.where(mr, tl.exp(s - m_new), 0.0)
+            l_run = l_run * scale + tl.sum(p, 0)
+            t_run = t_run * scale + tl.sum(p * tl.sum(k * G[None, :], 1), 0)
+            m_run = m_new
+    inv_l = 1.0 / tl.maximum(l_run, 1e-30)
+    dot = t_run * inv_l
+    dc = tl.zeros((H1P,), dtype=tl.float32)
+    dM = tl.zeros((H1P, DP), dtype=tl.float32)
+    dW2 = tl.zeros((H2P, H1P), dtype=tl.float32)
+    db2 = tl.zeros((H2P,), dtype=tl.float32)
+    dwo = tl.zeros((HLP,), dtype=tl.float32)
+    dal1 = tl.zeros((H1P,), dtype=tl.float32)
+    dal2 = tl.zeros((H2P,), dtype=tl.float32)
+    dbo = tl.full((), 0.0, tl.float32)
+    for l0 in range(0, n, BL):
+        rows = l0 + tl.arange(0, BL)
+        mr = rows < n
+        kp = (b * L + rows[:, None]) * d + oe[None, :]
+        km = mr[:, None] & me[None, :]
+        k = tl.load(k_ptr + kp, mask=km, other=0.0).to(tl.float32)
+        h1, g1, q1, h2, g2, q2, s = _din_layers(k, M, c, W2, b2, wo, bo, al1, mu1, rs1, al2, mu2, rs2, ACT, TWO,
+                                                USE_DOT)
+        gk = tl.sum(k * G[None, :], 1)
+        if NORM:
+            w = tl.where(mr, tl.exp(s - m_run) * inv_l, 0.0)
+            da = w * (gk - dot)
+        else:
+            w = tl.where(mr, s, 0.0)
+            da = tl.where(mr, gk, 0.0)
+        dbo += tl.sum(da, 0)
+        dwo += tl.sum(da[:, None] * h2, 0)
+        dh = da[:, None] * wo[None, :]
+        if TWO:
+            dz2 = dh * g2
+            dal2 += tl.sum(dh * q2, 0)
+            dW2 += _mm_tn(dz2, h1, USE_DOT)
+            db2 += tl.sum(dz2, 0)
+            dh1 = _mm_nn(dz2, W2, USE_DOT)
+        else:
+            dh1 = dh
+        dz1 = dh1 * g1
+        dal1 += tl.sum(dh1 * q1, 0)
+        dc += tl.sum(dz1, 0)
+        dM += _mm_tn(dz1, k, USE_DOT)
+        dk = w[:, None] * G[None, :] + _mm_nn(dz1, M, USE_DOT)
+        tl.store(dk_ptr + kp, dk.to(dk_ptr.dtype.element_ty), mask=km)
+    dq = tl.sum(Wac * dc[:, None], 0) + tl.sum(dM * Wd, 0)
+    tl.store(dq_ptr + b * d + oe, dq.to(dq_ptr.dtype.element_ty), mask=me)
+    dcq = dc[:, None] * qv[None, :]
+    dwp = dw1_ptr + o1[:, None] * (4 * d) + oe[None, :]
+    tl.atomic_add(dwp, dcq, mask=wm)
+    tl.atomic_add(dwp + d, dM, mask=wm)
+    tl.atomic_add(dwp + 2 * d, dcq - dM, mask=wm)
+    tl.atomic_add(dwp + 3 * d, dM * qv[None, :], mask=wm)
+    tl.atomic_add(db1_ptr + o1, dc, mask=m1)
+    if TWO:
+        tl.atomic_add(dw2_ptr + o2[:, None] * H1 + o1[None, :], dW2, mask=m2[:, None] & m1[None, :])
+        tl.atomic_add(db2_ptr + o2, db2, mask=m2)
+    tl.atomic_add(dwo_ptr + ol, dwo, mask=mlast)
+    tl.atomic_add(dbo_ptr, dbo)
+    if ACT > 0:
+        tl.atomic_add(dact_ptr + o1, dal1, mask=m1)
+        if TWO:
+            tl.atomic_add(dact_ptr + H1P + o2, dal2, mask=m2)
+
+
+def _din_pad(n: int) -> int:
+    return max(16, triton.next_power_of_2(max(int(n), 1)))
+
+
+def _din_setup(q, w1, w2, act, alpha1, alpha2, mean1, var1, mean2, var2, eps):
+    """Padded sizes and the activation parameters as one fp32 buffer [alpha1, mean1, rstd1 (H1P each),
+    alpha2, mean2, rstd2 (H2P each)]."""
+    d, H1 = q.shape[1], w1.shape[0]
+    H2 = w2.shape[0] if w2.numel() else 0
+    H1P, H2P = _din_pad(H1), _din_pad(H2)
+    buf = torch.zeros(3 * H1P + 3 * H2P, dtype=torch.float32, device=q.device)
+    for base, hp, h, alpha, mean, var in ((0, H1P, H1, alpha1, mean1, var1), (3 * H1P, H2P, H2, alpha2, mean2, var2)):
+        if h == 0:
+            continue
+        if act >= 1:
+            buf[base:base + h] = alpha.reshape(-1).float()
+        buf[base + 2 * hp:base + 2 * hp + h] = 1.0
+        if act == 2:
+            buf[base + hp:base + hp + h] = mean.reshape(-1).float()
+            buf[base + 2 * hp:base + 2 * hp + h] = (var.reshape(-1).float() + eps).rsqrt()
+    meta = dict(ACT=int(act), TWO=H2 > 0, DP=_din_pad(d), H1P=H1P, H2P=H2P, HLP=H2P if H2 else H1P, BL=16,
+                USE_DOT=not triton_interpreting())
+    return d, H1, H2, buf, meta
+
+
+def _din_weights(w1, b1, w2, b2, w_out, b_out):
+    f = lambda t: t.float().contiguous()  # noqa: E731
+    dummy = w1.new_zeros(1, dtype=torch.float32)
+    return (f(w1), f(b1), f(w2) if w2.numel() else dummy, f(b2) if b2.numel() else dummy, f(w_out).reshape(-1),
+            f(b_out).reshape(-1))
+
+
+def din_attention(q, keys, lengths, w1, b1, w2, b2, w_out, b_out, act, normalize, alpha1, alpha2, mean1, var1,
+                  mean2, var2, eps):
+    B, L, _ = keys.shape
+    d, H1, H2, actbuf, meta = _din_setup(q, w1, w2, act, alpha1, alpha2, mean1, var1, mean2, var2, eps)
+    out = torch.empty_like(q)
+    if out.numel():
+        _din_fwd_kernel[(B,)](q, keys, lengths, *_din_weights(w1, b1, w2, b2, w_out, b_out), actbuf, out, L, d, H1,
+                              H2, H2 or H1, NORM=bool(normalize), **meta)
+    return out
+
+
+def din_attention_backward(grad, q, keys, lengths, w1, b1, w2, b2, w_out, b_out, act, normalize, alpha1, alpha2,
+                           mean1, var1, mean2, var2, eps):
+    B, L, _ = keys.shape
+    d, H1, H2, actbuf, meta = _din_setup(q, w1, w2, act, alpha1, alpha2, mean1, var1, mean2, var2, eps)
+    weights = _din_weights(w1, b1, w2, b2, w_out, b_out)
+    dq, dk = torch.empty_like(q), torch.zeros_like(keys)
+    z = lambda t: torch.zeros(t.shape, dtype=torch.float32, device=q.device)  # noqa: E731
+    dw1, db1, dw2, db2, dwo, dbo = (z(t) for t in weights)
+    dact = torch.zeros(meta["H1P"] + meta["H2P"], dtype=torch.float32, device=q.device)
+    if q.numel():
+        _din_bwd_kernel[(B,)](grad.to(q.dtype).contiguous(), q, keys, lengths, *weights, actbuf, dq, dk, dw1, db1,
+                              dw2, db2, dwo, dbo, dact, L, d, H1, H2, H2 or H1, NORM=bool(normalize),
+                              num_warps=16, **meta)
+    else:
+        dq.zero_()
+    # copies (views of one buffer would alias each other, which an op's outputs must not)
+    like = lambda g, t: g.reshape(t.shape).to(t.dtype, copy=True) if t.numel() else torch.zeros_like(t)  # noqa: E731
+    da1, da2 = dact[:H1], dact[meta["H1P"]:meta["H1P"] + H2]  # zeros for sigmoid (no slopes)
+    return (dq, dk, like(dw1, w1), like(db1, b1), like(dw2, w2), like(db2, b2), like(dwo, w_out), like(dbo, b_out),
+            like(da1, alpha1), like(da2, alpha2))

@@ -17,68 +17,23 @@ from __future__ import annotations
 
 from typing import Optional
 
-import torch
 from torch import Tensor
 
-from rankops.ops import _checks, _dispatch
+from rankops.ops import _checks, _declare
 
-_REF = "rankops.ops.cin.reference"
-_TRITON = "rankops.ops.cin.triton"
-_NATIVE = "torch.ops:rankops_C"
-
-
-def _impls(name: str) -> dict[str, str]:
-    # no hand-written CUDA kernel: on a GPU the Triton kernel serves (auto picks triton there)
-    return {
-        "reference": f"{_REF}:{name}",
-        "cpp": f"{_NATIVE}.{name}",
-        "triton": f"{_TRITON}:{name}",
-    }
+# no hand-written CUDA kernel: on a GPU the Triton kernel serves (auto picks triton there)
+_impls = _declare.backends("rankops.ops.cin")
 
 
-@_dispatch.custom_op("rankops::cin_layer")
-def _cin_layer(xk: Tensor, x0: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
-    return _dispatch.call(
-        "cin_layer", _impls("cin_layer"), xk.device,
-        xk.contiguous(), x0.contiguous(), weight.contiguous(), None if bias is None else bias.contiguous(),
-    )
+def _cin_backward(grad: Tensor, xk: Tensor, x0: Tensor, weight: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]: ...
 
 
-@_cin_layer.register_fake
-def _(xk, x0, weight, bias):
-    return xk.new_empty(xk.shape[0], weight.shape[0], xk.shape[2])
-
-
-@_dispatch.custom_op("rankops::cin_layer_backward")
-def _cin_layer_backward(
-    grad: Tensor, xk: Tensor, x0: Tensor, weight: Tensor
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    return _dispatch.call(
-        "cin_layer", _impls("cin_layer_backward"), xk.device,
-        grad.contiguous(), xk.contiguous(), x0.contiguous(), weight.contiguous(),
-    )
-
-
-@_cin_layer_backward.register_fake
-def _(grad, xk, x0, weight):
-    c = torch.contiguous_format
-    return (torch.empty_like(xk, memory_format=c), torch.empty_like(x0, memory_format=c),
-            torch.empty_like(weight, memory_format=c), weight.new_empty(weight.shape[0]))
-
-
-def _cin_setup(ctx, inputs, output):
-    xk, x0, weight, bias = inputs
-    ctx.save_for_backward(xk, x0, weight)
-    ctx.has_bias = bias is not None
-
-
-def _cin_backward(ctx, grad):
-    xk, x0, weight = ctx.saved_tensors
-    dxk, dx0, dw, db = _dispatch.invoke(_cin_layer_backward, grad, xk, x0, weight)
-    return dxk, dx0, dw, (db if ctx.has_bias else None)
-
-
-_cin_layer.register_autograd(_cin_backward, setup_context=_cin_setup)
+@_declare.op("cin_layer", impls=_impls, grads=("xk", "x0", "weight", "bias"),
+             fake=lambda xk, x0, weight, bias: xk.new_empty(xk.shape[0], weight.shape[0], xk.shape[2]),
+             backward=_cin_backward,
+             backward_fake=lambda grad, xk, x0, weight: (_declare.like(xk), _declare.like(x0), _declare.like(weight),
+                                                         weight.new_empty(weight.shape[0])))
+def _cin(xk: Tensor, x0: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor: ...
 
 
 def cin_layer(xk: Tensor, x0: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
@@ -118,7 +73,7 @@ def cin_layer(xk: Tensor, x0: Tensor, weight: Tensor, bias: Optional[Tensor] = N
             raise ValueError(f"rankops.{op}: bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
     _checks.same_dtype(op, "xk", xk, x0=x0, weight=weight, bias=bias)
     _checks.same_device(op, "xk", xk, x0=x0, weight=weight, bias=bias)
-    return _dispatch.invoke(_cin_layer, xk, x0, weight, bias)
+    return _cin(xk, x0, weight, bias)
 
 
 __all__ = ["cin_layer"]

@@ -16,21 +16,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from rankops.ops import _checks, _dispatch
+from rankops.ops import _checks, _declare
 
-_REF = "rankops.ops.cross.reference"
-_TRITON = "rankops.ops.cross.triton"
-_NATIVE = "torch.ops:rankops_C"
-
-
-def _impls(name: str) -> dict[str, str]:
-    # no hand-written CUDA kernels: on a GPU the Triton GEMM with the fused epilogue serves (see
-    # bench/cross.py); "cuda" is therefore absent and auto picks triton on CUDA tensors.
-    return {
-        "reference": f"{_REF}:{name}",
-        "cpp": f"{_NATIVE}.{name}",
-        "triton": f"{_TRITON}:{name}",
-    }
+# no hand-written CUDA kernels: on a GPU the Triton GEMM with the fused epilogue serves (see
+# bench/cross.py); "cuda" is therefore absent and auto picks triton on CUDA tensors.
+_impls = _declare.backends("rankops.ops.cross")
 
 
 def _needs_grad(*ts: Tensor) -> bool:
@@ -52,11 +42,6 @@ def _check_shape(op: str, name: str, t, shape: tuple[int, ...], dims: str) -> No
         raise ValueError(f"rankops.{op}: {name} must have shape {shape} {dims}, got {tuple(t.shape)}")
 
 
-def _zeros_if_none(grad, like: Tensor) -> Tensor:
-    # with materialize_grads off an unused output's gradient arrives as None
-    return torch.zeros_like(like) if grad is None else grad
-
-
 def _check_common(op: str, x0: Tensor, **others: Tensor) -> None:
     _checks.same_dtype(op, "x0", x0, **others)
     _checks.same_device(op, "x0", x0, **others)
@@ -66,57 +51,19 @@ def _check_common(op: str, x0: Tensor, **others: Tensor) -> None:
 # DCN-V2 full rank
 
 
-@_dispatch.custom_op("rankops::cross_layer")
-def _cross_layer(x0: Tensor, xl: Tensor, weight: Tensor, bias: Tensor, save: bool) -> tuple[Tensor, Tensor]:
-    return _dispatch.call(
-        "cross_layer", _impls("cross_layer"), x0.device,
-        x0.contiguous(), xl.contiguous(), weight.contiguous(), bias.contiguous(), save,
-    )
+def _layer_backward(grad: Tensor, x0: Tensor, xl: Tensor, weight: Tensor, p: Tensor
+                    ) -> tuple[Tensor, Tensor, Tensor, Tensor]: ...
 
 
-@_cross_layer.register_fake
-def _(x0, xl, weight, bias, save):
-    return torch.empty_like(x0, memory_format=torch.contiguous_format), (
-        torch.empty_like(x0, memory_format=torch.contiguous_format) if save else x0.new_empty(0)
-    )
+def _layer_fake(x0, xl, weight, bias, save):
+    return _declare.like(x0), (_declare.like(x0) if save else x0.new_empty(0))
 
 
-@_dispatch.custom_op("rankops::cross_layer_backward")
-def _cross_layer_backward(
-    grad: Tensor, x0: Tensor, xl: Tensor, weight: Tensor, p: Tensor
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    return _dispatch.call(
-        "cross_layer", _impls("cross_layer_backward"), x0.device,
-        grad.contiguous(), x0.contiguous(), xl.contiguous(), weight.contiguous(), p.contiguous(),
-    )
-
-
-@_cross_layer_backward.register_fake
-def _(grad, x0, xl, weight, p):
-    c = torch.contiguous_format
-    return (torch.empty_like(x0, memory_format=c), torch.empty_like(xl, memory_format=c),
-            torch.empty_like(weight, memory_format=c), weight.new_empty(weight.shape[0]))
-
-
-def _cross_setup(ctx, inputs, output):
-    x0, xl, weight, bias, _save = inputs
-    ctx.save_for_backward(x0, xl, weight, bias, output[1])
-    ctx.mark_non_differentiable(output[1])
-    # the saved outputs get no gradient: without this autograd would hand the backward a zero-filled
-    # tensor for each (a [B, N] memset per layer; [L, B, N] ones for cross_net), unread
-    ctx.set_materialize_grads(False)
-
-
-def _cross_backward(ctx, grad, _grad_p):
-    x0, xl, weight, bias, p = ctx.saved_tensors
-    grad = _zeros_if_none(grad, x0)
-    if p.numel() != x0.numel():  # called with save=False (not by cross_layer): recompute p
-        p = _dispatch.invoke(_cross_layer, x0, xl, weight, bias, True)[1]
-    dx0, dxl, dw, db = _dispatch.invoke(_cross_layer_backward, grad, x0, xl, weight, p)
-    return dx0, dxl, dw, db, None
-
-
-_cross_layer.register_autograd(_cross_backward, setup_context=_cross_setup)
+@_declare.op("cross_layer", impls=_impls, outputs=("out", "p"), grads=("x0", "xl", "weight", "bias"),
+             recompute="save", fake=_layer_fake, backward=_layer_backward,
+             backward_fake=lambda grad, x0, xl, weight, p: (_declare.like(x0), _declare.like(xl), _declare.like(weight),
+                                                           weight.new_empty(weight.shape[0])))
+def _layer(x0: Tensor, xl: Tensor, weight: Tensor, bias: Tensor, save: bool) -> tuple[Tensor, Tensor]: ...
 
 
 def cross_layer(x0: Tensor, xl: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
@@ -137,7 +84,7 @@ def cross_layer(x0: Tensor, xl: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     _check_shape(op, "weight", weight, (N, N), "[in_dim, in_dim]")
     _check_shape(op, "bias", bias, (N,), "[in_dim]")
     _check_common(op, x0, xl=xl, weight=weight, bias=bias)
-    return _dispatch.invoke(_cross_layer, x0, xl, weight, bias, _needs_grad(x0, xl, weight, bias))[0]
+    return _layer(x0, xl, weight, bias, _needs_grad(x0, xl, weight, bias))[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -150,54 +97,23 @@ def row_stride(N: int) -> int:
     return (N + 15) // 16 * 16
 
 
-@_dispatch.custom_op("rankops::cross_net")
-def _cross_net(x0: Tensor, weight: Tensor, bias: Tensor, save: bool) -> tuple[Tensor, Tensor, Tensor]:
-    return _dispatch.call(
-        "cross_net", _impls("cross_net"), x0.device, x0.contiguous(), weight.contiguous(), bias.contiguous(), save,
-    )
+def _net_backward(grad: Tensor, x0: Tensor, weight: Tensor, xs: Tensor, ps: Tensor
+                  ) -> tuple[Tensor, Tensor, Tensor]: ...
 
 
-@_cross_net.register_fake
-def _(x0, weight, bias, save):
-    out = torch.empty_like(x0, memory_format=torch.contiguous_format)
+def _net_fake(x0, weight, bias, save):
+    out = _declare.like(x0)
     if not save:
         return out, x0.new_empty(0), x0.new_empty(0)
     (B, N), L = x0.shape, weight.shape[0]
     return out, x0.new_empty(L - 1, B, row_stride(N)), x0.new_empty(L, B, row_stride(N))
 
 
-@_dispatch.custom_op("rankops::cross_net_backward")
-def _cross_net_backward(grad: Tensor, x0: Tensor, weight: Tensor, xs: Tensor, ps: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    return _dispatch.call(
-        "cross_net", _impls("cross_net_backward"), x0.device,
-        grad.contiguous(), x0.contiguous(), weight.contiguous(), xs.contiguous(), ps.contiguous(),
-    )
-
-
-@_cross_net_backward.register_fake
-def _(grad, x0, weight, xs, ps):
-    c = torch.contiguous_format
-    return (torch.empty_like(x0, memory_format=c), torch.empty_like(weight, memory_format=c),
-            weight.new_empty(weight.shape[0], weight.shape[1]))
-
-
-def _net_setup(ctx, inputs, output):
-    x0, weight, bias, _save = inputs
-    ctx.save_for_backward(x0, weight, bias, output[1], output[2])
-    ctx.mark_non_differentiable(output[1], output[2])
-    ctx.set_materialize_grads(False)  # see _cross_setup
-
-
-def _net_backward(ctx, grad, _gxs, _gps):
-    x0, weight, bias, xs, ps = ctx.saved_tensors
-    grad = _zeros_if_none(grad, x0)
-    if ps.numel() == 0 and x0.numel():  # called with save=False (not by cross_net): recompute
-        _, xs, ps = _dispatch.invoke(_cross_net, x0, weight, bias, True)
-    dx0, dw, db = _dispatch.invoke(_cross_net_backward, grad, x0, weight, xs, ps)
-    return dx0, dw, db, None
-
-
-_cross_net.register_autograd(_net_backward, setup_context=_net_setup)
+@_declare.op("cross_net", impls=_impls, outputs=("out", "xs", "ps"), grads=("x0", "weight", "bias"),
+             recompute="save", fake=_net_fake, backward=_net_backward,
+             backward_fake=lambda grad, x0, weight, xs, ps: (_declare.like(x0), _declare.like(weight),
+                                                            weight.new_empty(weight.shape[0], weight.shape[1])))
+def _net(x0: Tensor, weight: Tensor, bias: Tensor, save: bool) -> tuple[Tensor, Tensor, Tensor]: ...
 
 
 def cross_net(x0: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
@@ -223,66 +139,121 @@ def cross_net(x0: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     _check_shape(op, "weight", weight, (L, N, N), "[num_layers, in_dim, in_dim]")
     _check_shape(op, "bias", bias, (L, N), "[num_layers, in_dim]")
     _check_common(op, x0, weight=weight, bias=bias)
-    return _dispatch.invoke(_cross_net, x0, weight, bias, _needs_grad(x0, weight, bias))[0]
+    return _net(x0, weight, bias, _needs_grad(x0, weight, bias))[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# DCN (v1) and low-rank stacks in one op each
+
+
+def _check_stack(op: str, x0, **params: Tensor) -> tuple[int, int]:
+    _checks.tensor(op, "x0", x0, 2, "[batch, in_dim]")
+    _checks.floating(op, "x0", x0)
+    for name, t in params.items():
+        _checks.tensor(op, name, t)
+    first = next(iter(params.values()))
+    L, N = (first.shape[0] if first.dim() else 0), x0.shape[1]
+    if L < 1:
+        raise ValueError(f"rankops.{op}: the parameters must hold at least one layer, got shape {tuple(first.shape)}")
+    _check_common(op, x0, **params)
+    return L, N
+
+
+def _net_v1_backward(grad: Tensor, x0: Tensor, w: Tensor, bias: Tensor) -> tuple[Tensor, Tensor, Tensor]: ...
+
+
+@_declare.op("cross_net_v1", impls=_impls, grads=("x0", "w", "bias"), fake=lambda x0, w, bias: _declare.like(x0),
+             backward=_net_v1_backward,
+             backward_fake=lambda grad, x0, w, bias: (_declare.like(x0), _declare.like(w), _declare.like(bias)))
+def _net_v1(x0: Tensor, w: Tensor, bias: Tensor) -> Tensor: ...
+
+
+def cross_net_v1(x0: Tensor, w: Tensor, bias: Tensor) -> Tensor:
+    """L stacked DCN (v1) cross layers in one op: ``x_{l+1} = x0 * (x_l @ w[l])[:, None] + bias[l] + x_l``
+    with ``x_0 = x0``; returns ``x_L``. The same as L calls of :func:`cross_layer_v1`; the CPU
+    kernel runs all L layers on a row while it is in cache and saves nothing for the backward,
+    which recomputes the layers' inputs the same way (one read of x0 and grad, one write of dx0).
+
+    Args:
+        x0: ``[B, N]``, fp32 / fp16 / bf16 (accumulated in fp32).
+        w: ``[L, N]``, L >= 1 (the layers' weight vectors stacked).
+        bias: ``[L, N]``.
+    Returns:
+        ``[B, N]`` in x0's dtype.
+    """
+    op = "cross_net_v1"
+    L, N = _check_stack(op, x0, w=w, bias=bias)
+    _check_shape(op, "w", w, (L, N), "[num_layers, in_dim]")
+    _check_shape(op, "bias", bias, (L, N), "[num_layers, in_dim]")
+    return _net_v1(x0, w, bias)
+
+
+def _net_lowrank_backward(grad: Tensor, x0: Tensor, u: Tensor, v: Tensor, xs: Tensor, ts: Tensor, ps: Tensor
+                          ) -> tuple[Tensor, Tensor, Tensor, Tensor]: ...
+
+
+def _net_lowrank_fake(x0, u, v, bias, save):
+    if not save:
+        return _declare.like(x0), x0.new_empty(0), x0.new_empty(0), x0.new_empty(0)
+    (B, N), (L, _, r) = x0.shape, u.shape
+    return _declare.like(x0), x0.new_empty(L - 1, B, N), x0.new_empty(L, B, r), x0.new_empty(L, B, N)
+
+
+@_declare.op("cross_net_lowrank", impls=_impls, outputs=("out", "xs", "ts", "ps"), grads=("x0", "u", "v", "bias"),
+             recompute="save", fake=_net_lowrank_fake, backward=_net_lowrank_backward,
+             backward_fake=lambda grad, x0, u, v, xs, ts, ps: (_declare.like(x0), _declare.like(u), _declare.like(v),
+                                                              u.new_empty(u.shape[0], u.shape[1])))
+def _net_lowrank(x0: Tensor, u: Tensor, v: Tensor, bias: Tensor, save: bool
+                 ) -> tuple[Tensor, Tensor, Tensor, Tensor]: ...
+
+
+def cross_net_lowrank(x0: Tensor, u: Tensor, v: Tensor, bias: Tensor) -> Tensor:
+    """L stacked DCN-V2 low-rank cross layers in one op:
+    ``x_{l+1} = x0 * ((x_l @ v[l].T) @ u[l].T + bias[l]) + x_l`` with ``x_0 = x0``; returns ``x_L``.
+    The same as L calls of :func:`cross_layer_lowrank`, with the activations written straight into
+    the saved stacks and dx0 summed inside the backward.
+
+    Args:
+        x0: ``[B, N]``, fp32 / fp16 / bf16 (accumulated in fp32).
+        u: ``[L, N, r]`` (TorchRec ``W_kernels`` stacked), L >= 1, r >= 1.
+        v: ``[L, r, N]`` (TorchRec ``V_kernels`` stacked).
+        bias: ``[L, N]``.
+    Returns:
+        ``[B, N]`` in x0's dtype.
+    """
+    op = "cross_net_lowrank"
+    L, N = _check_stack(op, x0, u=u, v=v, bias=bias)
+    _checks.tensor(op, "u", u, 3, "[num_layers, in_dim, rank]")
+    r = u.shape[2]
+    if r < 1:
+        raise ValueError(f"rankops.{op}: rank must be >= 1, got u of shape {tuple(u.shape)} (rank 0)")
+    _check_shape(op, "u", u, (L, N, r), "[num_layers, in_dim, rank]")
+    _check_shape(op, "v", v, (L, r, N), "[num_layers, rank, in_dim]")
+    _check_shape(op, "bias", bias, (L, N), "[num_layers, in_dim]")
+    return _net_lowrank(x0, u, v, bias, _needs_grad(x0, u, v, bias))[0]
 
 
 # ---------------------------------------------------------------------------------------------
 # DCN-V2 low rank
 
 
-@_dispatch.custom_op("rankops::cross_layer_lowrank")
-def _cross_layer_lowrank(
-    x0: Tensor, xl: Tensor, u: Tensor, v: Tensor, bias: Tensor, save: bool
-) -> tuple[Tensor, Tensor, Tensor]:
-    return _dispatch.call(
-        "cross_layer_lowrank", _impls("cross_layer_lowrank"), x0.device,
-        x0.contiguous(), xl.contiguous(), u.contiguous(), v.contiguous(), bias.contiguous(), save,
-    )
+def _lowrank_backward(grad: Tensor, x0: Tensor, xl: Tensor, u: Tensor, v: Tensor, t: Tensor, p: Tensor
+                      ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]: ...
 
 
-@_cross_layer_lowrank.register_fake
-def _(x0, xl, u, v, bias, save):
-    out = torch.empty_like(x0, memory_format=torch.contiguous_format)
+def _lowrank_fake(x0, xl, u, v, bias, save):
+    out = _declare.like(x0)
     if not save:
         return out, x0.new_empty(0), x0.new_empty(0)
-    return out, x0.new_empty(x0.shape[0], u.shape[1]), torch.empty_like(out)
+    return out, x0.new_empty(x0.shape[0], u.shape[1]), _declare.like(out)
 
 
-@_dispatch.custom_op("rankops::cross_layer_lowrank_backward")
-def _cross_layer_lowrank_backward(
-    grad: Tensor, x0: Tensor, xl: Tensor, u: Tensor, v: Tensor, t: Tensor, p: Tensor
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    return _dispatch.call(
-        "cross_layer_lowrank", _impls("cross_layer_lowrank_backward"), x0.device,
-        grad.contiguous(), x0.contiguous(), xl.contiguous(), u.contiguous(), v.contiguous(),
-        t.contiguous(), p.contiguous(),
-    )
-
-
-@_cross_layer_lowrank_backward.register_fake
-def _(grad, x0, xl, u, v, t, p):
-    c = torch.contiguous_format
-    return (torch.empty_like(x0, memory_format=c), torch.empty_like(xl, memory_format=c),
-            torch.empty_like(u, memory_format=c), torch.empty_like(v, memory_format=c), u.new_empty(u.shape[0]))
-
-
-def _lowrank_setup(ctx, inputs, output):
-    x0, xl, u, v, bias, _save = inputs
-    ctx.save_for_backward(x0, xl, u, v, bias, output[1], output[2])
-    ctx.mark_non_differentiable(output[1], output[2])
-    ctx.set_materialize_grads(False)  # see _cross_setup
-
-
-def _lowrank_backward(ctx, grad, _gt, _gp):
-    x0, xl, u, v, bias, t, p = ctx.saved_tensors
-    grad = _zeros_if_none(grad, x0)
-    if p.numel() != x0.numel():  # called with save=False (not by cross_layer_lowrank): recompute
-        _, t, p = _dispatch.invoke(_cross_layer_lowrank, x0, xl, u, v, bias, True)
-    dx0, dxl, du, dv, db = _dispatch.invoke(_cross_layer_lowrank_backward, grad, x0, xl, u, v, t, p)
-    return dx0, dxl, du, dv, db, None
-
-
-_cross_layer_lowrank.register_autograd(_lowrank_backward, setup_context=_lowrank_setup)
+@_declare.op("cross_layer_lowrank", impls=_impls, outputs=("out", "t", "p"), grads=("x0", "xl", "u", "v", "bias"),
+             recompute="save", fake=_lowrank_fake, backward=_lowrank_backward,
+             backward_fake=lambda grad, x0, xl, u, v, t, p: (_declare.like(x0), _declare.like(xl), _declare.like(u),
+                                                            _declare.like(v), u.new_empty(u.shape[0])))
+def _lowrank(x0: Tensor, xl: Tensor, u: Tensor, v: Tensor, bias: Tensor, save: bool
+             ) -> tuple[Tensor, Tensor, Tensor]: ...
 
 
 def cross_layer_lowrank(x0: Tensor, xl: Tensor, u: Tensor, v: Tensor, bias: Tensor) -> Tensor:
@@ -309,54 +280,21 @@ def cross_layer_lowrank(x0: Tensor, xl: Tensor, u: Tensor, v: Tensor, bias: Tens
     _check_shape(op, "v", v, (r, N), "[rank, in_dim]")
     _check_shape(op, "bias", bias, (N,), "[in_dim]")
     _check_common(op, x0, xl=xl, u=u, v=v, bias=bias)
-    return _dispatch.invoke(_cross_layer_lowrank, x0, xl, u, v, bias, _needs_grad(x0, xl, u, v, bias))[0]
+    return _lowrank(x0, xl, u, v, bias, _needs_grad(x0, xl, u, v, bias))[0]
 
 
 # ---------------------------------------------------------------------------------------------
 # DCN (v1): rank one, weight vector
 
 
-@_dispatch.custom_op("rankops::cross_layer_v1")
-def _cross_layer_v1(x0: Tensor, xl: Tensor, w: Tensor, bias: Tensor) -> Tensor:
-    return _dispatch.call(
-        "cross_layer_v1", _impls("cross_layer_v1"), x0.device,
-        x0.contiguous(), xl.contiguous(), w.contiguous(), bias.contiguous(),
-    )
+def _v1_backward(grad: Tensor, x0: Tensor, xl: Tensor, w: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]: ...
 
 
-@_cross_layer_v1.register_fake
-def _(x0, xl, w, bias):
-    return torch.empty_like(x0, memory_format=torch.contiguous_format)
-
-
-@_dispatch.custom_op("rankops::cross_layer_v1_backward")
-def _cross_layer_v1_backward(
-    grad: Tensor, x0: Tensor, xl: Tensor, w: Tensor
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    return _dispatch.call(
-        "cross_layer_v1", _impls("cross_layer_v1_backward"), x0.device,
-        grad.contiguous(), x0.contiguous(), xl.contiguous(), w.contiguous(),
-    )
-
-
-@_cross_layer_v1_backward.register_fake
-def _(grad, x0, xl, w):
-    c = torch.contiguous_format
-    return (torch.empty_like(x0, memory_format=c), torch.empty_like(xl, memory_format=c),
-            torch.empty_like(w, memory_format=c), torch.empty_like(w, memory_format=c))
-
-
-def _v1_setup(ctx, inputs, output):
-    x0, xl, w, _bias = inputs
-    ctx.save_for_backward(x0, xl, w)
-
-
-def _v1_backward(ctx, grad):
-    x0, xl, w = ctx.saved_tensors
-    return _dispatch.invoke(_cross_layer_v1_backward, grad, x0, xl, w)
-
-
-_cross_layer_v1.register_autograd(_v1_backward, setup_context=_v1_setup)
+@_declare.op("cross_layer_v1", impls=_impls, grads=("x0", "xl", "w", "bias"),
+             fake=lambda x0, xl, w, bias: _declare.like(x0), backward=_v1_backward,
+             backward_fake=lambda grad, x0, xl, w: (_declare.like(x0), _declare.like(xl), _declare.like(w),
+                                                    _declare.like(w)))
+def _v1(x0: Tensor, xl: Tensor, w: Tensor, bias: Tensor) -> Tensor: ...
 
 
 def cross_layer_v1(x0: Tensor, xl: Tensor, w: Tensor, bias: Tensor) -> Tensor:
@@ -376,7 +314,7 @@ def cross_layer_v1(x0: Tensor, xl: Tensor, w: Tensor, bias: Tensor) -> Tensor:
     _check_shape(op, "w", w, (N,), "[in_dim]")
     _check_shape(op, "bias", bias, (N,), "[in_dim]")
     _check_common(op, x0, xl=xl, w=w, bias=bias)
-    return _dispatch.invoke(_cross_layer_v1, x0, xl, w, bias)
+    return _v1(x0, xl, w, bias)
 
 
-__all__ = ["cross_layer", "cross_layer_lowrank", "cross_layer_v1", "cross_net"]
+__all__ = ["cross_layer", "cross_layer_lowrank", "cross_layer_v1", "cross_net", "cross_net_lowrank", "cross_net_v1"]

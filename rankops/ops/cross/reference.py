@@ -126,3 +126,80 @@ def cross_layer_v1_backward(
     dw = xlf.T @ ds
     db = g.sum(0)
     return dx0.to(x0.dtype), dxl.to(xl.dtype), dw.to(w.dtype), db.to(w.dtype)
+
+
+# Stacks of L v1 / low-rank layers as one op: the layers composed. The composition takes the layer
+# functions, so triton.py stacks its layer kernels with the same code. The v1 stack saves nothing
+# (its backward recomputes the layers' inputs: a dot per row and layer); the low-rank one saves the
+# inputs of layers 1..L-1 (xs [L-1, B, N]), every t_l (ts [L, B, r]) and p_l (ps [L, B, N]).
+
+
+def net_v1(layer, x0: Tensor, w: Tensor, bias: Tensor) -> Tensor:
+    x = x0
+    for l in range(w.shape[0]):
+        x = layer(x0, x, w[l], bias[l])
+    return x
+
+
+def net_v1_backward(layer, layer_backward, grad: Tensor, x0: Tensor, w: Tensor, bias: Tensor):
+    xs = [x0]
+    for l in range(w.shape[0] - 1):
+        xs.append(layer(x0, xs[-1], w[l], bias[l]))
+    dx0 = torch.zeros_like(x0, dtype=torch.float32)
+    dw, db = torch.empty_like(w), torch.empty_like(bias)
+    g = grad
+    for l in reversed(range(w.shape[0])):
+        d, g, dw[l], db[l] = layer_backward(g, x0, xs[l], w[l])
+        dx0 += d.float()
+    return (dx0 + g.float()).to(x0.dtype), dw, db
+
+
+def cross_net_v1(x0: Tensor, w: Tensor, bias: Tensor) -> Tensor:
+    return net_v1(cross_layer_v1, x0.float(), w.float(), bias.float()).to(x0.dtype)
+
+
+def cross_net_v1_backward(grad: Tensor, x0: Tensor, w: Tensor, bias: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    dx0, dw, db = net_v1_backward(cross_layer_v1, cross_layer_v1_backward, grad.float(), x0.float(), w.float(),
+                                  bias.float())
+    return dx0.to(x0.dtype), dw.to(w.dtype), db.to(w.dtype)
+
+
+def net_lowrank(layer, x0: Tensor, u: Tensor, v: Tensor, bias: Tensor, save: bool):
+    x, xs, ts, ps = x0, [], [], []
+    L = u.shape[0]
+    for l in range(L):
+        x_next, t, p = layer(x0, x, u[l], v[l], bias[l], save)
+        if save:
+            ts.append(t)
+            ps.append(p)
+            if l < L - 1:
+                xs.append(x_next)
+        x = x_next
+    if not save:
+        return x, _empty(x0), _empty(x0), _empty(x0)
+    xs = torch.stack(xs) if xs else x0.new_empty(0, *x0.shape)
+    return x, xs, torch.stack(ts), torch.stack(ps)
+
+
+def net_lowrank_backward(layer_backward, grad: Tensor, x0: Tensor, u: Tensor, v: Tensor, xs: Tensor, ts: Tensor,
+                         ps: Tensor):
+    dx0 = torch.zeros_like(x0, dtype=torch.float32)
+    du, dv = torch.empty_like(u), torch.empty_like(v)
+    db = torch.empty(u.shape[0], u.shape[1], dtype=u.dtype, device=u.device)
+    g = grad
+    for l in reversed(range(u.shape[0])):
+        xl = x0 if l == 0 else xs[l - 1]
+        d, g, du[l], dv[l], db[l] = layer_backward(g, x0, xl, u[l], v[l], ts[l], ps[l])
+        dx0 += d.float()
+    return (dx0 + g.float()).to(x0.dtype), du, dv, db
+
+
+def cross_net_lowrank(x0: Tensor, u: Tensor, v: Tensor, bias: Tensor, save: bool):
+    out, xs, ts, ps = net_lowrank(cross_layer_lowrank, x0.float(), u.float(), v.float(), bias.float(), save)
+    return tuple(t.to(x0.dtype) for t in (out, xs, ts, ps))
+
+
+def cross_net_lowrank_backward(grad: Tensor, x0: Tensor, u: Tensor, v: Tensor, xs: Tensor, ts: Tensor, ps: Tensor):
+    f = [t.float() for t in (grad, x0, u, v, xs, ts, ps)]
+    dx0, du, dv, db = net_lowrank_backward(cross_layer_lowrank_backward, *f)
+    return dx0.to(x0.dtype), du.to(u.dtype), dv.to(v.dtype), db.to(u.dtype)

@@ -23,6 +23,7 @@ import triton
 import triton.language as tl
 
 from rankops.backend import triton_interpreting
+from rankops.ops.cross import reference as _reference
 
 
 @triton.jit
@@ -293,3 +294,24 @@ def cross_layer_v1_backward(grad, x0, xl, w):
     if B and N:
         _v1_bwd_kernel[(nb,)](grad, x0, xl, w, dx0, dxl, dw_part, db_part, B, N, BM=BM, BN=BN)
     return dx0, dxl, dw_part.sum(0).to(w.dtype), db_part.sum(0).to(w.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# v1 and low-rank stacks: the layer kernels above, composed (reference.net_*). On a GPU each v1
+# layer is one memory-bound pass; a fused stack kernel is future work, measured first.
+
+
+def cross_net_v1(x0, w, bias):
+    return _reference.net_v1(cross_layer_v1, x0, w, bias)
+
+
+def cross_net_v1_backward(grad, x0, w, bias):
+    return _reference.net_v1_backward(cross_layer_v1, cross_layer_v1_backward, grad.to(x0.dtype), x0, w, bias)
+
+
+def cross_net_lowrank(x0, u, v, bias, save):
+    return _reference.net_lowrank(cross_layer_lowrank, x0, u, v, bias, save)
+
+
+def cross_net_lowrank_backward(grad, x0, u, v, xs, ts, ps):
+    return _reference.net_lowrank_backward(cross_layer_lowrank_backward, grad.to(x0.dtype), x0, u, v, xs, ts, ps)

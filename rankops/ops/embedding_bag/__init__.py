@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from rankops import backend as _backend
-from rankops.ops import _checks, _dispatch
+from rankops.ops import _checks, _declare, _dispatch
 from rankops.ops.embedding_bag import reference as _ref
 from rankops.ops.embedding_bag.optim import FusedOptimizer
 
@@ -157,15 +157,7 @@ def _single_table(weight: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
-# batched_embedding_bag
-
-
-@_dispatch.custom_op("rankops::batched_embedding_bag")
-def _batched(weights: Tensor, table_offsets: Tensor, indices: Tensor, offsets: Tensor,
-             per_sample_weights: Optional[Tensor], mode: str, sparse: bool) -> tuple[Tensor, Tensor]:
-    return _run(_FORWARD, "batched_embedding_bag", weights.contiguous(), table_offsets.contiguous(),
-                indices.contiguous(), offsets.contiguous(),
-                None if per_sample_weights is None else per_sample_weights.contiguous(), MODES.index(mode))
+# what the two bag ops share: their fakes' shapes and their autograd formula
 
 
 def _fake_forward(weights, table_offsets, offsets, mode, batch_dims):
@@ -176,62 +168,71 @@ def _fake_forward(weights, table_offsets, offsets, mode, batch_dims):
     return weights.new_empty(shape), argmax
 
 
-@_batched.register_fake
-def _(weights, table_offsets, indices, offsets, per_sample_weights, mode, sparse):
-    return _fake_forward(weights, table_offsets, offsets, mode, True)
-
-
-@_dispatch.custom_op("rankops::batched_embedding_bag_backward")
-def _batched_backward(grad: Tensor, weights: Tensor, table_offsets: Tensor, indices: Tensor, offsets: Tensor,
-                      per_sample_weights: Optional[Tensor], mode: str, argmax: Tensor, need_weight_grad: bool,
-                      need_psw_grad: bool) -> tuple[Tensor, Tensor]:
-    name = _backend.select("batched_embedding_bag", weights.device, tuple(_BACKWARD))
-    return _dispatch._resolve(_BACKWARD[name])(
-        grad.contiguous(), weights.contiguous(), table_offsets.contiguous(), indices.contiguous(),
-        offsets.contiguous(), None if per_sample_weights is None else per_sample_weights.contiguous(),
-        MODES.index(mode), argmax.contiguous(), need_weight_grad, need_psw_grad)
-
-
 def _fake_backward(weights, indices, per_sample_weights, need_weight_grad, need_psw_grad):
     gw = weights.new_empty(weights.shape if need_weight_grad else (0,))
     gp = weights.new_empty(indices.shape if need_psw_grad and per_sample_weights is not None else (0,))
     return gw, gp
 
 
-@_batched_backward.register_fake
-def _(grad, weights, table_offsets, indices, offsets, per_sample_weights, mode, argmax, need_weight_grad,
-      need_psw_grad):
+def _formula(weight: str, sparse_grad):
+    """The bags' autograd formula: a dense weight gradient and the per-sample weights' from the
+    backward op (asked for only what autograd wants), a sparse weight gradient from
+    ``sparse_grad(values)``."""
+
+    def formula(values, needs, run):
+        psw, need_w, sparse = values["per_sample_weights"], needs[weight], values["sparse"]
+        dense, need_p = need_w and not sparse, psw is not None and needs["per_sample_weights"]
+        got = {weight: sparse_grad(values)} if need_w and sparse else {}
+        if dense or need_p:
+            gw, gp = run(need_weight_grad=dense, need_psw_grad=need_p)
+            got.update({weight: gw} if dense else {}, per_sample_weights=gp)
+        return got
+
+    return formula
+
+
+# ---------------------------------------------------------------------------------------------
+# batched_embedding_bag
+
+
+def _batched_kernel(weights, table_offsets, indices, offsets, per_sample_weights, mode, sparse):
+    return _run(_FORWARD, "batched_embedding_bag", *_declare.contiguous(weights, table_offsets, indices, offsets,
+                                                                        per_sample_weights), MODES.index(mode))
+
+
+def _batched_backward_kernel(grad, weights, table_offsets, indices, offsets, per_sample_weights, mode, argmax,
+                             need_weight_grad, need_psw_grad):
+    name = _backend.select("batched_embedding_bag", weights.device, tuple(_BACKWARD))
+    args = _declare.contiguous(grad, weights, table_offsets, indices, offsets, per_sample_weights)
+    return _dispatch._resolve(_BACKWARD[name])(*args, MODES.index(mode), argmax.contiguous(), need_weight_grad,
+                                               need_psw_grad)
+
+
+def _batched_sparse_grad(v):
+    return _ref.sparse_weight_grad(v["grad"], v["weights"], v["table_offsets"], v["indices"], v["offsets"],
+                                   v["per_sample_weights"], MODES.index(v["mode"]), v["argmax"])
+
+
+def _batched_fake(weights, table_offsets, indices, offsets, per_sample_weights, mode, sparse):
+    return _fake_forward(weights, table_offsets, offsets, mode, True)
+
+
+def _batched_backward_fake(grad, weights, table_offsets, indices, offsets, per_sample_weights, mode, argmax,
+                           need_weight_grad, need_psw_grad):
     return _fake_backward(weights, indices, per_sample_weights, need_weight_grad, need_psw_grad)
 
 
-def _needs(ctx, psw) -> tuple[bool, bool, bool]:
-    """(dense weight grad, sparse weight grad, psw grad) wanted by autograd."""
-    need_w = ctx.needs_input_grad[0]
-    return need_w and not ctx.sparse, need_w and ctx.sparse, psw is not None and ctx.needs_input_grad[-3]
+def _batched_backward(grad: Tensor, weights: Tensor, table_offsets: Tensor, indices: Tensor, offsets: Tensor,
+                      per_sample_weights: Optional[Tensor], mode: str, argmax: Tensor, need_weight_grad: bool,
+                      need_psw_grad: bool) -> tuple[Tensor, Tensor]: ...
 
 
-def _batched_setup(ctx, inputs, output):
-    weights, table_offsets, indices, offsets, psw, mode, sparse = inputs
-    ctx.save_for_backward(weights, table_offsets, indices, offsets, psw, output[1])
-    ctx.mode, ctx.sparse = mode, sparse
-
-
-def _batched_bwd(ctx, grad, _grad_argmax):
-    weights, table_offsets, indices, offsets, psw, argmax = ctx.saved_tensors
-    dense, sparse, need_p = _needs(ctx, psw)
-    gw = gp = None
-    if sparse:
-        gw = _ref.sparse_weight_grad(grad, weights, table_offsets, indices, offsets, psw, MODES.index(ctx.mode),
-                                     argmax)
-    if dense or need_p:
-        a, b = _dispatch.invoke(_batched_backward, grad, weights, table_offsets, indices, offsets, psw, ctx.mode,
-                                argmax, dense, need_p)
-        gw = a if dense else gw
-        gp = b if need_p else None
-    return gw, None, None, None, gp, None, None
-
-
-_batched.register_autograd(_batched_bwd, setup_context=_batched_setup)
+@_declare.op("batched_embedding_bag", outputs=("out", "argmax"), grads=("weights", "per_sample_weights"),
+             kernel=_batched_kernel, backward_kernel=_batched_backward_kernel,
+             fake=_batched_fake, backward=_batched_backward, backward_fake=_batched_backward_fake,
+             keep=("sparse",), formula=_formula("weights", _batched_sparse_grad))
+def _batched(weights: Tensor, table_offsets: Tensor, indices: Tensor, offsets: Tensor,
+             per_sample_weights: Optional[Tensor], mode: str, sparse: bool) -> tuple[Tensor, Tensor]: ...
 
 
 def batched_embedding_bag(weights: Tensor, table_offsets: Tensor, indices: Tensor, offsets: Tensor,
@@ -257,69 +258,62 @@ def batched_embedding_bag(weights: Tensor, table_offsets: Tensor, indices: Tenso
     """
     op = "batched_embedding_bag"
     indices, offsets = _check_static(op, weights, table_offsets, indices, offsets, per_sample_weights, mode)
-    return _dispatch.invoke(_batched, weights, table_offsets, indices, offsets, per_sample_weights, mode,
-                            bool(sparse))[0]
+    return _batched(weights, table_offsets, indices, offsets, per_sample_weights, mode, bool(sparse))[0]
 
 
 # ---------------------------------------------------------------------------------------------
 # embedding_bag: the one-table case, an op of its own so that graphs and profiles name it
 
 
-@_dispatch.custom_op("rankops::embedding_bag")
-def _single(weight: Tensor, indices: Tensor, offsets: Tensor, per_sample_weights: Optional[Tensor], mode: str,
-            sparse: bool) -> tuple[Tensor, Tensor]:
+def _single_kernel(weight, indices, offsets, per_sample_weights, mode, sparse):
     weight = weight.contiguous()
-    out, argmax = _run(_FORWARD, "embedding_bag", weight, _single_table(weight), indices.contiguous(),
-                       offsets.contiguous(), None if per_sample_weights is None else per_sample_weights.contiguous(),
-                       MODES.index(mode))
+    out, argmax = _run(_FORWARD, "embedding_bag", weight, _single_table(weight),
+                       *_declare.contiguous(indices, offsets, per_sample_weights), MODES.index(mode))
     B, D = out.shape[0], out.shape[2]
     return out.reshape(B, D), (argmax.reshape(B, D) if mode == "max" else argmax)
 
 
-@_single.register_fake
-def _(weight, indices, offsets, per_sample_weights, mode, sparse):
+def _as_one_table(grad, argmax, mode):
+    B, D = grad.shape
+    return grad.reshape(B, 1, D), (argmax.reshape(B, 1, D) if mode == "max" else argmax)
+
+
+def _single_backward_kernel(grad, weight, indices, offsets, per_sample_weights, mode, argmax, need_weight_grad,
+                            need_psw_grad):
+    name = _backend.select("embedding_bag", weight.device, tuple(_BACKWARD))
+    grad, argmax = _as_one_table(grad, argmax, mode)
+    return _dispatch._resolve(_BACKWARD[name])(
+        grad.contiguous(), weight.contiguous(), _single_table(weight),
+        *_declare.contiguous(indices, offsets, per_sample_weights), MODES.index(mode), argmax, need_weight_grad,
+        need_psw_grad)
+
+
+def _single_sparse_grad(v):
+    grad, argmax = _as_one_table(v["grad"], v["argmax"], v["mode"])
+    return _ref.sparse_weight_grad(grad, v["weight"], _single_table(v["weight"]), v["indices"], v["offsets"],
+                                   v["per_sample_weights"], MODES.index(v["mode"]), argmax)
+
+
+def _single_fake(weight, indices, offsets, per_sample_weights, mode, sparse):
     return _fake_forward(weight, weight.new_empty(2, dtype=torch.int64), offsets, mode, False)
 
 
-@_dispatch.custom_op("rankops::embedding_bag_backward")
-def _single_backward(grad: Tensor, weight: Tensor, indices: Tensor, offsets: Tensor,
-                     per_sample_weights: Optional[Tensor], mode: str, argmax: Tensor, need_weight_grad: bool,
-                     need_psw_grad: bool) -> tuple[Tensor, Tensor]:
-    B, D = grad.shape
-    name = _backend.select("embedding_bag", weight.device, tuple(_BACKWARD))
-    return _dispatch._resolve(_BACKWARD[name])(
-        grad.reshape(B, 1, D).contiguous(), weight.contiguous(), _single_table(weight), indices.contiguous(),
-        offsets.contiguous(), None if per_sample_weights is None else per_sample_weights.contiguous(),
-        MODES.index(mode), argmax.reshape(B, 1, D) if mode == "max" else argmax, need_weight_grad, need_psw_grad)
-
-
-@_single_backward.register_fake
-def _(grad, weight, indices, offsets, per_sample_weights, mode, argmax, need_weight_grad, need_psw_grad):
+def _single_backward_fake(grad, weight, indices, offsets, per_sample_weights, mode, argmax, need_weight_grad,
+                          need_psw_grad):
     return _fake_backward(weight, indices, per_sample_weights, need_weight_grad, need_psw_grad)
 
 
-def _single_setup(ctx, inputs, output):
-    weight, indices, offsets, psw, mode, sparse = inputs
-    ctx.save_for_backward(weight, indices, offsets, psw, output[1])
-    ctx.mode, ctx.sparse = mode, sparse
+def _single_backward(grad: Tensor, weight: Tensor, indices: Tensor, offsets: Tensor,
+                     per_sample_weights: Optional[Tensor], mode: str, argmax: Tensor, need_weight_grad: bool,
+                     need_psw_grad: bool) -> tuple[Tensor, Tensor]: ...
 
 
-def _single_bwd(ctx, grad, _grad_argmax):
-    weight, indices, offsets, psw, argmax = ctx.saved_tensors
-    dense, sparse, need_p = _needs(ctx, psw)
-    gw = gp = None
-    if sparse:
-        B, D = grad.shape
-        gw = _ref.sparse_weight_grad(grad.reshape(B, 1, D), weight, _single_table(weight), indices, offsets, psw,
-                                     MODES.index(ctx.mode), argmax.reshape(B, 1, D) if ctx.mode == "max" else argmax)
-    if dense or need_p:
-        a, b = _dispatch.invoke(_single_backward, grad, weight, indices, offsets, psw, ctx.mode, argmax, dense, need_p)
-        gw = a if dense else gw
-        gp = b if need_p else None
-    return gw, None, None, gp, None, None
-
-
-_single.register_autograd(_single_bwd, setup_context=_single_setup)
+@_declare.op("embedding_bag", outputs=("out", "argmax"), grads=("weight", "per_sample_weights"),
+             kernel=_single_kernel, backward_kernel=_single_backward_kernel,
+             fake=_single_fake, backward=_single_backward, backward_fake=_single_backward_fake,
+             keep=("sparse",), formula=_formula("weight", _single_sparse_grad))
+def _single(weight: Tensor, indices: Tensor, offsets: Tensor, per_sample_weights: Optional[Tensor], mode: str,
+            sparse: bool) -> tuple[Tensor, Tensor]: ...
 
 
 def embedding_bag(weight: Tensor, indices: Tensor, offsets: Tensor, per_sample_weights: Tensor | None = None,
@@ -342,7 +336,7 @@ def embedding_bag(weight: Tensor, indices: Tensor, offsets: Tensor, per_sample_w
     # The static checks read only table_offsets' shape, dtype and device.
     shape_only = torch.empty(2, dtype=torch.int64, device=weight.device)
     indices, offsets = _check_static(op, weight, shape_only, indices, offsets, per_sample_weights, mode)
-    return _dispatch.invoke(_single, weight, indices, offsets, per_sample_weights, mode, bool(sparse))[0]
+    return _single(weight, indices, offsets, per_sample_weights, mode, bool(sparse))[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -393,7 +387,7 @@ class _FusedLookup(torch.autograd.Function):
     @staticmethod
     def forward(ctx, anchor, weights, state, table_offsets, indices, offsets, psw, mode: str, optimizer: str,
                 lr: Tensor, eps: float):
-        out, argmax = _dispatch.invoke(_batched, weights, table_offsets, indices, offsets, psw, mode, False)
+        out, argmax = _batched(weights, table_offsets, indices, offsets, psw, mode, False)
         ctx.save_for_backward(table_offsets, indices, offsets, psw, argmax)
         # not saved: a saved tensor may not change before the backward, and lr may (a schedule);
         # the weights and state do change, by design: another fused lookup into the same buffer
@@ -408,7 +402,7 @@ class _FusedLookup(torch.autograd.Function):
         weights, state = ctx.weights, ctx.state
         gp = None
         if psw is not None and ctx.needs_input_grad[6]:  # before the update: it reads the old rows
-            gp = _dispatch.invoke(_batched_backward, grad, weights, table_offsets, indices, offsets, psw, ctx.mode,
+            gp = _dispatch.invoke(_batched.backward, grad, weights, table_offsets, indices, offsets, psw, ctx.mode,
                                   argmax, False, True)[1]
         _update(weights, state, grad, table_offsets, indices, offsets, psw, ctx.mode, argmax, ctx.optimizer, ctx.lr,
                 ctx.eps)

@@ -8,23 +8,11 @@ double backward).
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
-from rankops.ops import _checks, _dispatch
+from rankops.ops import _checks, _declare
 
-_REF = "rankops.ops.interaction.reference"
-_TRITON = "rankops.ops.interaction.triton"
-_NATIVE = "torch.ops:rankops_C"  # one schema, CPU and CUDA kernels registered per dispatch key
-
-
-def _impls(name: str) -> dict[str, str]:
-    return {
-        "reference": f"{_REF}:{name}",
-        "cpp": f"{_NATIVE}.{name}",
-        "cuda": f"{_NATIVE}.{name}",
-        "triton": f"{_TRITON}:{name}",
-    }
+_impls = _declare.backends("rankops.ops.interaction", cuda=True)
 
 
 def _check_x(op: str, x) -> Tensor:
@@ -37,39 +25,13 @@ def _check_x(op: str, x) -> Tensor:
 # FM
 
 
-@_dispatch.custom_op("rankops::fm_interaction")
-def _fm_interaction(x: Tensor, reduce: bool) -> Tensor:
-    return _dispatch.call("fm_interaction", _impls("fm_interaction"), x.device, x.contiguous(), reduce)
+def _fm_backward(grad: Tensor, x: Tensor, reduce: bool) -> Tensor: ...
 
 
-@_fm_interaction.register_fake
-def _(x, reduce):
-    return x.new_empty(x.shape[0], 1 if reduce else x.shape[2])
-
-
-@_dispatch.custom_op("rankops::fm_interaction_backward")
-def _fm_interaction_backward(grad: Tensor, x: Tensor, reduce: bool) -> Tensor:
-    return _dispatch.call(
-        "fm_interaction", _impls("fm_interaction_backward"), x.device, grad.contiguous(), x.contiguous(), reduce
-    )
-
-
-@_fm_interaction_backward.register_fake
-def _(grad, x, reduce):
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
-
-
-def _fm_setup(ctx, inputs, output):
-    ctx.save_for_backward(inputs[0])
-    ctx.reduce = inputs[1]
-
-
-def _fm_backward(ctx, grad):
-    (x,) = ctx.saved_tensors
-    return _dispatch.invoke(_fm_interaction_backward, grad, x, ctx.reduce), None
-
-
-_fm_interaction.register_autograd(_fm_backward, setup_context=_fm_setup)
+@_declare.op("fm_interaction", impls=_impls, grads=("x",),
+             fake=lambda x, reduce: x.new_empty(x.shape[0], 1 if reduce else x.shape[2]),
+             backward=_fm_backward, backward_fake=lambda grad, x, reduce: _declare.like(x))
+def _fm(x: Tensor, reduce: bool) -> Tensor: ...
 
 
 def fm_interaction(x: Tensor, reduce: bool = True) -> Tensor:
@@ -85,7 +47,7 @@ def fm_interaction(x: Tensor, reduce: bool = True) -> Tensor:
         ``[B, 1]`` or ``[B, D]`` in x's dtype.
     """
     _check_x("fm_interaction", x)
-    return _dispatch.invoke(_fm_interaction, x, bool(reduce))
+    return _fm(x, bool(reduce))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -96,44 +58,13 @@ def num_pairs(num_fields: int, self_interaction: bool = False) -> int:
     return num_fields * (num_fields + 1) // 2 if self_interaction else num_fields * (num_fields - 1) // 2
 
 
-@_dispatch.custom_op("rankops::dot_interaction")
-def _dot_interaction(x: Tensor, self_interaction: bool) -> Tensor:
-    return _dispatch.call("dot_interaction", _impls("dot_interaction"), x.device, x.contiguous(), self_interaction)
+def _dot_backward(grad: Tensor, x: Tensor, self_interaction: bool) -> Tensor: ...
 
 
-@_dot_interaction.register_fake
-def _(x, self_interaction):
-    return x.new_empty(x.shape[0], num_pairs(x.shape[1], self_interaction))
-
-
-@_dispatch.custom_op("rankops::dot_interaction_backward")
-def _dot_interaction_backward(grad: Tensor, x: Tensor, self_interaction: bool) -> Tensor:
-    return _dispatch.call(
-        "dot_interaction",
-        _impls("dot_interaction_backward"),
-        x.device,
-        grad.contiguous(),
-        x.contiguous(),
-        self_interaction,
-    )
-
-
-@_dot_interaction_backward.register_fake
-def _(grad, x, self_interaction):
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
-
-
-def _dot_setup(ctx, inputs, output):
-    ctx.save_for_backward(inputs[0])
-    ctx.self_interaction = inputs[1]
-
-
-def _dot_backward(ctx, grad):
-    (x,) = ctx.saved_tensors
-    return _dispatch.invoke(_dot_interaction_backward, grad, x, ctx.self_interaction), None
-
-
-_dot_interaction.register_autograd(_dot_backward, setup_context=_dot_setup)
+@_declare.op("dot_interaction", impls=_impls, grads=("x",),
+             fake=lambda x, self_interaction: x.new_empty(x.shape[0], num_pairs(x.shape[1], self_interaction)),
+             backward=_dot_backward, backward_fake=lambda grad, x, self_interaction: _declare.like(x))
+def _dot(x: Tensor, self_interaction: bool) -> Tensor: ...
 
 
 def dot_interaction(x: Tensor, self_interaction: bool = False) -> Tensor:
@@ -153,4 +84,4 @@ def dot_interaction(x: Tensor, self_interaction: bool = False) -> Tensor:
             f"rankops.dot_interaction: x needs at least {1 if self_interaction else 2} fields "
             f"(dim 1) to form a pair, got shape {tuple(x.shape)}"
         )
-    return _dispatch.invoke(_dot_interaction, x, bool(self_interaction))
+    return _dot(x, bool(self_interaction))
