@@ -28,7 +28,6 @@ A step's time includes the optimizer, which patch() leaves as it is: with dense 
 
 from __future__ import annotations
 
-import copy
 
 import torch
 

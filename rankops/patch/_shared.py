@@ -71,10 +71,6 @@ def check_din_linear(linear: nn.Module, E: int, what: str) -> None:
         raise Leave(f"{what} takes {linear.in_features} inputs, not 4 x {E} ([q, k, q-k, q*k])")
 
 
-def fm(x: Tensor, reduce: bool = True) -> Tensor:
-    return rankops.fm_interaction(x, reduce)
-
-
 def cin_stack(x0: Tensor, weights: Sequence[Tensor], biases: Sequence[Optional[Tensor]],
               act: Callable[[Tensor], Tensor], split_half: bool, direct_first: bool) -> list[Tensor]:
     """The CIN recursion on rankops.cin_layer; returns each layer's direct (output) maps.
