@@ -384,6 +384,54 @@ def _holdout(n: int, row0: int, fraction: float, seed: int) -> np.ndarray:
     return (h >> np.uint64(11)).astype(np.float64) / float(1 << 53) < fraction
 
 
+class _Failed:
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+
+def _prefetch(items, depth: int):
+    """Iterate ``items`` in a background thread, ``depth`` ahead (pyarrow and numpy release the GIL
+    while they parse and encode); its exceptions are raised here, in order. Closing the consumer
+    stops the thread."""
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def put(x) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(x, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work():
+        try:
+            for x in items:
+                if not put(x):
+                    return
+            put(done)
+        except BaseException as e:  # noqa: BLE001  handed to the consumer
+            put(_Failed(e))
+
+    thread = threading.Thread(target=work, name="rankops-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            x = q.get()
+            if x is done:
+                return
+            if isinstance(x, _Failed):
+                raise x.exc
+            yield x
+    finally:
+        stop.set()
+
+
 def part_chunks(chunks: Iterator[pa.Table], part: tuple[float, str, int] | None) -> Iterator[pa.Table]:
     """The rows of ``chunks`` in ``part = (fraction, "train" | "valid", seed)`` of the hash split
     (all rows when None)."""
@@ -408,8 +456,9 @@ class StreamingDataset:
     """
 
     def __init__(self, path, spec: DataSpec, feature_map: FeatureMap, *, chunk_rows: int = 65536, strict=False,
-                 part: tuple[float, str, int] | None = None, require_labels: bool = True):
+                 part: tuple[float, str, int] | None = None, require_labels: bool = True, prefetch: int = 2):
         self.path, self.spec, self.feature_map, self.chunk_rows = Path(path), spec, feature_map, chunk_rows
+        self.prefetch = prefetch  # encoded chunks read ahead by a background thread (0: none)
         self.strict, self.part, self.require_labels = strict, part, require_labels
         self.schema = feature_map.schema()
         self.reader = Reader(path, spec, chunk_rows=chunk_rows, strict=strict, require_labels=require_labels)
@@ -423,6 +472,14 @@ class StreamingDataset:
         return None if self._rows is None else -(-self._rows // batch_size)
 
     def batches(self, batch_size: int, *, shuffle: bool = False, seed: int = 0, epoch: int = 0, start: int = 0):
+        blocks = self._encoded(batch_size, shuffle, seed, epoch, start)
+        if self.prefetch:  # read, parse and encode the next chunks while the caller trains on this one
+            blocks = _prefetch(blocks, self.prefetch)
+        for ds, skip in blocks:
+            yield from ds.batches(batch_size, start=skip)
+
+    def _encoded(self, batch_size: int, shuffle: bool, seed: int, epoch: int, start: int):
+        """``(encoded rows, batches of them to skip)`` per block of whole batches, in pass order."""
         buf: pa.Table | None = None
         emitted = rows = 0
         for i, t in enumerate(self.raw_chunks()):
@@ -435,19 +492,22 @@ class StreamingDataset:
             if full:
                 head = buf.slice(0, full * batch_size)
                 buf = buf.slice(full * batch_size)
-                yield from self._emit(head, batch_size, emitted, start)
+                block = self._encode(head, batch_size, emitted, start)
+                if block is not None:
+                    yield block
                 emitted += full
         if buf is not None and buf.num_rows:
-            yield from self._emit(buf, batch_size, emitted, start)
+            block = self._encode(buf, batch_size, emitted, start)
+            if block is not None:
+                yield block
         self._rows = rows
 
-    def _emit(self, table: pa.Table, batch_size: int, emitted: int, start: int):
+    def _encode(self, table: pa.Table, batch_size: int, emitted: int, start: int):
         n = -(-table.num_rows // batch_size)
         if emitted + n <= start:  # all skipped by a resume: no need to encode
-            return
+            return None
         ds = self.feature_map.encode(table.combine_chunks(), with_labels=self.require_labels)
-        skip = max(start - emitted, 0)
-        yield from ds.batches(batch_size, start=skip)
+        return ds, max(start - emitted, 0)
 
     def groups(self) -> torch.Tensor | None:
         """The group (user) id of every row, in order (one pass), or None without a group column."""

@@ -287,3 +287,27 @@ def test_column_checks():
     with pytest.raises(ValueError, match="target"):
         Column("s", "sequence")
     assert NAMES[:3] == ["label", "I1", "I2"] and len(NAMES) == 40
+
+
+def test_streaming_prefetch_errors_and_early_stop(tmp_path):
+    """The background reader hands its errors to the consumer and stops when the consumer does."""
+    p = tmp_path / "d.tsv"
+    write_criteo(p, 900, seed=6)
+    lines = p.read_text().splitlines()
+    lines[700] = "1\t2"  # line 701, in the third chunk
+    p.write_text("\n".join(lines) + "\n")
+    spec = criteo_spec(hash_size=50)
+    fm = spec.feature_map().fit(Reader(p, spec).chunks())
+    strict = StreamingDataset(p, spec, fm, chunk_rows=300, strict=True)
+    strict.reader.block_size = 8192  # about 50 lines a block: the error comes after some chunks
+    seen = 0
+    with pytest.raises(DataError, match="d.tsv:701: malformed line"):
+        for b in strict.batches(100):
+            seen += b.size
+    assert seen >= 300  # the chunks before the bad line were served first
+    lazy = StreamingDataset(p, spec, fm, chunk_rows=100)
+    it = lazy.batches(50)
+    next(it)
+    it.close()  # stops the reader thread: nothing hangs, a new pass starts afresh
+    assert sum(b.size for b in lazy.batches(50)) == 899
+    assert [b.size for b in StreamingDataset(p, spec, fm, chunk_rows=100, prefetch=0).batches(450)] == [450, 449]
