@@ -11,8 +11,9 @@ the same model from the same weights: Adam (lr 1e-3) on the dense parameters, ro
 
   eager          the model on the reference backend (every rankops op as its PyTorch reference,
                  the tables' update included)
-  compile        torch.compile of that model (the ops' references traced through where the
-                 backend allows it)
+  compile        torch.compile of that model with every declared op's reference traced through
+                 (rankops.ops._declare.tracing_reference): what compiling the model written in plain
+                 PyTorch gives; the tables' fused update stays an opaque op
   <backend>      the model on that backend's fused kernels (cpp here), tables updated in the backward
   compile-<b>    torch.compile of the fused model
 
@@ -34,6 +35,7 @@ import rankops
 import rankops.models as zoo
 from rankops.data.schema import Schema
 from rankops.data.synthetic import random_batch
+from rankops.ops._declare import tracing_reference
 from rankops.ops.embedding_bag import FusedOptimizer
 
 MODELS = {
@@ -67,7 +69,10 @@ class Step:
         self.opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=LR)
 
     def __call__(self, batch):
-        ctx = rankops.use_backend(self.backend) if self.backend else torch.enable_grad()
+        if self.backend == "reference" and self.forward is not self.model:
+            ctx = tracing_reference()  # compile sees the ops' PyTorch code, not opaque custom ops
+        else:
+            ctx = rankops.use_backend(self.backend)
         with ctx:
             loss = self.model.loss(self.forward(batch), batch.labels)
             self.opt.zero_grad(set_to_none=True)

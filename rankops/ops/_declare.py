@@ -28,6 +28,7 @@ eager work (``_dispatch.invoke``); so does the formula's call of the backward op
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from typing import Callable, Sequence
 
@@ -35,6 +36,29 @@ import torch
 from torch import Tensor
 
 from rankops.ops import _dispatch
+
+
+DECLARED: list["Op"] = []  # every declared op, for tracing_reference()
+TRACING_REFERENCE = False  # set by tracing_reference(); read (and guarded on) by torch.compile
+
+
+@contextlib.contextmanager
+def tracing_reference():
+    """The reference backend, and under torch.compile each declared op's reference traced through
+    as plain PyTorch instead of kept as an opaque custom op: what ``torch.compile`` of the same
+    model written without rankops would give (the baseline of bench/models.py)."""
+    global TRACING_REFERENCE
+    from rankops import backend
+
+    for op in DECLARED:
+        if op._reference_path and op._reference is None:
+            op._reference = _dispatch._resolve(op._reference_path)
+    previous, TRACING_REFERENCE = TRACING_REFERENCE, True
+    try:
+        with backend.use_backend("reference"):
+            yield
+    finally:
+        TRACING_REFERENCE = previous
 
 
 NATIVE = "torch.ops:rankops_C"  # the compiled extension's kernels: one schema, CPU and CUDA per dispatch key
@@ -145,6 +169,9 @@ class Op:
         if unknown:
             raise TypeError(f"rankops::{self.name}: grads name {unknown}, which are not inputs {self.inputs}")
 
+        self._reference_path = impls(self.name).get("reference") if kernel is None else None
+        self._reference, self._prepare = None, prepare
+        DECLARED.append(self)
         if kernel is None:
             fwd_impls = impls(self.name)
             kernel = lambda *args: _dispatch.call(family, fwd_impls, _device(args), *prepare(*args))  # noqa: E731
@@ -166,6 +193,9 @@ class Op:
         self.forward.register_autograd(self._backward, setup_context=self._setup)
 
     def __call__(self, *args):
+        if TRACING_REFERENCE and self._reference is not None and torch.compiler.is_compiling():
+            # torch.compile of the reference: trace the op's PyTorch code itself (autograd by torch)
+            return self._reference(*self._prepare(*args))
         return _dispatch.invoke(self.forward, *args)
 
     def _setup(self, ctx, inputs, output):

@@ -62,3 +62,26 @@ def test_a_declared_op_passes_opcheck_compile_and_grad():
     compiled = torch.compile(lambda t: _SCALE(t, 3.0)[0].sum(), fullgraph=True)
     (g,) = torch.autograd.grad(compiled(x), x)
     torch.testing.assert_close(g, torch.full_like(x, 3.0))
+
+
+def test_tracing_reference_traces_the_reference_through_compile():
+    """Under tracing_reference() torch.compile sees the ops' PyTorch code, not opaque custom ops
+    (bench/models.py's compile baseline); the values are the reference's."""
+    from rankops.ops import _declare
+
+    graphs = []
+
+    def record(gm, example_inputs):
+        graphs.append([str(n.target) for n in gm.graph.nodes if n.op == "call_function"])
+        return gm
+
+    x = torch.randn(6, 5, 4)
+    torch._dynamo.reset()
+    plain = torch.compile(rankops.fm_interaction, backend=record, fullgraph=True)(x)
+    assert any("rankops.fm_interaction" in t for t in graphs[-1])
+    torch._dynamo.reset()
+    with _declare.tracing_reference():
+        traced = torch.compile(rankops.fm_interaction, backend=record, fullgraph=True)(x)
+    assert not any("rankops" in t for t in graphs[-1]) and graphs[-1]
+    torch.testing.assert_close(traced, plain)
+    assert not _declare.TRACING_REFERENCE
