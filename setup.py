@@ -111,7 +111,9 @@ class BuildPy(build_py):
 
 
 setup(
-    packages=find_packages(include=["rankops", "rankops.*"]),
+    # models/ (the zoo) sits at the top of the repository and is installed as rankops.models
+    packages=find_packages(include=["rankops", "rankops.*"]) + ["rankops.models"],
+    package_dir={"rankops.models": "models"},
     ext_modules=[] if _skip else [Extension("rankops._C", sources=[])],
     cmdclass={"build_ext": CMakeBuild, "build_py": BuildPy},
 )

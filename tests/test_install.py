@@ -25,6 +25,12 @@ assert "pure-Python install" in text and "installed backends: reference" in text
 assert "cpp" not in text.split("installed backends:")[1].splitlines()[0].split("(")[0]
 x = torch.randn(3, 4, 5)
 torch.testing.assert_close(rankops.fm_interaction(x), 0.5 * (x.sum(1) ** 2 - (x ** 2).sum(1)).sum(1, keepdim=True))
+import rankops.models as zoo
+from rankops.data.synthetic import random_batch
+assert zoo.__file__.startswith(sys.prefix), zoo.__file__  # the installed package, not a checkout's models/
+schema = {"sparse": [{"name": "a", "vocab_size": 5, "embedding_dim": 4}, {"name": "b", "vocab_size": 3, "embedding_dim": 4}]}
+m = zoo.build("deepfm", schema, dnn_hidden_units=(8,))
+assert m(random_batch(m.schema, 6)).shape == (6, 1)
 """
 
 
@@ -34,6 +40,7 @@ def _source(dst: Path) -> Path:
     for name in ("setup.py", "pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, dst / name)
     shutil.copytree(ROOT / "rankops", dst / "rankops", ignore=shutil.ignore_patterns("_C*.so", "__pycache__"))
+    shutil.copytree(ROOT / "models", dst / "models", ignore=shutil.ignore_patterns("__pycache__"))
     return dst
 
 
