@@ -41,9 +41,11 @@ class DotInteraction(nn.Module):
     ``forward(x)`` with ``x [B, F, D]`` returns the ``<x_i, x_j>`` for the row-major lower
     triangle (i > j; i >= j with ``self_interaction``): ``[B, F*(F-1)/2]``.
 
-    ``forward(dense, sparse)`` is DLRM's interaction arch (TorchRec ``InteractionArch``): the
-    bottom-MLP output ``dense [B, D]`` joins the embeddings ``sparse [B, F, D]`` as field 0 and the
-    result is ``cat([dense, pairs], 1)``: ``[B, D + (F+1)*F/2]``.
+    ``forward(dense, sparse)`` is DLRM's interaction arch: the bottom-MLP output ``dense [B, D]``
+    joins the embeddings ``sparse [B, F, D]`` as field 0 and the result is ``cat([dense, pairs], 1)``:
+    ``[B, D + (F+1)*F/2]``. The pairs are TorchRec ``InteractionArch``'s, in another order (TorchRec
+    lists the upper triangle row by row, (0,1),(0,2),...,(1,2)...; here the lower one): a top MLP
+    trained in TorchRec needs its input columns permuted (``rankops.patch`` does that).
 
     Example::
 
