@@ -14,8 +14,9 @@ the same model from the same weights: Adam (lr 1e-3) on the dense parameters, ro
   compile        torch.compile of that model with every declared op's reference traced through
                  (rankops.ops._declare.tracing_reference): what compiling the model written in plain
                  PyTorch gives; the tables' fused update stays an opaque op
-  <backend>      the model on that backend's fused kernels (cpp here), tables updated in the backward
-  compile-<b>    torch.compile of the fused model
+  fused          the model on rankops' default backend (auto: per op the fastest kernel for the
+                 device, cpp on CPU), the tables updated inside the backward
+  compile-fused  torch.compile of the fused model
 
 The floor of a step: the bytes it must move at the measured bandwidth plus its FLOPs at the
 measured peak. Bytes: each lookup's row read (nnz D 4), each unique row's weights and state read
@@ -114,8 +115,6 @@ def run(bench, args):
     names = list(MODELS)
     bench.note("step = forward + backward + Adam (dense, lr 1e-3) + row-wise Adagrad (tables, lr 0.01, fused into "
                "the backward for the fused providers, the reference update for eager / compile); same weights for all")
-    backends = [b for b in ("cpp", "cuda", "triton") if rankops.backend.why_unavailable(b, bench.device.type) is None
-                and not (b == "triton" and rankops.backend.triton_interpreting())]
     for c in bench.grid(model=names, mode=["step"]):
         name = c["model"]
         V, D = (vocab * 10, 64) if name == "dlrm" else (vocab, 16)
@@ -127,9 +126,8 @@ def run(bench, args):
         byts, flops = step_floor(model, batch, bench)
         provs = {"eager": Step(copy.deepcopy(model), "reference", False),
                  "compile": Step(copy.deepcopy(model), "reference", True)}
-        for b in backends:
-            provs[b] = Step(copy.deepcopy(model), b, False)
-            provs[f"compile-{b}"] = Step(copy.deepcopy(model), b, True)
+        provs["fused"] = Step(copy.deepcopy(model), "auto", False)
+        provs["compile-fused"] = Step(copy.deepcopy(model), "auto", True)
         floor_ms = 1e3 * (byts / (bench.bandwidth * 1e9) + flops / (bench.peak * 1e12))
         bench.note(f"{name}: floor {floor_ms:.2f} ms = {byts / 1e6:.0f} MB at {bench.bandwidth:.0f} GB/s + "
                    f"{flops / 1e9:.1f} GFLOP at {bench.peak:.2f} TFLOP/s")
