@@ -118,6 +118,16 @@ def _scaled_normal(g: torch.Generator, shape, std: float) -> torch.Tensor:
     return std * torch.randn(*shape, generator=g, dtype=torch.float64)
 
 
+def _click_fields(g: torch.Generator, logit: torch.Tensor, noise: torch.Tensor, ids: torch.Tensor, vocab_size: int,
+                  embedding_dim: int) -> InMemoryDataset:
+    """A one-task click data set over the categorical fields ``ids [N, F]`` with planted ``logit``."""
+    labels, extra = _draw(g, {"click": logit}, noise)
+    F = ids.shape[1]
+    schema = Schema(sparse=_fields_schema(F, vocab_size, embedding_dim), tasks=[{"name": "click"}])
+    return InMemoryDataset(schema, torch.zeros(ids.shape[0], 0), {f"f{i}": ids[:, i] for i in range(F)},
+                           labels=labels, extra=extra)
+
+
 def make_pairwise(num_samples: int = 100_000, num_fields: int = 8, vocab_size: int = 50, latent_dim: int = 4,
                   pair_std: float = 1.5, first_order_std: float = 0.3, interaction_scale: float = 1.0,
                   embedding_dim: int = 8, seed: int = 0) -> InMemoryDataset:
@@ -146,10 +156,7 @@ def make_pairwise(num_samples: int = 100_000, num_fields: int = 8, vocab_size: i
     e = v[fields, ids]  # [N, F, k]
     pair = 0.5 * (e.sum(1).square() - e.square().sum(1)).sum(1)
     logit = -0.5 + w[fields, ids].sum(1) + interaction_scale * pair
-    labels, extra = _draw(g, {"click": logit}, noise)
-    schema = Schema(sparse=_fields_schema(F, V, embedding_dim), tasks=[{"name": "click"}])
-    return InMemoryDataset(schema, torch.zeros(num_samples, 0), {f"f{i}": ids[:, i] for i in range(F)},
-                           labels=labels, extra=extra)
+    return _click_fields(g, logit, noise, ids, V, embedding_dim)
 
 
 def make_crosses(num_samples: int = 100_000, num_fields: int = 6, vocab_size: int = 20, latent_dim: int = 4,
@@ -180,10 +187,7 @@ def make_crosses(num_samples: int = 100_000, num_fields: int = 6, vocab_size: in
     p1, p2, p3 = e.sum(1), e.square().sum(1), e.pow(3).sum(1)
     triple = ((p1.pow(3) - 3 * p1 * p2 + 2 * p3) / 6).sum(1)  # the elementary symmetric polynomial e3, per d
     logit = -0.5 + w[fields, ids].sum(1) + cross_scale * triple
-    labels, extra = _draw(g, {"click": logit}, noise)
-    schema = Schema(sparse=_fields_schema(F, V, embedding_dim), tasks=[{"name": "click"}])
-    return InMemoryDataset(schema, torch.zeros(num_samples, 0), {f"f{i}": ids[:, i] for i in range(F)},
-                           labels=labels, extra=extra)
+    return _click_fields(g, logit, noise, ids, V, embedding_dim)
 
 
 def make_sequence(num_samples: int = 100_000, num_categories: int = 20, max_len: int = 20, min_len: int = 2,
