@@ -23,7 +23,7 @@ NAMES = ("lr", "fm", "dnn", "wide_deep", "dcn", "dcnv2", "deepfm", "xdeepfm", "d
 
 
 def names() -> list[str]:
-    """Every model ``build`` knows."""
+    """Every architecture ``build`` knows (the recipes of industry systems: ``recipes.names()``)."""
     return list(NAMES)
 
 
@@ -31,13 +31,17 @@ def build(name: str, schema: Schema | dict | str | Path, **config) -> RankingMod
     """Model ``name`` for ``schema`` (a Schema, its dict, or a YAML / JSON file), with ``config``
     overriding the model's defaults. Raises ValueError for an unknown model, an unknown option, or a
     schema the model cannot use (DIN without a sequence, MMoE with one task...)."""
-    if name not in NAMES:
-        raise ValueError(f"rankops.models: unknown model {name!r}; choose one of {', '.join(NAMES)}")
+    from . import recipes
+
+    if name not in NAMES and name not in recipes.RECIPES:
+        raise ValueError(f"rankops.models: unknown model {name!r}; choose one of {', '.join(NAMES)} "
+                         f"or a recipe: {', '.join(recipes.RECIPES)}")
     if isinstance(schema, dict):
         schema = Schema.from_dict(schema)
     elif isinstance(schema, (str, Path)):
         schema = Schema.load(schema)
-    return importlib.import_module(f"{__name__}.{name}").build(schema, **config)
+    module = name if name in NAMES else f"recipes.{name}"
+    return importlib.import_module(f"{__name__}.{module}").build(schema, **config)
 
 
 __all__ = ["RankingModel", "build", "names"]
