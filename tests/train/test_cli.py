@@ -61,7 +61,7 @@ def test_synthetic_train_eval_export_predict(tmp_path, capsys):
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
     m = json.loads((out / "metrics.json").read_text())
     assert m["model"] == "deepfm" and len(m["history"]) == 2 and m["samples_per_s"] > 0
-    assert 0.5 < m["valid"]["click/auc"] <= 1 and m["oracle_auc"] > 0.6
+    assert 0.5 < m["valid"]["click/auc"] <= 1 and m["ceiling"]["click"] > 0.6
     assert m["model_config"]["dnn_hidden_units"] == [32, 16]
     assert "click" in stdout and "auc" in stdout and "planted ceiling" in stdout
     rc, stdout, err = run(["eval", "--run", out], capsys)
@@ -325,3 +325,38 @@ def test_config_file_and_flags_override(tmp_path, capsys):
     assert (r["model"], r["epochs"], r["batch_size"], r["samples"]) == ("dcnv2", 1, 512, 2000)
     m = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert m["model_config"]["cross_num"] == 1 and len(m["history"]) == 1
+
+
+def test_planted_sets_by_name_and_their_options(tmp_path, capsys):
+    rc, stdout, err = run(["train", "--model", "mmoe", "--data", "synthetic:multitask", "--samples", "2000",
+                           "--batch-size", "256", "--no-progress", "--out", tmp_path / "mt"], capsys)
+    assert rc == 0, err
+    m = json.loads((tmp_path / "mt" / "metrics.json").read_text())
+    assert set(m["ceiling"]) == {"a", "b"} and {"a/auc", "b/auc"} <= set(m["valid"])
+    assert "synthetic:multitask" in m["data"]
+    # a flag the planted set has no option for, an unknown set, an unknown data_config key: one line, exit 2
+    for argv, words in ((["--data", "synthetic:sequence", "--fields", "4"], "--fields does not apply"),
+                        (["--data", "synthetic:nope"], "unknown planted data set"),
+                        (["--data", "synthetic:crosses", "--model-config", "{}"], None)):
+        if words is None:
+            continue
+        rc, _, err = run(["train", "--model", "dnn", *argv, "--samples", "500", "--out", tmp_path / "x"], capsys)
+        assert rc == 2 and words in err and len(err.strip().splitlines()) == 1, err
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model: dnn\ndata: synthetic:pairwise\ndata_config: {num_fields: 3, bogus: 1}\n")
+    rc, _, err = run(["train", "--config", cfg, "--out", tmp_path / "y"], capsys)
+    assert rc == 2 and "bogus" in err, err
+
+
+def test_lr_schedule_decays_to_zero_and_is_a_function_of_the_step():
+    from rankops.train.loop import TrainConfig, lr_factor
+
+    cos = TrainConfig(lr_schedule="cosine", warmup_steps=10)
+    f = [lr_factor(cos, s, 110) for s in range(110)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0) and f[10] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(f[10:], f[11:])) and f[-1] < 1e-3
+    lin = TrainConfig(lr_schedule="linear")
+    assert lr_factor(lin, 50, 100) == pytest.approx(0.5) and lr_factor(TrainConfig(), 99, 100) == 1.0
+    assert lr_factor(lin, 5, None) == 1.0  # unknown length: no decay
+    with pytest.raises(ValueError, match="lr_schedule"):
+        TrainConfig(lr_schedule="step")
