@@ -4,7 +4,7 @@ mixture-of-low-rank-experts (`"mix"`, DCNMix) cross layers, stacked before the D
 
 from .ranker import Ranker, preset
 
-DEFAULTS = dict(interaction="cross", cross_variant="v2", interaction_mode="parallel")
+DEFAULTS = dict(interaction="cross", cross_variant="v2", interaction_mode="parallel", cross_num=2)  # DeepCTR-Torch's depth
 
 
 def build(schema, **config) -> Ranker:
