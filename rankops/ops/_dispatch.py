@@ -54,19 +54,20 @@ def _internals():
 _watched = _internals()
 
 
-def direct(*tensors) -> bool:
-    """Whether a call on these tensors may skip its torch.library custom op: only in plain eager
-    work with nothing to record. Not while torch.compile or torch.jit traces, not under a dispatch
-    mode (fake tensors, functionalization) or a torch.func transform, not for tensor subclasses,
-    and not when autograd would record the call (grad mode on and an input requires grad)."""
+def eager(*tensors) -> bool:
+    """Whether a call on these tensors is plain eager work that nothing but autograd watches: not
+    while torch.compile or torch.jit traces, not under a dispatch mode (fake tensors,
+    functionalization) or a torch.func transform, not for tensor subclasses."""
     if torch.compiler.is_compiling() or torch.jit.is_tracing() or _watched is None or _watched():
         return False
-    grad = torch.is_grad_enabled()
-    for t in tensors:
-        if t is None:
-            continue
-        if type(t) is not torch.Tensor and type(t) is not torch.nn.Parameter:
-            return False
-        if grad and t.requires_grad:
-            return False
+    return all(t is None or type(t) is torch.Tensor or type(t) is torch.nn.Parameter for t in tensors)
+
+
+def direct(*tensors) -> bool:
+    """Whether a call on these tensors may skip its torch.library custom op and autograd: plain
+    eager work (``eager``) that autograd would not record (grad mode off or no input requiring grad)."""
+    if not eager(*tensors):
+        return False
+    if torch.is_grad_enabled():
+        return not any(t is not None and t.requires_grad for t in tensors)
     return True

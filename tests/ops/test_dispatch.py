@@ -1,5 +1,6 @@
-"""Plain eager inference skips torch.library's custom-op dispatch (rankops.ops._dispatch.invoke):
-same values, no `rankops::<op>` event; whatever autograd, a dispatch mode or a subclass must see
+"""Plain eager work skips torch.library's custom-op dispatch (rankops.ops._dispatch): inference
+calls the kernel, training the same formula as a plain autograd.Function; same values and
+gradients, no `rankops::<op>` event. Whatever a dispatch mode, a transform or a subclass must see
 still takes the custom op."""
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.profiler import ProfilerActivity, profile
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import rankops
 from rankops.ops import _dispatch
@@ -48,16 +50,35 @@ def test_inference_skips_custom_op(op):
     _, names = _traced(lambda: call(*tensors))  # grad mode on, but nothing requires grad
     assert f"rankops::{op}" not in names
     leaves = [t.clone().requires_grad_() for t in tensors]
-    out, names = _traced(lambda: call(*leaves))
-    assert f"rankops::{op}" in names and out.requires_grad
+    out, names = _traced(lambda: call(*leaves))  # training: the formula as a plain autograd.Function
+    assert f"rankops::{op}" not in names and f"{op}_eager" in names and out.requires_grad
     torch.testing.assert_close(out.detach(), fast)
-    _, names = _traced(lambda: out.sum().backward())  # the backward op takes the direct path too
+    upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    _, names = _traced(lambda: out.backward(upstream))  # the backward op takes the direct path too
     assert f"rankops::{op}_backward" not in names and all(t.grad is not None for t in leaves)
+    # ...with the custom op's values and gradients (a dispatch mode makes the call take the custom op)
+    ref_leaves = [t.clone().requires_grad_() for t in tensors]
+    with _Watching():
+        ref = call(*ref_leaves)
+        ref.backward(upstream)
+    torch.testing.assert_close(out.detach(), ref.detach())
+    for a, b in zip(leaves, ref_leaves):
+        torch.testing.assert_close(a.grad, b.grad)
+
+
+class _Watching(TorchDispatchMode):
+    """A dispatch mode that changes nothing: its presence alone sends calls through the custom ops."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))
 
 
 def test_direct_refuses_what_must_see_the_op():
     w = torch.randn(4, 4)
     assert _dispatch.direct(w, None) and _dispatch.direct(torch.nn.Parameter(w, requires_grad=False))
+    assert _dispatch.eager(w.clone().requires_grad_()) and not _dispatch.direct(w.clone().requires_grad_())
+    with _Watching():
+        assert not _dispatch.eager(w)
     assert not _dispatch.direct(w.clone().requires_grad_())
     with torch.no_grad():
         assert _dispatch.direct(w.clone().requires_grad_())
