@@ -20,16 +20,19 @@ from torch import Tensor, nn
 from rankops.data.batch import Batch
 from rankops.data.schema import Schema
 from rankops.nn import CIN, CrossNet, FactorizationMachine
+from rankops.nn.bias_tower import BiasTower
 from rankops.nn.experts import MMoE, PLE
 from rankops.nn.mlp import MLP
 from rankops.nn.self_attention import InteractingLayer
+from rankops.nn.sparse_sharing import SparseSharing
 from rankops.ops.embedding_bag import FusedOptimizer
+from rankops.train.losses import AlternatingTasks
 
 from .base import RankingModel
 from .features import SEQUENCE_POOLINGS, FeatureArch, embedding_collection
 
 INTERACTIONS = (None, "fm", "cross", "cin", "autoint")
-TOWERS = (None, "shared_bottom", "mmoe", "ple")
+TOWERS = (None, "shared_bottom", "mmoe", "ple", "sparse_sharing")
 
 
 class Ranker(RankingModel):
@@ -52,7 +55,17 @@ class Ranker(RankingModel):
             ``"transformer"`` (BST: self-attention over [target, sequence], the target's output).
         towers: ``None`` (one linear head per task on the DNN), ``"shared_bottom"`` (the DNN is the
             shared bottom, one ``tower_hidden_units`` MLP per task), ``"mmoe"`` or ``"ple"`` (experts
-            of ``expert_hidden_units`` instead of the DNN, then the towers).
+            of ``expert_hidden_units`` instead of the DNN, then the towers), ``"sparse_sharing"``
+            (CSRec: one shared MLP of ``expert_hidden_units`` in which each task runs a subnetwork
+            picked by a learned mask, with the contrastive mask on conflicting weights:
+            ``rankops.nn.SparseSharing``; ``mask_penalty`` weighs the masks' sparsity in the loss).
+        alternate_tasks: train one task per optimiser step, round robin (``loss()`` returns the
+            current task's loss in training mode; ``rankops.train.losses.AlternatingTasks``).
+        bias_features: one-hot sparse features that cause selection bias (position, device), read
+            only by a shallow ``rankops.nn.BiasTower`` (``bias_hidden_units``, ``bias_embedding_dim``,
+            ``bias_dropout``) whose logit is added to every binary task's in training and dropped
+            at serving (eval mode, or ``forward(batch, with_bias=False)``); the main model never
+            sees them (YouTube, Zhao et al. 2019).
         embedding_optimizer: a ``rankops.FusedOptimizer`` to train the tables inside the backward
             (the tables then take no part in the dense optimizer).
     """
@@ -70,7 +83,10 @@ class Ranker(RankingModel):
                  transformer_dropout: float = 0.1,
                  towers: str | None = None, num_experts: int = 4, expert_hidden_units: Sequence[int] = (256, 128),
                  tower_hidden_units: Sequence[int] = (64,), num_levels: int = 2, num_specific_experts: int = 1,
-                 num_shared_experts: int = 1, embedding_optimizer: FusedOptimizer | None = None):
+                 num_shared_experts: int = 1, mask_penalty: float = 0.0, alternate_tasks: bool = False,
+                 bias_features: Sequence[str] = (), bias_hidden_units: Sequence[int] = (16,),
+                 bias_embedding_dim: int = 8, bias_dropout: float = 0.0,
+                 embedding_optimizer: FusedOptimizer | None = None):
         super().__init__(schema, name)
         self._config = {k: v for k, v in locals().items() if k not in ("self", "schema", "__class__")
                         and not isinstance(v, FusedOptimizer)}
@@ -85,19 +101,47 @@ class Ranker(RankingModel):
             raise err(f"towers must be one of {TOWERS}, got {towers!r}")
         if not schema.sparse:
             raise err("the schema has no sparse feature; every model here embeds at least one")
-        if towers in ("mmoe", "ple") and schema.num_tasks < 2:
+        bias_features = list(bias_features)
+        for f in bias_features:
+            if f not in [s.name for s in schema.sparse] or schema.feature(f).multi_hot:
+                raise err(f"bias feature {f!r} must be a one-hot sparse feature of the schema (sparse: "
+                          f"{[s.name for s in schema.sparse if not s.multi_hot]})")
+            if f in [s.target for s in schema.sequences]:
+                raise err(f"bias feature {f!r} is the target of a behaviour sequence; a bias feature is read by "
+                          f"the bias tower alone")
+        if bias_features and not any(t.kind == "binary" for t in schema.tasks):
+            raise err("bias_features need a binary task for the bias tower's logit to be added to")
+        if mask_penalty < 0:
+            raise err(f"mask_penalty must be >= 0, got {mask_penalty}")
+        if mask_penalty and towers != "sparse_sharing":
+            raise err("mask_penalty weighs the masks of towers='sparse_sharing'")
+        if towers in ("mmoe", "ple", "sparse_sharing") and schema.num_tasks < 2:
             raise err(f"towers={towers!r} mixes experts across tasks and needs at least 2 tasks; the schema has "
                       f"{[t.name for t in schema.tasks]}")
-        dims = schema.embedding_dims()
-        if (interaction in ("fm", "cin", "autoint") or schema.sequences) and len(dims) != 1:
+        if bias_features and len(set(bias_features)) == len(schema.sparse):
+            raise err("every sparse feature is a bias feature; the main model needs at least one")
+        main = schema.subset(drop=bias_features) if bias_features else schema  # what the main model reads
+        dims = main.embedding_dims()
+        if (interaction in ("fm", "cin", "autoint") or main.sequences) and len(dims) != 1:
             what = f"interaction={interaction!r}" if interaction in ("fm", "cin", "autoint") else "sequence pooling"
             raise err(f"{what} needs every sparse feature to have one embedding_dim; the schema has "
-                      f"{sorted(dims)} ({[(f.name, f.embedding_dim) for f in schema.sparse]})")
+                      f"{sorted(dims)} ({[(f.name, f.embedding_dim) for f in main.sparse]})")
         if not (use_dnn or use_linear or interaction or towers):
             raise err("nothing to compute: enable use_dnn, use_linear, an interaction or towers")
         T = schema.num_tasks
         self.use_dnn, self.interaction, self.interaction_mode = use_dnn, interaction, interaction_mode
         self.sequence_pooling, self.towers = sequence_pooling, towers
+        self.mask_penalty = mask_penalty
+        self.alternation = AlternatingTasks(T) if alternate_tasks else None
+
+        # the shallow bias tower reads the bias features; everything below is built on the rest
+        self.bias_tower = None
+        if bias_features:
+            binary = [t for t, task in enumerate(schema.tasks) if task.kind == "binary"]
+            self.bias_tower = BiasTower([(f, schema.feature(f).vocab_size) for f in bias_features], len(binary),
+                                        bias_embedding_dim, bias_hidden_units, dnn_activation, bias_dropout)
+            self.register_buffer("_bias_to_tasks", torch.eye(T)[binary], persistent=False)  # [binary, T]
+        schema = main
 
         # embeddings and sequence pooling: one field per sparse feature and per sequence (none for
         # a model made of the first-order term alone: LR)
@@ -164,6 +208,9 @@ class Ranker(RankingModel):
                 self.experts = MMoE(deep_in + side_dim, T, num_experts, expert_hidden_units, dnn_activation,
                                     dnn_dropout, dnn_norm)
                 tower_in = self.experts.output_dim
+            elif towers == "sparse_sharing":
+                self.experts = SparseSharing(deep_in + side_dim, T, expert_hidden_units, dnn_activation)
+                tower_in = self.experts.output_dim
             else:
                 self.experts = PLE(deep_in + side_dim, T, num_levels, num_specific_experts, num_shared_experts,
                                    expert_hidden_units, dnn_activation, dnn_dropout, dnn_norm)
@@ -176,11 +223,30 @@ class Ranker(RankingModel):
 
     # -----------------------------------------------------------------------------------------
 
-    def forward(self, batch: Batch) -> Tensor:
+    def forward(self, batch: Batch, with_bias: bool | None = None) -> Tensor:
+        """``[B, T]`` logits. ``with_bias``: add the bias tower's logit (default: in training only,
+        so evaluation and serving score every item as if shown without bias)."""
+        logits = self._logits(batch)
+        if self.bias_tower is not None and (self.training if with_bias is None else with_bias):
+            logits = logits + self.bias_tower(batch.sparse) @ self._bias_to_tasks
+        return logits
+
+    def loss(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """The task-weighted loss (in training with ``alternate_tasks``: the current task's alone),
+        plus ``mask_penalty`` times the sparse-sharing masks' kept fraction."""
+        if self.alternation is not None and self.training:
+            loss = self.alternation.loss(logits, labels, self.schema.tasks)
+        else:
+            loss = super().loss(logits, labels)
+        if self.mask_penalty:
+            loss = loss + self.mask_penalty * self.experts.mask_penalty()
+        return loss
+
+    def _logits(self, batch: Batch) -> Tensor:
         B = batch.size
         logits = self.bias.expand(B, -1)
         if self.linear is not None:
-            logits = logits + self.linear(batch.sparse).view(B, len(self.schema.sparse), -1).sum(1)
+            logits = logits + self.linear(batch.sparse).view(B, len(self.linear.features), -1).sum(1)
             if self.linear_dense is not None:
                 logits = logits + self.linear_dense(batch.dense)
         if self.features is None:
@@ -219,13 +285,21 @@ class Ranker(RankingModel):
                 logits = logits + self.head(torch.cat(outs, 1) if len(outs) > 1 else outs[0])
             return logits
         shared_in = deep if side is None else torch.cat([deep, side], 1)
+        # alternating updates: only this step's task builds a graph past the shared input
+        train_task = self.alternation.current if self.alternation is not None and self.training else None
         if self.dnn is not None:  # shared bottom: every task reads the same representation
             h = self.dnn(shared_in)
             per_task = [h] * self.schema.num_tasks
+        elif self.towers == "sparse_sharing":
+            per_task = self.experts(shared_in, task=train_task).unbind(1)
         else:
             mixed = self.experts(shared_in)  # [B, T, H]
             per_task = mixed.unbind(1)
-        tower_logits = torch.cat([tower(x) for tower, x in zip(self.task_towers, per_task)], 1)
+        tower_logits = []
+        for t, (tower, x) in enumerate(zip(self.task_towers, per_task)):
+            with torch.set_grad_enabled(torch.is_grad_enabled() and train_task in (None, t)):
+                tower_logits.append(tower(x))
+        tower_logits = torch.cat(tower_logits, 1)
         return logits + tower_logits
 
 

@@ -14,3 +14,7 @@ __all__ += ["EmbeddingBagCollection", "EmbeddingBagConfig", "KeyedJaggedTensor"]
 __all__ += ["DotInteraction", "FactorizationMachine"]
 __all__ += ["CIN", "CrossNet"]
 __all__ += ["InteractingLayer", "MLP", "MMoE", "PLE", "TransformerBlock"]
+from rankops.nn.bias_tower import BiasTower  # noqa: E402
+from rankops.nn.sparse_sharing import SparseSharing, SparseSharingLayer  # noqa: E402
+
+__all__ += ["BiasTower", "SparseSharing", "SparseSharingLayer"]

@@ -1,0 +1,23 @@
+"""Tencent Kandian, CSRec (Bai et al., A Contrastive Sharing Model for Multi-Task Recommendation,
+WWW 2022): one shared network in which each task trains a subnetwork picked by a learned
+parameter mask (sparse sharing), a contrastive mask that hands a conflicting parameter's update
+to the task it matters most to, and alternating task updates (``rankops.nn.SparseSharing``).
+
+How the alternation runs through the one Trainer (``rankops.train.loop``, unchanged): the trainer
+calls ``model(batch)`` then ``model.loss(logits, labels)`` once per optimiser step. The model keeps
+a step counter (``rankops.train.losses.AlternatingTasks``, saved in its state dict); in training
+mode its forward builds the autograd graph through the subnetwork of task ``step mod T`` only and
+``loss()`` returns that task's loss and advances the counter, so the steps go round robin over the
+tasks. Evaluation (eval mode) computes every task's subnetwork and calls no loss.
+
+Planted data: ``multitask`` (``rankops.data.synthetic.make_multitask``: two tasks with conflicting signals).
+"""
+
+from ..ranker import Ranker, needs_tasks, preset
+
+DEFAULTS = dict(towers="sparse_sharing", expert_hidden_units=(16, 8), tower_hidden_units=(16,), alternate_tasks=True,
+                mask_penalty=1e-3)
+
+
+def build(schema, **config) -> Ranker:
+    return preset("csrec", schema, DEFAULTS, config, needs_tasks(2))
