@@ -18,3 +18,6 @@ from rankops.nn.bias_tower import BiasTower  # noqa: E402
 from rankops.nn.sparse_sharing import SparseSharing, SparseSharingLayer  # noqa: E402
 
 __all__ += ["BiasTower", "SparseSharing", "SparseSharingLayer"]
+from rankops.nn.hash_embedding import CollisionlessEmbeddingBagCollection, CollisionlessIds, HashedIds, IdTable  # noqa: E402
+
+__all__ += ["CollisionlessEmbeddingBagCollection", "CollisionlessIds", "HashedIds", "IdTable"]
