@@ -16,6 +16,7 @@ namespace rankops::cpu {
 namespace {
 
 constexpr int64_t kEmpty = std::numeric_limits<int64_t>::min();
+constexpr int64_t kPrefetch = 16;
 
 inline uint64_t splitmix64(uint64_t x) {
   x ^= x >> 30;
@@ -46,6 +47,11 @@ at::Tensor probe(const at::Tensor& keys_t, const at::Tensor& ids_t) {
   int64_t* slots = out.data_ptr<int64_t>();
   at::parallel_for(0, n, 2048, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
+      // the probes are cache misses into a key array of many MB: ask for the home slot of an id
+      // kPrefetch ahead so its line is on the way while this one is probed
+      if (i + kPrefetch < end) {
+        __builtin_prefetch(keys + (splitmix64(static_cast<uint64_t>(ids[i + kPrefetch])) & mask), kInsert, 1);
+      }
       const int64_t id = ids[i];
       uint64_t s = splitmix64(static_cast<uint64_t>(id)) & mask;
       int64_t found = -1;

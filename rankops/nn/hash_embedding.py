@@ -46,7 +46,7 @@ class IdTable(nn.Module):
         capacity: id rows (the embedding table has ``capacity + 1`` rows: row 0 is OOV).
         min_count: sightings before an id gets a row (1: on first sight).
         ttl: steps an id may go unseen before it is expired (None: never).
-        slots: key slots of the hash map (rounded up to a power of two; default ``4 * capacity``).
+        slots: key slots of the hash map (rounded up to a power of two; default ``2 * capacity``).
             Pending (not yet admitted) ids hold a slot each, so a long tail with ``min_count > 1``
             wants more slots, or a ``ttl``.
         when_full: "evict" (least recently seen first), "oov" or "error"; see the module doc.
@@ -65,18 +65,19 @@ class IdTable(nn.Module):
             raise ValueError(f"rankops.nn.IdTable: ttl must be >= 1 or None, got {ttl}")
         if when_full not in WHEN_FULL:
             raise ValueError(f"rankops.nn.IdTable: when_full must be one of {WHEN_FULL}, got {when_full!r}")
-        S = _pow2(slots if slots is not None else 4 * capacity)
+        S = _pow2(slots if slots is not None else 2 * capacity)
         if S < capacity:
             raise ValueError(f"rankops.nn.IdTable: {S} slots cannot hold {capacity} ids")
         self.capacity, self.min_count, self.ttl, self.when_full = int(capacity), int(min_count), ttl, when_full
         self.register_buffer("keys", torch.full((S,), EMPTY, dtype=torch.int64))
         self.register_buffer("slot_row", torch.zeros(S, dtype=torch.int32))  # 0: no row (OOV)
         self.register_buffer("slot_count", torch.zeros(S, dtype=torch.int32))  # sightings since admission began
-        self.register_buffer("slot_last", torch.full((S,), -1, dtype=torch.int64))  # step last seen
+        self.register_buffer("slot_last", torch.full((S,), -1, dtype=torch.int32))  # step last seen (< 2**31 steps)
         # free rows as a stack, smallest on top: rows are handed out 1, 2, 3, ...
         self.register_buffer("free", torch.arange(capacity, 0, -1, dtype=torch.int32))
         self.register_buffer("num_free", torch.tensor(capacity, dtype=torch.int64))
         self.register_buffer("step", torch.tensor(0, dtype=torch.int64))
+        self.register_buffer("num_keys", torch.tensor(0, dtype=torch.int64))  # slots holding a key, live or dead
         self.fresh = torch.zeros(0, dtype=torch.int64)  # rows handed out by the last insert (to re-initialise)
 
     @property
@@ -117,6 +118,7 @@ class IdTable(nn.Module):
         seen = torch.bincount(inverse, minlength=uniq.numel()).to(torch.int32)
         first = torch.full((uniq.numel(),), ids.numel(), dtype=torch.int64, device=ids.device)
         first.scatter_reduce_(0, inverse, torch.arange(ids.numel(), device=ids.device), "amin")
+        self.num_keys += (self.slot_last[uniq] < 0).sum()  # slots never used since the last compaction: new keys
         # counts saturate at min_count: all admission needs, and no overflow on hot ids
         self.slot_count[uniq] = (self.slot_count[uniq] + seen).clamp_(max=self.min_count)
         self.slot_last[uniq] = step
@@ -133,7 +135,7 @@ class IdTable(nn.Module):
     def _slots(self, ids: Tensor) -> Tensor:
         # dead keys (expired or evicted ids, kept so probing stays correct) are dropped once the
         # map is three-quarters full, before probe sequences grow long
-        if int((self.keys != EMPTY).sum()) + ids.numel() > 0.75 * self.num_slots:
+        if int(self.num_keys) + ids.numel() > 0.75 * self.num_slots:
             self._compact()
         slots = hash_insert(self.keys, ids)
         if bool((slots < 0).any()):
@@ -151,6 +153,7 @@ class IdTable(nn.Module):
         self.slot_count.zero_()
         self.slot_last.fill_(-1)
         at = hash_insert(self.keys, keys)
+        self.num_keys.fill_(keys.numel())
         self.slot_row[at], self.slot_count[at], self.slot_last[at] = row, count, last
 
     def _free(self, mask: Tensor) -> None:
@@ -177,7 +180,7 @@ class IdTable(nn.Module):
             if self.when_full == "evict":
                 held = torch.nonzero((self.slot_row > 0) & (self.slot_last < step)).flatten()
                 # least recently seen first; ties broken by row so the choice is deterministic
-                order = torch.argsort(self.slot_last[held] * (self.capacity + 1) + self.slot_row[held], stable=True)
+                order = torch.argsort(self.slot_last[held].long() * (self.capacity + 1) + self.slot_row[held], stable=True)
                 victims = torch.zeros_like(self.slot_row, dtype=torch.bool)
                 victims[held[order[:short]]] = True
                 self._free(victims)

@@ -63,7 +63,7 @@ def _stream(steps, batch, vocab, seed=0):
     return [raw[torch.multinomial(p, batch, replacement=True, generator=g)] for _ in range(steps)]
 
 
-CONFIGS = [dict(capacity=64), dict(capacity=24, min_count=2), dict(capacity=40, ttl=2),
+CONFIGS = [dict(capacity=64), dict(capacity=24, min_count=2, slots=256), dict(capacity=40, ttl=2),
            dict(capacity=16, min_count=2, ttl=3, when_full="oov", slots=256), dict(capacity=20, ttl=4, slots=64)]
 
 
@@ -76,6 +76,7 @@ def test_table_follows_the_dict_model(backend, device, config):
         with on(backend, device):
             rows = table.insert(ids.to(device))
         assert rows.cpu().tolist() == model.insert(ids.tolist())
+        assert int(table.num_keys) == int((table.keys != rankops.ops.hash_embedding.EMPTY).sum())
         # at every step: an id's row is its own, no two ids on one row
         held = {i: r for i, r in model.row.items()}
         assert len(set(held.values())) == len(held) == len(table)
@@ -135,7 +136,7 @@ def test_compaction_keeps_the_map():
     table, model = IdTable(32, ttl=1, slots=64), DictTable(32, ttl=1)
     for step, ids in enumerate(_stream(40, 24, 5000, seed=4)):
         assert table.insert(ids).tolist() == model.insert(ids.tolist()), step
-    assert int((table.keys != rankops.ops.hash_embedding.EMPTY).sum()) < 64
+    assert int(table.num_keys) == int((table.keys != rankops.ops.hash_embedding.EMPTY).sum()) < 64
 
 
 def test_eval_never_inserts_and_state_dict_round_trip():
