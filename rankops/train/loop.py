@@ -194,7 +194,8 @@ class Trainer:
 
     def step(self, batch) -> torch.Tensor:
         """One optimisation step; returns the loss (detached, not synced)."""
-        self.model.train()
+        if not self.model.training:  # train() walks every module: 0.2 ms a step at B=256
+            self.model.train()
         batch = self._batch(batch)
         if self.config.lr_schedule != "constant" or self.config.warmup_steps:
             self._set_lr(lr_factor(self.config, self.position.step, self.total_steps))
