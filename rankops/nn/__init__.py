@@ -18,3 +18,7 @@ from rankops.nn.bias_tower import BiasTower  # noqa: E402
 from rankops.nn.sparse_sharing import SparseSharing, SparseSharingLayer  # noqa: E402
 
 __all__ += ["BiasTower", "SparseSharing", "SparseSharingLayer"]
+from rankops.nn.pooling import AdditiveAttentionPooling, MeanPooling  # noqa: E402
+from rankops.nn.text import TextEncoder  # noqa: E402
+
+__all__ += ["AdditiveAttentionPooling", "MeanPooling", "TextEncoder"]
