@@ -4,6 +4,7 @@ Adagrad state, validation metrics), and the gathered checkpoint loads in one pro
 
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 
@@ -86,6 +87,31 @@ def test_gathered_checkpoint_evaluates_in_one_process(runs, tmp_path, capsys):
     want = json.loads((one / "metrics.json").read_text())["valid"]
     for k, v in want.items():
         assert got[k] == pytest.approx(v, abs=1e-6), k
+
+
+@needs_torchrec
+def test_sharded_resume_continues_as_one_process(runs, tmp_path):
+    """--resume --epochs 3 scatters the gathered checkpoint (weights and Adagrad state) back into the
+    shards: the third epoch ends where one process's resumed third epoch does."""
+    (one, _), (two, _) = runs("one"), runs("table_wise")
+    shutil.copytree(one, tmp_path / "one")
+    shutil.copytree(two, tmp_path / "two")
+    more = ["train", "--resume", "--epochs", "3", "--no-progress", "--threads", "1"]
+    threads = torch.get_num_threads()
+    try:
+        assert cli.main([*more, "--out", str(tmp_path / "one")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+                        f"--master_port={_port()}", "-m", "rankops", *more, "--out", str(tmp_path / "two")],
+                       cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "resuming" in p.stderr
+    a = torch.load(tmp_path / "one" / "checkpoint.pt", weights_only=False)
+    b = torch.load(tmp_path / "two" / "checkpoint.pt", weights_only=False)
+    assert a["position"]["step"] == b["position"]["step"] == 27
+    for k, v in a["model"].items():
+        torch.testing.assert_close(b["model"][k], v, rtol=1e-4, atol=1e-6, msg=k)
 
 
 def test_needs_many_processes_and_torchrec(tmp_path, capsys, monkeypatch):
