@@ -377,13 +377,21 @@ def load_eval_data(run_cfg: dict, fm, spec, data_arg: str | None, strict: bool, 
 # models and runs
 
 
+def _model_names() -> list[str]:
+    """The architectures and the recipes (``rankops.models.recipes``): what --model takes."""
+    import rankops.models as zoo
+    from rankops.models import recipes
+
+    return zoo.names() + recipes.names()
+
+
 def build_model(cfg: dict, schema, *, fused: bool = True):
     import rankops.models as zoo
     from rankops.ops.embedding_bag import FusedOptimizer
 
     name = cfg["model"]
-    if name not in zoo.names():
-        raise UserError(f"unknown model {name!r}; choose one of {', '.join(zoo.names())}")
+    if name not in _model_names():
+        raise UserError(f"unknown model {name!r}; choose one of {', '.join(_model_names())}")
     kw = dict(cfg.get("model_config") or {})
     emb = cfg.get("embedding_optimizer")
     if fused and emb and emb != "none":
@@ -611,8 +619,8 @@ def _train(cfg: dict, out: Path, rank: int, world: int) -> int:
         raise UserError(f"--out {str(out)!r} already holds a run; pass --resume to continue it or --overwrite")
     import rankops.models as zoo
 
-    if cfg["model"] not in zoo.names():
-        raise UserError(f"unknown model {cfg['model']!r}; choose one of {', '.join(zoo.names())}")
+    if cfg["model"] not in _model_names():
+        raise UserError(f"unknown model {cfg['model']!r}; choose one of {', '.join(_model_names())}")
     _threads(cfg.get("threads"))
     torch.manual_seed(int(cfg["seed"]))
     t_load = time.perf_counter()
