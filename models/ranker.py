@@ -58,7 +58,9 @@ class Ranker(RankingModel):
             of ``expert_hidden_units`` instead of the DNN, then the towers), ``"sparse_sharing"``
             (CSRec: one shared MLP of ``expert_hidden_units`` in which each task runs a subnetwork
             picked by a learned mask, with the contrastive mask on conflicting weights:
-            ``rankops.nn.SparseSharing``; ``mask_penalty`` weighs the masks' sparsity in the loss).
+            ``rankops.nn.SparseSharing``; ``mask_penalty`` weighs the masks' sparsity in the loss,
+            ``mask_init`` is every mask score's start: positive, every weight on, and the nearer 0
+            the sooner a task can drop one).
         alternate_tasks: train one task per optimiser step, round robin (``loss()`` returns the
             current task's loss in training mode; ``rankops.train.losses.AlternatingTasks``).
         bias_features: one-hot sparse features that cause selection bias (position, device), read
@@ -83,7 +85,8 @@ class Ranker(RankingModel):
                  transformer_dropout: float = 0.1,
                  towers: str | None = None, num_experts: int = 4, expert_hidden_units: Sequence[int] = (256, 128),
                  tower_hidden_units: Sequence[int] = (64,), num_levels: int = 2, num_specific_experts: int = 1,
-                 num_shared_experts: int = 1, mask_penalty: float = 0.0, alternate_tasks: bool = False,
+                 num_shared_experts: int = 1, mask_penalty: float = 0.0, mask_init: float = 1.0,
+                 alternate_tasks: bool = False,
                  bias_features: Sequence[str] = (), bias_hidden_units: Sequence[int] = (16,),
                  bias_embedding_dim: int = 8, bias_dropout: float = 0.0,
                  embedding_optimizer: FusedOptimizer | None = None):
@@ -113,6 +116,8 @@ class Ranker(RankingModel):
             raise err("bias_features need a binary task for the bias tower's logit to be added to")
         if mask_penalty < 0:
             raise err(f"mask_penalty must be >= 0, got {mask_penalty}")
+        if not mask_init > 0:
+            raise err(f"mask_init must be > 0 (every weight on at the start), got {mask_init}")
         if mask_penalty and towers != "sparse_sharing":
             raise err("mask_penalty weighs the masks of towers='sparse_sharing'")
         if towers in ("mmoe", "ple", "sparse_sharing") and schema.num_tasks < 2:
@@ -209,7 +214,8 @@ class Ranker(RankingModel):
                                     dnn_dropout, dnn_norm)
                 tower_in = self.experts.output_dim
             elif towers == "sparse_sharing":
-                self.experts = SparseSharing(deep_in + side_dim, T, expert_hidden_units, dnn_activation)
+                self.experts = SparseSharing(deep_in + side_dim, T, expert_hidden_units, dnn_activation,
+                                             score_init=mask_init)
                 tower_in = self.experts.output_dim
             else:
                 self.experts = PLE(deep_in + side_dim, T, num_levels, num_specific_experts, num_shared_experts,

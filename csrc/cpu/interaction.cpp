@@ -131,7 +131,9 @@ void dot_forward_kernel(const T* x, T* out, int64_t B, int64_t F, int64_t D, boo
           for (int64_t d = 0; d < D; ++d) {
             const float* col = xt + d * Fp + jb;
             for (int64_t r = 0; r < kRows; ++r) {
-              const float xi = r < rows ? xt[d * Fp + i0 + r] : 0.f;
+              // no `r < rows` test: rows past F read xt's zero padding (i0 + r < Fp, as i0 and Fp
+              // are multiples of kRows); the test made GCC keep acc on the stack, one store per FMA
+              const float xi = xt[d * Fp + i0 + r];
 #pragma omp simd
               for (int64_t t = 0; t < W; ++t) acc[r][t] += xi * col[t];
             }

@@ -16,7 +16,7 @@ Planted data: ``multitask`` (``rankops.data.synthetic.make_multitask``: two task
 from ..ranker import Ranker, needs_tasks, preset
 
 DEFAULTS = dict(towers="sparse_sharing", expert_hidden_units=(16, 8), tower_hidden_units=(16,), alternate_tasks=True,
-                mask_penalty=1e-3)
+                mask_penalty=1e-3, mask_init=0.1)  # masks start just on: each task prunes what it does not need
 
 
 def build(schema, **config) -> Ranker:

@@ -65,8 +65,35 @@ class InMemoryDataset:
     def num_batches(self, batch_size: int) -> int:
         return -(-len(self) // batch_size)
 
+    def _one_hot_block(self) -> Tensor | None:
+        """Every sparse column stacked ``[F, N]`` when all are one-hot (None otherwise): a batch's ids
+        are then one gather, already in the KJT's feature-major order. Built on first use; the
+        columns then become views of it (no second copy), and a column replaced or written in
+        place since (its identity or version changed) rebuilds it."""
+        cols = [self.sparse[f.name] for f in self.schema.sparse]
+        if not cols or any(isinstance(c, tuple) for c in cols):
+            return None
+        key = tuple((id(c), c._version) for c in cols)
+        cached = self.__dict__.get("_block")
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        block = torch.stack(cols)
+        for i, f in enumerate(self.schema.sparse):
+            self.sparse[f.name] = block[i]
+        self.__dict__["_block"] = (tuple((id(self.sparse[f.name]), block._version) for f in self.schema.sparse), block)
+        return block
+
     def take(self, rows: Tensor) -> Batch:
         """The batch of samples ``rows`` (int64 indices)."""
+        # index_select, not x[rows]: on a loaded machine the 2-D advanced-indexing kernel's OpenMP
+        # fork costs ~20 ms per call (measured on the 2-core CI box), index_select ~10 us
+        seqs = {k: (ids.index_select(0, rows), n[rows]) for k, (ids, n) in self.sequences.items()}
+        labels = None if self.labels is None else self.labels.index_select(0, rows)
+        block = self._one_hot_block()
+        if block is not None:
+            kjt = KeyedJaggedTensor([f.name for f in self.schema.sparse], block.index_select(1, rows).reshape(-1),
+                                    lengths=torch.ones(block.shape[0] * rows.numel(), dtype=torch.int64))
+            return Batch(self.dense.index_select(0, rows), kjt, seqs, labels)
         values, lengths = [], []
         for f in self.schema.sparse:
             col = self.sparse[f.name]
@@ -82,10 +109,6 @@ class InMemoryDataset:
                 values.append(col[rows])
                 lengths.append(torch.ones(rows.numel(), dtype=torch.int64))
         kjt = KeyedJaggedTensor([f.name for f in self.schema.sparse], torch.cat(values), lengths=torch.cat(lengths))
-        # index_select, not x[rows]: on a loaded machine the 2-D advanced-indexing kernel's OpenMP
-        # fork costs ~20 ms per call (measured on the 2-core CI box), index_select ~10 us
-        seqs = {k: (ids.index_select(0, rows), n[rows]) for k, (ids, n) in self.sequences.items()}
-        labels = None if self.labels is None else self.labels.index_select(0, rows)
         return Batch(self.dense.index_select(0, rows), kjt, seqs, labels)
 
     def batches(self, batch_size: int, *, shuffle: bool = False, seed: int = 0, epoch: int = 0,

@@ -18,6 +18,10 @@ from rankops.nn.bias_tower import BiasTower  # noqa: E402
 from rankops.nn.sparse_sharing import SparseSharing, SparseSharingLayer  # noqa: E402
 
 __all__ += ["BiasTower", "SparseSharing", "SparseSharingLayer"]
+from rankops.nn.pooling import AdditiveAttentionPooling, MeanPooling  # noqa: E402
+from rankops.nn.text import TextEncoder  # noqa: E402
+
+__all__ += ["AdditiveAttentionPooling", "MeanPooling", "TextEncoder"]
 from rankops.nn.hash_embedding import CollisionlessEmbeddingBagCollection, CollisionlessIds, HashedIds, IdTable  # noqa: E402
 
 __all__ += ["CollisionlessEmbeddingBagCollection", "CollisionlessIds", "HashedIds", "IdTable"]

@@ -46,7 +46,7 @@ TRAIN_DEFAULTS = dict(
     seed=0, out="runs/latest", resume=False, overwrite=False, early_stopping=None, patience=2,
     checkpoint_every=0, max_steps=None, strict=False, chunk_rows=65536, stream=None, hash_size=None,
     min_freq=None, embedding_dim=None, log_every=200, model_config={}, samples=None, fields=None, vocab=None,
-    data_config={}, progress=True,
+    data_config={}, progress=True, shard_embeddings=False, sharding="auto",
 )
 # what defines the data and the model: taken from the run directory on --resume and by eval / export
 RUN_KEYS = ("model", "data", "schema", "format", "valid", "valid_fraction", "tasks", "seed", "hash_size", "min_freq",
@@ -96,6 +96,11 @@ def _parser() -> Parser:
                    help="train the tables with this optimizer fused into the backward (default: none, the tables "
                         "take part in --optimizer)")
     t.add_argument("--embedding-lr", type=float, help="the fused optimizer's learning rate (default: --lr x 10)")
+    t.add_argument("--shard-embeddings", action="store_true",
+                   help="under torchrun: shard the tables over the processes with TorchRec's DistributedModelParallel "
+                        "(their optimizer fused in: --embedding-optimizer, default rowwise_adagrad); the rest is DDP")
+    t.add_argument("--sharding", choices=("auto", "table_wise", "row_wise"),
+                   help="with --shard-embeddings: how every table is split (default auto: TorchRec's planner picks)")
     t.add_argument("--amp", action="store_true", help="bf16 autocast")
     t.add_argument("--compile", action="store_true", help="torch.compile the model")
     t.add_argument("--seed", type=int)
@@ -372,13 +377,21 @@ def load_eval_data(run_cfg: dict, fm, spec, data_arg: str | None, strict: bool, 
 # models and runs
 
 
+def _model_names() -> list[str]:
+    """The architectures and the recipes (``rankops.models.recipes``): what --model takes."""
+    import rankops.models as zoo
+    from rankops.models import recipes
+
+    return zoo.names() + recipes.names()
+
+
 def build_model(cfg: dict, schema, *, fused: bool = True):
     import rankops.models as zoo
     from rankops.ops.embedding_bag import FusedOptimizer
 
     name = cfg["model"]
-    if name not in zoo.names():
-        raise UserError(f"unknown model {name!r}; choose one of {', '.join(zoo.names())}")
+    if name not in _model_names():
+        raise UserError(f"unknown model {name!r}; choose one of {', '.join(_model_names())}")
     kw = dict(cfg.get("model_config") or {})
     emb = cfg.get("embedding_optimizer")
     if fused and emb and emb != "none":
@@ -532,13 +545,30 @@ def _distributed(cfg: dict) -> tuple[int, int]:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
             cfg["device"] = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
         dist.init_process_group("nccl" if cuda else "gloo")
-    if cfg.get("embedding_optimizer") not in (None, "none"):
+    if cfg.get("embedding_optimizer") not in (None, "none") and not cfg.get("shard_embeddings"):
         raise UserError("torchrun: --embedding-optimizer updates each rank's tables inside its own backward, "
                         "unsynchronised; train the tables in the dense optimizer (the default) under torchrun")
     if int(cfg["batch_size"]) % world:
         raise UserError(f"torchrun: --batch-size {cfg['batch_size']} (the global batch) must divide by the "
                         f"{world} processes")
     return dist.get_rank(), world
+
+
+def _shard(cfg: dict, model, schema):
+    """``model``'s tables sharded over the ranks (rankops.train.sharding), the planner's plan printed."""
+    from rankops.ops.embedding_bag import FusedOptimizer
+    from rankops.train import sharding
+
+    if schema.sequences:
+        raise UserError("--shard-embeddings: behaviour sequences are looked up unpooled from the tables, which "
+                        "TorchRec's sharded EmbeddingBagCollection does not serve; not sharded yet")
+    if cfg.get("compile"):
+        raise UserError("--shard-embeddings does not combine with --compile yet")
+    fused = FusedOptimizer(cfg["embedding_optimizer"], cfg.get("embedding_lr") or cfg["lr"] * 10)
+    shard = sharding.ShardedModel(model, optimizer=fused.name, lr=fused.lr, eps=fused.eps,
+                                  sharding=cfg.get("sharding") or "auto", device=cfg["device"])
+    sharding.print_plan(shard)
+    return shard
 
 
 def cmd_train(ns) -> int:
@@ -550,6 +580,10 @@ def cmd_train(ns) -> int:
 
     cfg = train_config(ns)
     out = Path(cfg["out"])
+    if cfg.get("shard_embeddings"):
+        from rankops.train.sharding import check_available
+
+        check_available(int(os.environ.get("WORLD_SIZE", "1")))
     rank, world = _distributed(cfg)
     try:
         return _train(cfg, out, rank, world)
@@ -585,8 +619,8 @@ def _train(cfg: dict, out: Path, rank: int, world: int) -> int:
         raise UserError(f"--out {str(out)!r} already holds a run; pass --resume to continue it or --overwrite")
     import rankops.models as zoo
 
-    if cfg["model"] not in zoo.names():
-        raise UserError(f"unknown model {cfg['model']!r}; choose one of {', '.join(zoo.names())}")
+    if cfg["model"] not in _model_names():
+        raise UserError(f"unknown model {cfg['model']!r}; choose one of {', '.join(_model_names())}")
     _threads(cfg.get("threads"))
     torch.manual_seed(int(cfg["seed"]))
     t_load = time.perf_counter()
@@ -595,7 +629,9 @@ def _train(cfg: dict, out: Path, rank: int, world: int) -> int:
     for n in data.notes:
         print(f"rankops train: {n}", file=sys.stderr)
     torch.manual_seed(int(cfg["seed"]))
-    model = build_model(cfg, data.schema)
+    if cfg.get("shard_embeddings") and cfg.get("embedding_optimizer") in (None, "none"):
+        cfg["embedding_optimizer"] = "rowwise_adagrad"  # FBGEMM's CPU tables have no Adam; saved in run.json
+    model = build_model(cfg, data.schema, fused=not cfg.get("shard_embeddings"))
     try:
         tc = TrainConfig(epochs=int(cfg["epochs"]), batch_size=int(cfg["batch_size"]) // world, lr=float(cfg["lr"]),
                          optimizer=cfg["optimizer"], weight_decay=float(cfg["weight_decay"]), seed=int(cfg["seed"]),
@@ -628,8 +664,9 @@ def _train(cfg: dict, out: Path, rank: int, world: int) -> int:
     # everything checked: from here on the run directory is written (each file atomically)
     if rank == 0:
         _save_run_files(out, cfg, data)
-    trainer = Trainer(model, tc, out if rank == 0 else None)
-    if world > 1:
+    shard = _shard(cfg, model, data.schema) if cfg.get("shard_embeddings") else None
+    trainer = Trainer(model, tc, out if rank == 0 or shard else None, sharded=shard)
+    if world > 1 and shard is None:
         from torch.nn.parallel import DistributedDataParallel
 
         # the trainer calls _forward(batch); DDP's forward averages the gradients over the ranks
@@ -652,14 +689,19 @@ def _train(cfg: dict, out: Path, rank: int, world: int) -> int:
         train_s = time.perf_counter() - t0
         if rank != 0:  # rank 0 reports and writes
             return 0
+        judge = trainer
+        if shard is not None:  # the tables are spread over the ranks: judge one process's copy of the checkpoint
+            model = build_model(cfg, data.schema)
+            model.load_state_dict(_load_checkpoint(out / "checkpoint.pt")["model"])
+            judge = Trainer(model, dataclasses.replace(tc, compile=False))
         final = {}
         best_path = out / "best.pt"
         used = "last"
         if data.valid is not None:
             if best_path.is_file():
-                trainer.model.load_state_dict(_load_checkpoint(best_path)["model"])
+                judge.model.load_state_dict(_load_checkpoint(best_path)["model"])
                 used = "best"
-            final = trainer.evaluate(data.valid)
+            final = judge.evaluate(data.valid)
     samples = trainer.position.samples * world  # every rank trained on its equal part of each global batch
     trained = sum(h.get("seconds", 0) for h in history)
     sps = [h["samples_per_s"] * world for h in history]
@@ -669,7 +711,8 @@ def _train(cfg: dict, out: Path, rank: int, world: int) -> int:
         "train_seconds": trained, "samples_per_s": (sum(sps) / len(sps)) if sps else None,
         "load_seconds": t_load, "bad_lines": data.bad_lines, "ceiling": data.ceiling,
         "num_parameters": sum(p.numel() for p in model.parameters()),
-        "backend": cfg.get("backend") or "auto", "threads": torch.get_num_threads(), "processes": world}
+        "backend": cfg.get("backend") or "auto", "threads": torch.get_num_threads(), "processes": world,
+        "sharding": shard.describe() if shard is not None else None}
     write_json(out / "metrics.json", result)
     title = f"{model.name} on {data.source}"
     plot_curves(out / "curves.png", history, trainer.curve, data.schema.tasks, title)

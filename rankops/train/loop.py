@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from rankops.data.dataset import Dataset
+from rankops.ops.embedding_bag import FusedOptimizer
 from rankops.train.metrics import task_metrics
 
 OPTIMIZERS = ("adam", "adamw", "adagrad", "sgd")
@@ -80,7 +81,8 @@ def lr_factor(config: TrainConfig, step: int, total: int | None) -> float:
 
 
 def dense_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer | None:
-    params = [p for p in model.parameters() if p.requires_grad]
+    # TorchRec's sharded tables mark their rows _in_backward_optimizers: the fused optimizer's, not ours
+    params = [p for p in model.parameters() if p.requires_grad and not hasattr(p, "_in_backward_optimizers")]
     if not params:
         return None
     kw = dict(lr=config.lr, weight_decay=config.weight_decay)
@@ -166,6 +168,9 @@ class Trainer:
     config: TrainConfig = field(default_factory=TrainConfig)
     out_dir: str | Path | None = None
     on_epoch_end: Callable[[dict], None] | None = None
+    # the model's tables sharded over the ranks (rankops.train.sharding.ShardedModel): steps run
+    # through it, checkpoints hold its gathered state (every rank saves, a collective; rank 0 writes)
+    sharded: object | None = None
 
     def __post_init__(self):
         self.device = torch.device(self.config.device)
@@ -176,11 +181,17 @@ class Trainer:
         self.curve: list[tuple[int, float]] = []  # (step, mean training loss of the last curve_every steps)
         self.best: tuple[float, int] | None = None  # (score, epoch)
         self._forward = torch.compile(self.model) if self.config.compile else self.model
+        if self.sharded is not None:
+            self._forward = self.sharded
         # the learning rates the schedule scales: the dense optimizer's groups and the fused tables'
         self._base_lrs = [g["lr"] for g in self.optimizer.param_groups] if self.optimizer is not None else []
         self._fused = [m.fused_optimizer for m in self.model.modules()
-                       if getattr(m, "fused_optimizer", None) is not None]
+                       if isinstance(getattr(m, "fused_optimizer", None), FusedOptimizer)]
         self._fused_lrs = [f.lr for f in self._fused]
+        # a sharded model's fused optimizers are torch-style (param groups); they take a new lr on step(),
+        # which updates nothing else (the rows were updated in the backward)
+        self._sharded_optims = self.sharded.fused_optimizers() if self.sharded is not None else []
+        self._sharded_lrs = [[g["lr"] for g in o.param_groups] for o in self._sharded_optims]
         self.total_steps: int | None = None  # set by fit() from the data's length (or max_steps)
         torch.manual_seed(self.config.seed)
 
@@ -194,7 +205,8 @@ class Trainer:
 
     def step(self, batch) -> torch.Tensor:
         """One optimisation step; returns the loss (detached, not synced)."""
-        self.model.train()
+        if not self.model.training:  # train() walks every module: 0.2 ms a step at B=256
+            self.model.train()
         batch = self._batch(batch)
         if self.config.lr_schedule != "constant" or self.config.warmup_steps:
             self._set_lr(lr_factor(self.config, self.position.step, self.total_steps))
@@ -214,6 +226,10 @@ class Trainer:
                 g["lr"] = base * factor
         for f, base in zip(self._fused, self._fused_lrs):
             f.lr = base * factor
+        for o, bases in zip(self._sharded_optims, self._sharded_lrs):
+            for g, base in zip(o.param_groups, bases):
+                g["lr"] = base * factor
+            o.step()
 
     @torch.no_grad()
     def predict(self, data: Dataset) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -326,7 +342,7 @@ class Trainer:
     # checkpoints
 
     def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(),
+        return {"model": (self.sharded or self.model).state_dict(),
                 "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
                 "position": asdict(self.position), "history": self.history, "best": self.best, "curve": self.curve,
                 "rng": torch.get_rng_state(), "config": asdict(self.config),
@@ -336,7 +352,7 @@ class Trainer:
         name = getattr(self.model, "name", type(self.model).__name__)
         if state.get("model_name") not in (None, name):
             raise ValueError(f"checkpoint: it holds a {state['model_name']!r} model, this is {name!r}")
-        self.model.load_state_dict(state["model"])
+        (self.sharded or self.model).load_state_dict(state["model"])
         if self.optimizer is not None and state.get("optimizer") is not None:
             self.optimizer.load_state_dict(state["optimizer"])
         self.position = Position(**state["position"])
@@ -348,7 +364,9 @@ class Trainer:
     def save_checkpoint(self, path: str | Path | None = None) -> Path:
         path = Path(path) if path else Path(self.out_dir) / "checkpoint.pt"
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_save(self.state_dict(), path)
+        state = self.state_dict()
+        if self.sharded is None or self.sharded.rank == 0:
+            atomic_save(state, path)
         return path
 
     def resume(self, path: str | Path) -> None:

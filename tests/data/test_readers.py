@@ -311,3 +311,25 @@ def test_streaming_prefetch_errors_and_early_stop(tmp_path):
     it.close()  # stops the reader thread: nothing hangs, a new pass starts afresh
     assert sum(b.size for b in lazy.batches(50)) == 899
     assert [b.size for b in StreamingDataset(p, spec, fm, chunk_rows=100, prefetch=0).batches(450)] == [450, 449]
+
+
+def test_one_hot_batches_are_one_gather_and_follow_column_edits():
+    """InMemoryDataset.take stacks one-hot columns once ([F, N]) and gathers a batch's ids in one call:
+    the same KJT as column by column, and a column written in place or replaced afterwards is seen."""
+    import torch
+
+    from rankops.data.dataset import InMemoryDataset
+    from rankops.data.schema import Schema
+
+    schema = Schema.from_dict({"sparse": [{"name": "a", "vocab_size": 10}, {"name": "b", "vocab_size": 7}],
+                               "tasks": [{"name": "c"}]})
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randint(0, 10, (40,), generator=g), torch.randint(0, 7, (40,), generator=g)
+    d = InMemoryDataset(schema, torch.zeros(40, 0), {"a": a.clone(), "b": b.clone()}, labels=torch.zeros(40, 1))
+    rows = torch.tensor([5, 0, 39, 5])
+    kjt = d.take(rows).sparse
+    assert torch.equal(kjt.values(), torch.cat([a[rows], b[rows]])) and torch.equal(kjt.lengths(), torch.ones(8).long())
+    d.sparse["a"][0] = 9  # in place, through the column (a view of the stacked block)
+    assert d.take(rows).sparse.values()[1] == 9
+    d.sparse["b"] = torch.zeros(40, dtype=torch.int64)  # replaced
+    assert torch.equal(d.take(rows).sparse.values()[4:], torch.zeros(4).long())

@@ -156,6 +156,13 @@ def test_ranker_alternates_one_task_per_step_through_its_loss():
                                multitask_loss(out, batch.labels, SCHEMA.tasks) + 1e-3 * m.experts.mask_penalty())
 
 
+def test_ranker_mask_init_sets_every_score():
+    m = zoo.build("ranker", SCHEMA, towers="sparse_sharing", expert_hidden_units=(6, 3), mask_init=0.25)
+    assert all(torch.equal(l.scores, torch.full_like(l.scores, 0.25)) for l in m.experts.layers)
+    with pytest.raises(ValueError, match="mask_init"):
+        zoo.build("ranker", SCHEMA, towers="sparse_sharing", mask_init=0.0)
+
+
 def test_mask_penalty_needs_sparse_sharing():
     with pytest.raises(ValueError, match="mask_penalty"):
         zoo.build("ranker", SCHEMA, towers="mmoe", mask_penalty=1e-3)
