@@ -23,7 +23,7 @@ batch), so the id -> row map is the same on every backend. The state dict holds 
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Callable, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -228,18 +228,7 @@ class CollisionlessIds(nn.Module):
         return {f: t.fresh for f, t in self.tables.items()}
 
     def forward(self, kjt) -> KeyedJaggedTensor:
-        keys, values, off, weights = _kjt_parts(kjt)
-        B = (off.numel() - 1) // len(keys)
-        missing = [f for f in self.tables if f not in keys]
-        if missing:
-            raise ValueError(f"rankops.nn.CollisionlessIds: features {missing} missing from the KeyedJaggedTensor "
-                             f"(keys {keys})")
-        parts = []
-        for k, name in enumerate(keys):
-            a, b = int(off[k * B]), int(off[(k + 1) * B])
-            part = values[a:b]
-            parts.append(self.tables[name](part) if name in self.tables else part.to(torch.int64))
-        return KeyedJaggedTensor(keys, torch.cat(parts), offsets=off, weights=weights)
+        return _remap(kjt, {f: t for f, t in self.tables.items()}, "CollisionlessIds")
 
 
 class HashedIds(nn.Module):
@@ -258,13 +247,22 @@ class HashedIds(nn.Module):
         return list(self.rows)
 
     def forward(self, kjt) -> KeyedJaggedTensor:
-        keys, values, off, weights = _kjt_parts(kjt)
-        B = (off.numel() - 1) // len(keys)
-        parts = []
-        for k, name in enumerate(keys):
-            part = values[int(off[k * B]):int(off[(k + 1) * B])].to(torch.int64)
-            parts.append(torch.remainder(part, self.rows[name]) if name in self.rows else part)
-        return KeyedJaggedTensor(keys, torch.cat(parts), offsets=off, weights=weights)
+        return _remap(kjt, {f: (lambda ids, r=r: torch.remainder(ids, r)) for f, r in self.rows.items()}, "HashedIds")
+
+
+def _remap(kjt, maps: Mapping[str, Callable[[Tensor], Tensor]], who: str) -> KeyedJaggedTensor:
+    """``kjt`` with each feature ``f`` of ``maps``'s values replaced by ``maps[f](values)`` (int64);
+    keys, offsets and weights as they were."""
+    keys, values, off, weights = _kjt_parts(kjt)
+    missing = [f for f in maps if f not in keys]
+    if missing:
+        raise ValueError(f"rankops.nn.{who}: features {missing} missing from the KeyedJaggedTensor (keys {keys})")
+    B = (off.numel() - 1) // len(keys)
+    parts = []
+    for k, name in enumerate(keys):
+        part = values[int(off[k * B]):int(off[(k + 1) * B])]
+        parts.append(maps[name](part) if name in maps else part.to(torch.int64))  # a map checks its ids
+    return KeyedJaggedTensor(keys, torch.cat(parts), offsets=off, weights=weights)
 
 
 class CollisionlessEmbeddingBagCollection(nn.Module):

@@ -198,3 +198,11 @@ def test_bad_input():
     ebc = EmbeddingBagCollection([EmbeddingBagConfig("user", 4, 4)])
     with pytest.raises(ValueError, match="capacity \\+ 1"):
         CollisionlessEmbeddingBagCollection(ebc, CollisionlessIds({"user": 4}))
+
+
+def test_kjt_with_float_ids_raises():
+    kjt = KeyedJaggedTensor(["user"], torch.tensor([1.0, 2.0]), lengths=torch.ones(2, dtype=torch.int64))
+    with pytest.raises(ValueError, match="int64"):
+        CollisionlessIds({"user": 4})(kjt)
+    with pytest.raises(ValueError, match="missing"):
+        CollisionlessIds({"item": 4})(kjt)
