@@ -114,21 +114,36 @@ class IdTable(nn.Module):
         if self.ttl is not None:
             self._free(((self.slot_row > 0) | (self.slot_count > 0)) & (step - self.slot_last > self.ttl))
         slots = self._slots(ids)
-        uniq, inverse = torch.unique(slots, return_inverse=True)
-        seen = torch.bincount(inverse, minlength=uniq.numel()).to(torch.int32)
-        first = torch.full((uniq.numel(),), ids.numel(), dtype=torch.int64, device=ids.device)
-        first.scatter_reduce_(0, inverse, torch.arange(ids.numel(), device=ids.device), "amin")
-        self.num_keys += (self.slot_last[uniq] < 0).sum()  # slots never used since the last compaction: new keys
-        # counts saturate at min_count: all admission needs, and no overflow on hot ids
-        self.slot_count[uniq] = (self.slot_count[uniq] + seen).clamp_(max=self.min_count)
-        self.slot_last[uniq] = step
-        admit = (self.slot_row[uniq] == 0) & (self.slot_count[uniq] >= self.min_count)
-        new = uniq[admit][torch.argsort(first[admit])]  # new ids in order of first appearance
-        self.fresh = self._assign(new, step)
-        return self.slot_row[slots].to(torch.int64)
+        # per-slot updates straight from the (repeating) slots, no sort over the batch: repeats
+        # add up in index_add_ and write equal values in the index assignments
+        fresh_keys = slots[self.slot_last[slots] < 0]  # slots unused since the last compaction
+        if fresh_keys.numel():
+            self.num_keys += fresh_keys.unique().numel()
+        self.slot_last[slots] = step
+        self.slot_count.index_add_(0, slots, torch.ones_like(slots, dtype=torch.int32))
+        count = self.slot_count[slots]
+        over = slots[count > self.min_count]
+        if over.numel():  # counts saturate at min_count: all admission needs, and no overflow on hot ids
+            self.slot_count[over] = self.min_count
+        rows = self.slot_row[slots]
+        at = torch.nonzero((rows == 0) & (count >= self.min_count)).flatten()
+        self.fresh = self._assign(self._in_order(slots[at], at), step)  # new ids in order of first appearance
+        if at.numel():
+            rows[at] = self.slot_row[slots[at]]
+        return rows.to(torch.int64)
 
     def forward(self, ids: Tensor) -> Tensor:
         return self.insert(ids) if self.training else self.lookup(ids)
+
+    @staticmethod
+    def _in_order(slots: Tensor, positions: Tensor) -> Tensor:
+        """The distinct ``slots`` ordered by the first of their ``positions`` (ascending)."""
+        if not slots.numel():
+            return slots
+        uniq, inverse = torch.unique(slots, return_inverse=True)
+        first = torch.full((uniq.numel(),), int(positions[-1]) + 1, dtype=positions.dtype, device=slots.device)
+        first.scatter_reduce_(0, inverse, positions, "amin")
+        return uniq[torch.argsort(first)]
 
     # -----------------------------------------------------------------------------------------
 
