@@ -125,6 +125,8 @@ def test_needs_many_processes_and_torchrec(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "needs TorchRec" in err and "pip install" in err
     assert not (tmp_path / "r").exists()  # nothing written
+    assert cli.main(["train", "--sharding", "row_wise", "--out", str(tmp_path / "r")]) == 2
+    assert "add --shard-embeddings" in capsys.readouterr().err
 
 
 def test_narrow_tables_are_held_as_copies_that_step_as_one():
