@@ -19,10 +19,12 @@ needs_torchrec = pytest.mark.skipif(importlib.util.find_spec("torchrec") is None
 
 # DeepFM: its 4 embedding tables (D=8) and its first-order part (4 tables of width 1, held as 4
 # copies: FBGEMM takes widths that are multiples of 4), both sharded; 2 epochs of 9 global
-# batches of 256, 128 a rank; the tables by row-wise Adagrad
+# batches of 256, 128 a rank; the tables by row-wise Adagrad, its lr on the warm-up + cosine schedule
+# (TorchRec's fused optimizer takes the Trainer's lr every step)
 ARGS = ["train", "--model", "deepfm", "--samples", "2560", "--fields", "4", "--vocab", "50", "--epochs", "2",
         "--batch-size", "256", "--no-progress", "--threads", "1", "--embedding-optimizer", "rowwise_adagrad",
-        "--embedding-lr", "0.05", "--model-config", '{"dnn_hidden_units": [32, 16]}']
+        "--embedding-lr", "0.05", "--lr-schedule", "cosine", "--warmup-steps", "3",
+        "--model-config", '{"dnn_hidden_units": [32, 16]}']
 
 
 @pytest.fixture(scope="module")
