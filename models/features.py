@@ -86,6 +86,8 @@ class FeatureArch(nn.Module):
         One bag per position, weighted 1 (valid) or 0 (padding, its id replaced by row 0), so every
         shape is static: no device sync, and torch.compile needs no data-dependent sizes."""
         ids, lengths = batch.sequences[name]
+        if ids.dim() == 3:
+            return self._list_sequence_embeddings(name, ids, lengths)
         B, L = ids.shape
         valid = torch.arange(L, device=ids.device)[None, :] < lengths[:, None]
         ids = torch.where(valid, ids, 0).reshape(-1)
@@ -93,6 +95,20 @@ class FeatureArch(nn.Module):
         weights = valid.reshape(-1).to(self.embeddings.weights[0].dtype)
         rows = self.embeddings.lookup(self._targets[name][1], ids, offsets, weights, mode="sum")
         return rows.view(B, L, -1)
+
+    def _list_sequence_embeddings(self, name: str, ids: Tensor, lengths: Tensor) -> Tensor:
+        """A sequence of id lists (``[B, L, T]``, the schema's ``item_len``, 0-padded): each position's
+        ids pooled as its target's bag is (sum, or the mean over its non-padding ids), ``[B, L, D]``."""
+        B, L, T = ids.shape
+        valid = (torch.arange(L, device=ids.device)[None, :, None] < lengths[:, None, None]) & (ids != 0)
+        offsets = torch.arange(0, B * L * T + 1, T, device=ids.device)
+        weights = valid.reshape(-1).to(self.embeddings.weights[0].dtype)
+        rows = self.embeddings.lookup(self._targets[name][1], torch.where(valid, ids, 0).reshape(-1), offsets,
+                                      weights, mode="sum").view(B, L, -1)
+        target = self.schema.sequences[[s.name for s in self.schema.sequences].index(name)].target
+        if self.schema.feature(target).pooling != "sum":
+            rows = rows / valid.sum(2, keepdim=True).clamp(min=1).to(rows.dtype)
+        return rows
 
     @property
     def uniform(self) -> bool:

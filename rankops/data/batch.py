@@ -19,7 +19,8 @@ class Batch:
 
     dense:     ``[B, n]`` float, the schema's dense features side by side in schema order.
     sparse:    KeyedJaggedTensor, keys = the schema's sparse features in schema order, B bags each.
-    sequences: ``{name: (ids [B, L] int64, lengths [B] int64)}``, ids past a sample's length are padding.
+    sequences: ``{name: (ids [B, L] int64, lengths [B] int64)}``, ids past a sample's length are padding;
+               a sequence of id lists (the schema's ``item_len``) has ids ``[B, L, item_len]``, 0-padded.
     labels:    ``[B, T]`` float, one column per task (absent at prediction time).
     """
 
@@ -124,8 +125,10 @@ class Batch:
             if s.name not in self.sequences:
                 raise ValueError(f"Batch: sequence {s.name!r} missing (the batch has {sorted(self.sequences)})")
             ids, lens = self.sequences[s.name]
-            if ids.dim() != 2 or ids.shape[0] != B or lens.shape != (B,):
-                raise ValueError(f"Batch: sequence {s.name!r} must be ids [B, L] and lengths [B] with B = {B}, got "
+            want_dim, shape = (2, "[B, L]") if s.item_len is None else (3, f"[B, L, {s.item_len}]")
+            if (ids.dim() != want_dim or ids.shape[0] != B or lens.shape != (B,)
+                    or (s.item_len is not None and ids.shape[2] != s.item_len)):
+                raise ValueError(f"Batch: sequence {s.name!r} must be ids {shape} and lengths [B] with B = {B}, got "
                                  f"{tuple(ids.shape)} and {tuple(lens.shape)}")
             if ids.is_floating_point():
                 raise TypeError(f"Batch: sequence {s.name!r} ids must be integers, got {ids.dtype}")

@@ -13,7 +13,7 @@ Example (YAML)::
     sparse:   [{name: user, vocab_size: 100000, embedding_dim: 16},
                {name: item, vocab_size: 50000, embedding_dim: 16},
                {name: tags, vocab_size: 1000, embedding_dim: 16, multi_hot: true, pooling: mean}]
-    sequences: [{name: hist_item, target: item, max_len: 50}]
+    sequences: [{name: hist_item, target: item, max_len: 50}]   # (item_len: N for lists of ids per position)
     tasks:    [{name: click}, {name: watch_time, kind: regression, weight: 0.5}]
 """
 
@@ -60,11 +60,17 @@ class SparseFeature:
 @dataclass
 class SequenceFeature:
     """A user's behaviour sequence: up to ``max_len`` ids of the same kind as the sparse feature
-    ``target`` (the candidate it is matched against), looked up in ``target``'s table."""
+    ``target`` (the candidate it is matched against), looked up in ``target``'s table.
+
+    ``item_len``: each position is itself a list of up to ``item_len`` ids (the title tokens of a
+    clicked news, whose candidate is the multi-hot ``target`` of its own tokens): ids
+    ``[B, max_len, item_len]``, padded with id 0 after each list's ids (MIND's convention: token 0
+    is padding). None (the default): one id per position, ``[B, max_len]``."""
 
     name: str
     target: str
     max_len: int = 50
+    item_len: int | None = None
 
 
 @dataclass
@@ -130,6 +136,12 @@ class Schema:
                                  f"(sparse features: {sorted(sparse)})")
             if s.max_len < 1:
                 raise ValueError(f"schema: sequence {s.name!r} needs max_len >= 1, got {s.max_len}")
+            if s.item_len is not None:
+                if s.item_len < 1:
+                    raise ValueError(f"schema: sequence {s.name!r} needs item_len >= 1 (or none), got {s.item_len}")
+                if not self.feature(s.target).multi_hot:
+                    raise ValueError(f"schema: sequence {s.name!r} holds lists of ids (item_len {s.item_len}); its "
+                                     f"target {s.target!r} must be a multi-hot feature (the candidate's list)")
         for t in self.tasks:
             if t.kind not in TASK_KINDS:
                 raise ValueError(f"schema: task {t.name!r}: kind must be one of {TASK_KINDS}, got {t.kind!r}")

@@ -584,6 +584,8 @@ def cmd_train(ns) -> int:
         from rankops.train.sharding import check_available
 
         check_available(int(os.environ.get("WORLD_SIZE", "1")))
+    elif "sharding" in cfg["_flags"]:
+        raise UserError("--sharding says how --shard-embeddings splits the tables; add --shard-embeddings")
     rank, world = _distributed(cfg)
     try:
         return _train(cfg, out, rank, world)

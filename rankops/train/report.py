@@ -74,15 +74,22 @@ def plot_curves(path: str | Path, history: list[dict], curve: list, tasks, title
         ax.plot([h["step"] for h in history], [h["train_loss"] for h in history], "o-", label="epoch mean")
     ax.set_xlabel("step")
     ax.set_title("training loss")
-    ax.legend(fontsize=8)
-    for ax, metric in zip(axes[1:], ("auc", "logloss")):
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    kinds = {t.kind for t in tasks}
+    panels = (("validation auc", {"binary": "auc"}),
+              ("validation " + " / ".join(m for k, m in (("binary", "logloss"), ("regression", "mse")) if k in kinds),
+               {"binary": "logloss", "regression": "mse"}))
+    for ax, (panel_title, metric) in zip(axes[1:], panels):
         for t in tasks:
-            key = f"valid/{t.name}/{metric}"
+            if t.kind not in metric:
+                continue
+            key = f"valid/{t.name}/{metric[t.kind]}"
             pts = [(h["epoch"], h[key]) for h in history if key in h and h[key] is not None]
             if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=t.name)
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=f"{t.name} ({metric[t.kind]})")
         ax.set_xlabel("epoch")
-        ax.set_title(f"validation {metric}")
+        ax.set_title(panel_title)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     if title:

@@ -185,7 +185,9 @@ class ShardedModel:
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self.device = torch.device(device)
         self.model, self.optimizer = model, optimizer
-        full = {k: v.detach().clone() for k, v in model.state_dict().items()}  # the initial weights, every rank alike
+        # the initial weights, every rank alike (it keeps the replaced collections' tables alive until
+        # they are copied into the shards: no second copy)
+        full = model.state_dict()
         if not get_gradient_division():  # the tables would step W times too far (module docstring)
             raise ValueError("--shard-embeddings: TorchRec's gradient division is switched off in this process")
         self._prefixes = _swap_tables(model)

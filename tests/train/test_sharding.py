@@ -19,10 +19,30 @@ needs_torchrec = pytest.mark.skipif(importlib.util.find_spec("torchrec") is None
 
 # DeepFM: its 4 embedding tables (D=8) and its first-order part (4 tables of width 1, held as 4
 # copies: FBGEMM takes widths that are multiples of 4), both sharded; 2 epochs of 9 global
-# batches of 256, 128 a rank; the tables by row-wise Adagrad
+# batches of 256, 128 a rank; the tables by row-wise Adagrad, its lr on the warm-up + cosine schedule
+# (TorchRec's fused optimizer takes the Trainer's lr every step)
 ARGS = ["train", "--model", "deepfm", "--samples", "2560", "--fields", "4", "--vocab", "50", "--epochs", "2",
         "--batch-size", "256", "--no-progress", "--threads", "1", "--embedding-optimizer", "rowwise_adagrad",
-        "--embedding-lr", "0.05", "--model-config", '{"dnn_hidden_units": [32, 16]}']
+        "--embedding-lr", "0.05", "--lr-schedule", "cosine", "--warmup-steps", "3",
+        "--model-config", '{"dnn_hidden_units": [32, 16]}']
+
+
+def _one_process(args) -> None:
+    """``rankops`` in this process (saves an interpreter's and torch's start-up); --threads restored after."""
+    threads = torch.get_num_threads()
+    try:
+        assert cli.main(args) == 0
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _two_processes(args) -> str:
+    """``torchrun --nproc_per_node=2 -m rankops *args`` (gloo on loopback); its stderr."""
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+                        f"--master_port={_port()}", "-m", "rankops", *args],
+                       cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return p.stderr
 
 
 @pytest.fixture(scope="module")
@@ -34,20 +54,12 @@ def runs(tmp_path_factory):
 
     def run(name):
         if name not in done:
-            if name == "one":  # in this process: saves a start-up of the interpreter and torch
-                threads = torch.get_num_threads()
-                try:
-                    assert cli.main([*ARGS, "--out", str(tmp / name)]) == 0
-                finally:
-                    torch.set_num_threads(threads)
+            out = ["--out", str(tmp / name)]
+            if name == "one":
+                _one_process([*ARGS, *out])
                 done[name] = (tmp / name, "")
             else:
-                p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-                                    f"--master_port={_port()}", "-m", "rankops", *ARGS, "--shard-embeddings",
-                                    "--sharding", name, "--out", str(tmp / name)],
-                                   cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
-                assert p.returncode == 0, p.stderr[-3000:]
-                done[name] = (tmp / name, p.stderr)
+                done[name] = (tmp / name, _two_processes([*ARGS, "--shard-embeddings", "--sharding", name, *out]))
         return done[name]
 
     return run
@@ -97,16 +109,8 @@ def test_sharded_resume_continues_as_one_process(runs, tmp_path):
     shutil.copytree(one, tmp_path / "one")
     shutil.copytree(two, tmp_path / "two")
     more = ["train", "--resume", "--epochs", "3", "--no-progress", "--threads", "1"]
-    threads = torch.get_num_threads()
-    try:
-        assert cli.main([*more, "--out", str(tmp_path / "one")]) == 0
-    finally:
-        torch.set_num_threads(threads)
-    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-                        f"--master_port={_port()}", "-m", "rankops", *more, "--out", str(tmp_path / "two")],
-                       cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, p.stderr[-3000:]
-    assert "resuming" in p.stderr
+    _one_process([*more, "--out", str(tmp_path / "one")])
+    assert "resuming" in _two_processes([*more, "--out", str(tmp_path / "two")])
     a = torch.load(tmp_path / "one" / "checkpoint.pt", weights_only=False)
     b = torch.load(tmp_path / "two" / "checkpoint.pt", weights_only=False)
     assert a["position"]["step"] == b["position"]["step"] == 27
@@ -125,6 +129,8 @@ def test_needs_many_processes_and_torchrec(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "needs TorchRec" in err and "pip install" in err
     assert not (tmp_path / "r").exists()  # nothing written
+    assert cli.main(["train", "--sharding", "row_wise", "--out", str(tmp_path / "r")]) == 2
+    assert "add --shard-embeddings" in capsys.readouterr().err
 
 
 def test_narrow_tables_are_held_as_copies_that_step_as_one():
