@@ -121,3 +121,16 @@ def test_planted_set_deterministic_and_per_id_effects_lift_the_ceiling():
     assert users.min() >= 0 and users.max() > 2 ** 60  # raw 64-bit ids, not dense indices
     counts = torch.unique(users, return_counts=True)[1]
     assert counts.max() > 100 * counts.median()  # long tail: the top id is far above the typical one
+
+
+def test_raw_ids_pass_batch_validation_and_checkpoints_keep_the_map(cfg, data):
+    batch = data.take(torch.arange(256))
+    batch.validate(data.schema)  # raw ids sit in [0, 2**63 - 1): the schema's vocab_size accepts them
+    model = _build(cfg, data.schema)
+    Trainer(model, TrainConfig(epochs=1, batch_size=256, max_steps=4, progress=False)).fit(data)
+    again = zoo.build("monolith", data.schema, **model.config())
+    again.load_state_dict(model.state_dict())
+    model.eval(), again.eval()
+    with torch.no_grad():
+        assert torch.equal(model(batch), again(batch))
+    assert torch.equal(again.ids.tables["item"].keys, model.ids.tables["item"].keys)
