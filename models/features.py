@@ -44,7 +44,9 @@ class FeatureArch(nn.Module):
     sequence_pooling: ``"mean"`` (masked mean), ``"din"`` (DIN's activation unit, ``att_hidden_units``,
     ``att_activation``), ``"attention"`` (multi-head target attention, ``att_heads``) or
     ``"transformer"`` (BST: ``transformer_layers`` blocks over ``[target, sequence]`` with learned
-    positions; the target token's output).
+    positions; the target token's output). A sequence of id lists (``item_len``: e.g. the titles of
+    clicked news, against a multi-hot title) first pools each position's list as its target's bag
+    is pooled (a bag of words per clicked title).
     """
 
     def __init__(self, schema: Schema, *, sequence_pooling: str = "mean", att_hidden_units: Sequence[int] = (80, 40),
