@@ -360,3 +360,17 @@ def test_lr_schedule_decays_to_zero_and_is_a_function_of_the_step():
     assert lr_factor(lin, 5, None) == 1.0  # unknown length: no decay
     with pytest.raises(ValueError, match="lr_schedule"):
         TrainConfig(lr_schedule="step")
+
+
+@pytest.mark.parametrize("recipe", __import__("rankops.models.recipes", fromlist=["names"]).names())
+def test_every_recipe_trains_from_its_yaml_through_the_cli(recipe, tmp_path, capsys):
+    """`rankops train --config models/recipes/<name>.yaml` (the README's command for each recipe),
+    cut to a few steps on a small draw of its planted set: the YAML's keys are train flags."""
+    from rankops.models import recipes
+
+    rc, stdout, err = run(["train", "--config", recipes.yaml_path(recipe), "--samples", "1000", "--epochs", "1",
+                           "--max-steps", "3", "--batch-size", "128", "--no-progress", "--out", tmp_path / recipe],
+                          capsys)
+    assert rc == 0, err
+    m = json.loads((tmp_path / recipe / "metrics.json").read_text())
+    assert m["model"] == recipe and m["ceiling"] and m["valid"]
