@@ -9,6 +9,7 @@ from rankops.ops.cin import cin_layer  # noqa: E402
 from rankops.ops.cross import (cross_layer, cross_layer_lowrank, cross_layer_v1, cross_net, cross_net_lowrank,  # noqa: E402
                                cross_net_v1)
 from rankops.ops.embedding_bag import batched_embedding_bag, embedding_bag, fused_batched_embedding_bag  # noqa: E402
+from rankops.ops.hash_embedding import hash_insert, hash_lookup  # noqa: E402
 from rankops.ops.interaction import dot_interaction, fm_interaction  # noqa: E402
 
 from rankops import nn  # noqa: E402  (after the ops: the layers import them)
@@ -19,6 +20,7 @@ __all__ = ["__version__", "current_backend", "info", "nn", "use_backend"]
 __all__ += ["din_attention", "jagged_target_attention", "target_attention"]
 __all__ += ["batched_embedding_bag", "embedding_bag", "fused_batched_embedding_bag"]
 __all__ += ["dot_interaction", "fm_interaction"]
+__all__ += ["hash_insert", "hash_lookup"]
 __all__ += ["cin_layer", "cross_layer", "cross_layer_lowrank", "cross_layer_v1", "cross_net", "cross_net_lowrank",
             "cross_net_v1"]
 __all__ += ["PatchReport", "patch", "unpatch"]
