@@ -10,13 +10,20 @@ mode its forward builds the autograd graph through the subnetwork of task ``step
 ``loss()`` returns that task's loss and advances the counter, so the steps go round robin over the
 tasks. Evaluation (eval mode) computes every task's subnetwork and calls no loss.
 
-Planted data: ``multitask`` (``rankops.data.synthetic.make_multitask``: two tasks with conflicting signals).
+Planted data: ``sinusoid_tasks`` (``rankops.data.synthetic_mtl.make_sinusoid_tasks``: two tasks reading
+different ridge functions of the same dense features, the MMoE paper's synthetic).
+
+Defaults: one shared network of (64, 8), as wide as MMoE's 4 experts of (16, 8) together (about their
+weights, plus a mask score per weight and task), so the tasks have room to keep subnetworks of their
+own; masks start on (``mask_init=1``: a score that starts near 0 flips a weight off after a few Adam
+steps, before its task has a gradient worth keeping it for). Alternating updates give each task
+one step in ``T``: the YAML trains twice the epochs of the joint models, the same updates per task.
 """
 
 from ..ranker import Ranker, needs_tasks, preset
 
-DEFAULTS = dict(towers="sparse_sharing", expert_hidden_units=(16, 8), tower_hidden_units=(16,), alternate_tasks=True,
-                mask_penalty=1e-3, mask_init=0.1)  # masks start just on: each task prunes what it does not need
+DEFAULTS = dict(towers="sparse_sharing", expert_hidden_units=(64, 8), tower_hidden_units=(16,), alternate_tasks=True,
+                mask_penalty=1e-3, mask_init=1.0)
 
 
 def build(schema, **config) -> Ranker:

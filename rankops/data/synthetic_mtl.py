@@ -272,6 +272,60 @@ def make_sequence_tasks(num_samples: int = 30_000, num_categories: int = 10, max
                            sequences={"hist_item": (hist, lengths)}, labels=labels, extra=extra)
 
 
+def make_sinusoid_tasks(num_samples: int = 100_000, dense_dim: int = 32, num_directions: int = 6, num_sines: int = 10,
+                        frequency: float = 3.0, task_correlation: float = 0.0, signal_std: float = 2.0,
+                        sine_scale: float = 1.0, num_fields: int = 2, vocab_size: int = 20,
+                        first_order_std: float = 0.3, embedding_dim: int = 8, seed: int = 0) -> InMemoryDataset:
+    """Two tasks of controlled correlation on the same dense features: the MMoE paper's synthetic
+    (Ma et al., Modeling Task Relationships in Multi-task Learning with Multi-gate Mixture-of-Experts,
+    KDD 2018, section 4), with ``num_directions`` ridge directions per task instead of one.
+
+    ``x ~ N(0, I_d)`` (``d = dense_dim``, the dense feature ``x``). Orthonormal directions
+    ``u_1..u_r, u'_1..u'_r`` (``r = num_directions``, a QR of a Gaussian matrix) give task a's
+    ``w_a,j = u_j`` and task b's ``w_b,j = rho u_j + sqrt(1 - rho^2) u'_j``, so
+    ``cos(w_a,j, w_b,j) = rho`` (``task_correlation``). With ``z_t,j = w_t,j . x``:
+
+        y_t     = sum_j [ z_t,j + sine_scale * sum_i sin(alpha_i z_t,j + beta_i) ]
+        logit_t = signal_std * standardise(y_t) + sum_f o_t,f[id_f]
+
+    (``alpha_i = frequency * linspace(0.25, 1, num_sines)``, fixed so every seed is as hard;
+    ``beta_i ~ N(0, 1)``; ``o_t`` first-order effects of ``num_fields`` categorical context fields,
+    std ``first_order_std``, one per task). At rho = 1 the tasks read the same ``r`` ridge functions;
+    at rho = 0 they read ``2 r`` different ones from the same inputs, and a shared bottom of a given
+    width must split its hidden units between them (a layer pulled two ways: negative transfer),
+    where MMoE / PLE give each task its own mixture of experts of that width. At the defaults a
+    bottom of (16, 8) holds one task's 6 ridge functions (at rho = 1 it matches MMoE) but not two
+    tasks' 12 (bench/results/learning-*: ``multitask`` and ``multitask_rho1``). ``sine_scale=0``
+    leaves the tasks linear in ``x``, which any width holds. Tasks ``a``, ``b``; dense ``x``,
+    sparse ``f0..``.
+    """
+    if (dense_dim < 2 * num_directions or num_directions < 1 or num_sines < 0 or num_samples < 2 or num_fields < 1
+            or vocab_size < 2 or not -1 <= task_correlation <= 1):
+        raise ValueError("make_sinusoid_tasks: need num_samples >= 2, num_directions >= 1, "
+                         "dense_dim >= 2 * num_directions, num_sines >= 0, num_fields >= 1, vocab_size >= 2, "
+                         "-1 <= task_correlation <= 1")
+    g = torch.Generator().manual_seed(seed)
+    N, d, r, F = num_samples, dense_dim, num_directions, num_fields
+    x = torch.randn(N, d, generator=g, dtype=torch.float64)
+    ids = torch.randint(0, vocab_size, (N, F), generator=g)
+    u, _ = torch.linalg.qr(torch.randn(d, 2 * r, generator=g, dtype=torch.float64))
+    beta = _scaled_normal(g, (num_sines,), 1.0)
+    o = _scaled_normal(g, (2, F, vocab_size), first_order_std / math.sqrt(F))
+    noise = torch.rand(N, 2, generator=g)
+    alpha = frequency * torch.linspace(0.25, 1.0, num_sines, dtype=torch.float64)
+    w = {"a": u[:, :r], "b": task_correlation * u[:, :r] + math.sqrt(1 - task_correlation ** 2) * u[:, r:]}
+    fields = torch.arange(F)
+    logits = {}
+    for i, (t, wt) in enumerate(w.items()):
+        z = x @ wt  # [N, r]
+        y = (z + sine_scale * torch.sin(alpha * z[..., None] + beta).sum(-1)).sum(1)
+        logits[t] = signal_std * _standardise(y) + o[i, fields, ids].sum(1)
+    labels, extra = _draw(g, logits, noise)
+    schema = Schema(dense=[{"name": "x", "dim": d}], sparse=_fields_schema(F, vocab_size, embedding_dim),
+                    tasks=[{"name": "a"}, {"name": "b"}])
+    return InMemoryDataset(schema, x.float(), {f"f{i}": ids[:, i] for i in range(F)}, labels=labels, extra=extra)
+
+
 def without_dense(data: InMemoryDataset, names: list[str]) -> InMemoryDataset:
     """``data`` without the dense features ``names`` (schema and columns): the same samples for a
     model that must do without them."""
@@ -290,4 +344,4 @@ def without_dense(data: InMemoryDataset, names: list[str]) -> InMemoryDataset:
 
 PLANTED = {"position_bias": make_position_bias, "shared_interest": make_shared_interest,
            "dense_vectors": make_dense_vectors, "crossed_tasks": make_crossed_tasks,
-           "sequence_tasks": make_sequence_tasks}
+           "sequence_tasks": make_sequence_tasks, "sinusoid_tasks": make_sinusoid_tasks}

@@ -129,6 +129,7 @@ SIGNAL = {  # set -> (the scale that zeroes its planted signal, the tasks whose 
     "dense_vectors": ("vector_scale", ("stream", "save")),
     "crossed_tasks": ("cross_scale", ("a", "b")),
     "sequence_tasks": ("affinity_scale", ("click", "buy")),
+    "sinusoid_tasks": ("signal_std", ("a", "b")),
 }
 
 
@@ -172,3 +173,39 @@ def test_without_dense_drops_the_vectors():
     assert torch.equal(bare.labels, data.labels)
     with pytest.raises(ValueError, match="not dense features"):
         without_dense(data, ["nope"])
+
+
+def _planted_logits(data):
+    return torch.stack([torch.logit(data.extra[f"prob/{t}"].double()) for t in ("a", "b")])
+
+
+def test_sinusoid_tasks_correlation_is_the_knob():
+    """cos(w_a, w_b) = rho: at 1 the tasks are the same function of x, at 0 unrelated ones."""
+    same = PLANTED["sinusoid_tasks"](num_samples=20_000, seed=0, task_correlation=1.0, first_order_std=0.0)
+    torch.testing.assert_close(same.extra["prob/a"], same.extra["prob/b"])
+    corr = {rho: float(torch.corrcoef(_planted_logits(PLANTED["sinusoid_tasks"](
+        num_samples=20_000, seed=0, task_correlation=rho, first_order_std=0.0)))[0, 1]) for rho in (0.0, 0.5, 0.9)}
+    assert abs(corr[0.0]) < 0.05 < corr[0.5] < corr[0.9] < 1.0, corr
+    # the same draws whatever rho: task a, the ids and x do not move
+    other = PLANTED["sinusoid_tasks"](num_samples=20_000, seed=0, task_correlation=0.3, first_order_std=0.0)
+    assert torch.equal(other.dense, same.dense) and torch.equal(other.extra["prob/a"], same.extra["prob/a"])
+
+
+def test_sinusoid_tasks_sines_make_it_nonlinear():
+    """Without the sines a task's logit is linear in x (a least-squares fit holds it); with them a
+    linear fit misses a large part of it: what needs hidden units, and what a shared bottom must split."""
+    def linear_r2(data):
+        x = torch.cat([data.dense.double(), torch.ones(len(data), 1, dtype=torch.float64)], 1)
+        y = torch.logit(data.extra["prob/a"].double())[:, None]
+        resid = y - x @ torch.linalg.lstsq(x, y).solution
+        return 1 - float(resid.var() / y.var())
+    kw = dict(num_samples=5000, seed=0, first_order_std=0.0)
+    assert linear_r2(PLANTED["sinusoid_tasks"](**kw, sine_scale=0.0)) > 0.999
+    assert linear_r2(PLANTED["sinusoid_tasks"](**kw)) < 0.7
+
+
+@pytest.mark.parametrize("bad", [dict(task_correlation=1.5), dict(dense_dim=15, num_directions=8),
+                                 dict(num_directions=0), dict(num_fields=0)])
+def test_sinusoid_tasks_bad_arguments(bad):
+    with pytest.raises(ValueError, match="make_sinusoid_tasks"):
+        PLANTED["sinusoid_tasks"](num_samples=10, **bad)
