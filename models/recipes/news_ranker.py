@@ -28,12 +28,12 @@ from ..base import RankingModel
 
 
 def feature_ids(batch: Batch, name: str) -> tuple[Tensor, Tensor]:
-    """``(values, offsets [B+1])`` of sparse feature ``name`` of the batch's KeyedJaggedTensor."""
+    """``(values, offsets [B+1])`` of sparse feature ``name``: the KeyedJaggedTensor's whole values
+    and that feature's part of its offsets (absolute, so no slice of the values and no device sync:
+    ``values[offsets[b]:offsets[b + 1]]`` are sample b's ids)."""
     kjt = batch.sparse
     k, B = kjt.keys().index(name), kjt.stride()
-    off = kjt.offsets()[k * B:(k + 1) * B + 1]
-    start = int(off[0])
-    return kjt.values()[start:int(off[-1])], off - start
+    return kjt.values(), kjt.offsets()[k * B:(k + 1) * B + 1]
 
 
 def news_inputs(schema: Schema, title: str | None = None) -> tuple[str, str]:
@@ -100,8 +100,11 @@ class NewsRanker(RankingModel):
         # every title of the batch (candidates and clicked news) encoded once: popular news and the
         # all-padding titles past each history's length repeat many times in a batch
         titles = torch.cat([padded_tokens(values, offsets, T), ids.reshape(B * L, T)])
-        unique, inverse = torch.unique(titles, dim=0, return_inverse=True)
-        news = self.news(unique)[inverse]
+        if torch.compiler.is_compiling():  # torch.export / compile: static shapes, every title encoded
+            news = self.news(titles)
+        else:
+            unique, inverse = torch.unique(titles, dim=0, return_inverse=True)
+            news = self.news(unique)[inverse]
         cand, clicked = news[:B], news[B:].view(B, L, -1)
         return cand, self.user(clicked, lengths=lengths)
 
@@ -109,7 +112,8 @@ class NewsRanker(RankingModel):
         cand, user = self.encode(batch)
         if self.aux_head is not None and self.training and self.aux_weight > 0:
             # the auxiliary loss is computed here, where the batch is, and added by loss()
-            self._aux_loss = F.cross_entropy(self.aux_head(cand), feature_ids(batch, self.aux_feature)[0])
+            values, offsets = feature_ids(batch, self.aux_feature)  # one-hot: sample b's id at offsets[b]
+            self._aux_loss = F.cross_entropy(self.aux_head(cand), values[offsets[:-1]])
         return (user * cand) @ self.task_weight.T + self.task_bias
 
     def loss(self, logits: Tensor, labels: Tensor) -> Tensor:

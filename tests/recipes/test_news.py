@@ -217,3 +217,17 @@ def test_feature_arch_pools_each_listed_position_as_a_bag():
     torch.testing.assert_close(seq[b, l], table[toks].mean(0))
     assert (seq[b, lengths[b]:] == 0).all()
     assert arch(batch).shape == (30, 3, 32)  # title, category, pooled history
+
+
+def test_news_encoding_once_per_distinct_title_changes_nothing(monkeypatch):
+    # eager forward encodes each distinct title of the batch once; under torch.compile / export
+    # (static shapes) every title is encoded: the same logits either way
+    cfg = _yaml("plm_nr")
+    data = planted.make("news_interest", num_samples=50, seed=0)
+    model = _build(cfg, data.schema, text_layers=1).eval()
+    batch = data.take(torch.arange(50))
+    with torch.no_grad():
+        once = model(batch)
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+        every = model(batch)
+    torch.testing.assert_close(once, every)
