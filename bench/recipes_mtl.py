@@ -92,7 +92,8 @@ RECIPES = [
                  epochs=5),
             Case("mmoe (4 experts of (16, 8))", "mmoe", {"expert_hidden_units": W16, "tower_hidden_units": (16,)},
                  epochs=5)],
-           ["shared_bottom (16, 8)", "shared_bottom (64, 8)", "mmoe (4 experts of (16, 8))"], ["a/auc", "b/auc"]),
+           ["shared_bottom (16, 8)", "shared_bottom (64, 8)", "mmoe (4 experts of (16, 8))"],
+           ["a/auc", "b/auc", "mean/auc"]),
     Recipe("spotify", "the precomputed item vectors carry the signal; 5000 items seen ~5 times each",
            [_recipe_case("spotify", "spotify (MMoE + item_vec)"),
             Case("same MMoE without item_vec", "mmoe", MMOE, view="no_vectors")],
@@ -137,6 +138,9 @@ def _metrics(preds: torch.Tensor, data: InMemoryDataset) -> dict[str, float]:
             out[f"{t.name}/auc"] = auc(p, y)
         else:
             out[f"{t.name}/mse"] = float((p.double() - y.double()).square().mean())
+    aucs = [v for k, v in out.items() if k.endswith("/auc")]
+    if len(aucs) > 1:  # the multi-task summary: a shared bottom under conflict gives up one task or the other
+        out["mean/auc"] = sum(aucs) / len(aucs)
     if "label/relevance" in data.extra and data.schema.tasks[0].name == "click":  # youtube: the unbiased truth
         out["relevance/auc"] = auc(preds[:, 0], data.extra["label/relevance"])
     return out
