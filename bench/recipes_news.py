@@ -174,12 +174,13 @@ def write_md(summary: list[dict], path: Path, header: list[tuple[str, str]], qui
     path.write_text("\n".join(L) + "\n")
 
 
-def save(bench, rows: list[dict], quick: bool, wall: str) -> dict[str, Path]:
+def save(bench, rows: list[dict], quick: bool, wall: str, replace: dict | None = None) -> dict[str, Path]:
     summary = summarise(rows)
     bench.out_dir.mkdir(parents=True, exist_ok=True)
     stem = bench.out_dir / bench.name
     paths = {"md": stem.with_suffix(".md"), "json": stem.with_suffix(".json")}
-    header = [h for h in bench.header() if h[0] != "memory bandwidth"] + [("wall time", wall)]
+    header = [(k, (replace or {}).get(k, v)) for k, v in bench.header() if k != "memory bandwidth"]
+    header.append(("wall time", wall))
     write_md(summary, paths["md"], header, quick)
     paths["json"].write_text(json.dumps({"header": dict(header), "summary": summary, "runs": rows,
                                          "claims": claims(summary)}, indent=1))
@@ -215,14 +216,16 @@ if __name__ == "__main__":
     p.add_argument("--out", default=None)
     a = p.parse_args()
     by_recipe: dict[str, list[dict]] = {}
-    walls = []
+    walls, loads = [], []
     for path in a.merge:
         part = json.loads(Path(path).read_text())
         walls.append(part["header"].get("wall time", "?"))
+        loads.append(part["header"].get("load average", "?"))
         runs: dict[str, list[dict]] = {}
         for row in part["runs"]:
             runs.setdefault(row["recipe"], []).append(row)
         by_recipe.update(runs)
     rows = [r for rec in RECIPES for r in by_recipe.get(rec.name, [])]
     bench = Bench("recipes_news", "cpu", out_dir=a.out, bandwidth=0.0, progress=False)
-    print(save(bench, rows, False, " + ".join(walls) + " (parts merged: python -m bench.recipes_news --merge)"))
+    print(save(bench, rows, False, " + ".join(walls) + " (parts merged: python -m bench.recipes_news --merge)",
+               {"load average": "; ".join(f"part {i + 1}: {x}" for i, x in enumerate(loads))}))
