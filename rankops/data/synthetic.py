@@ -82,7 +82,8 @@ def random_batch(schema, batch_size: int, seed: int = 0, max_bag: int = 4) -> "B
     for s in schema.sequences:
         vocab = schema.feature(s.target).vocab_size
         lengths = torch.randint(0, s.max_len + 1, (B,), generator=g)
-        feats[s.name] = (torch.randint(0, vocab, (B, s.max_len), generator=g), lengths)
+        shape = (B, s.max_len) if s.item_len is None else (B, s.max_len, s.item_len)  # lists of ids per position
+        feats[s.name] = (torch.randint(0, vocab, shape, generator=g), lengths)
     labels = torch.empty(B, schema.num_tasks)
     for t, task in enumerate(schema.tasks):
         labels[:, t] = (torch.rand(B, generator=g) < 0.3).float() if task.kind == "binary" else torch.randn(B, generator=g)

@@ -374,3 +374,6 @@ def test_every_recipe_trains_from_its_yaml_through_the_cli(recipe, tmp_path, cap
     assert rc == 0, err
     m = json.loads((tmp_path / recipe / "metrics.json").read_text())
     assert m["model"] == recipe and m["ceiling"] and m["valid"]
+    if recipe == "mtrec":  # sequences of id lists ([B, L, item_len]) trace through torch.export too
+        rc, stdout, err = run(["export", "--run", tmp_path / recipe], capsys)
+        assert rc == 0 and (tmp_path / recipe / "model.pt2").is_file() and "torch.export program" in stdout, err
