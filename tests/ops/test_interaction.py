@@ -11,8 +11,9 @@ from tests.utils import DTYPES, assert_close, backend_devices, on, tol
 KERNELS = backend_devices("cpp", "triton", "cuda")
 
 # (B, F, D): odd shapes beside regular ones; F=2 is the smallest dot interaction, D=1 and D=13 are
-# not vector multiples, F=39/D=16 is the Criteo DeepFM shape, F=70 spans several 32-wide tiles.
-SHAPES = [(1, 2, 1), (3, 2, 13), (5, 7, 16), (4, 39, 16), (2, 27, 64), (2, 70, 20)]
+# not vector multiples, F=39/D=16 is the Criteo DeepFM shape, D=64 and D=100 take the CPU FM kernels' wide-row
+# path (rows read in order), F=70 spans several 32-wide tiles.
+SHAPES = [(1, 2, 1), (3, 2, 13), (5, 7, 16), (4, 39, 16), (2, 27, 64), (3, 5, 100), (2, 70, 20)]
 
 
 def _x(shape, dtype, device, seed=0):
