@@ -15,6 +15,7 @@ under bench/results/tmp/. ``--cases recipe=youtube seed=0`` runs a part.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from rankops.data.synthetic_mtl import without_dense
 from rankops.models import recipes
 from rankops.train.metrics import auc
 
+from bench import recipe_runs
 from bench.learning import _trainer
 
 OWN_RESULTS = True  # bench/__main__.py: run() writes its own tables
@@ -284,36 +286,13 @@ def write_md(summary: list[dict], path: Path, header: list[tuple[str, str]], qui
     path.write_text("\n".join(L) + "\n")
 
 
-def save(bench, rows: list[dict], quick: bool, wall: str, extra: list[tuple[str, str]] = ()) -> dict[str, Path]:
-    summary = summarise(rows)
-    bench.out_dir.mkdir(parents=True, exist_ok=True)
-    stem = bench.out_dir / bench.name
-    paths = {"md": stem.with_suffix(".md"), "json": stem.with_suffix(".json")}
-    header = [h for h in bench.header() if h[0] != "memory bandwidth"] + [("wall time", wall)] + list(extra)
-    write_md(summary, paths["md"], header, quick)
-    paths["json"].write_text(json.dumps({"header": dict(header), "summary": summary, "runs": rows,
-                                         "claims": claims(summary)}, indent=1))
-    return paths
-
-
 def run(bench, args) -> dict[str, Path]:
     quick = bool(getattr(args, "quick", False))
     device = getattr(args, "device", "cpu")
-    seeds = SEEDS[:1] if quick else SEEDS
-    rows: list[dict] = []
     cache: dict = {}
-    t0 = time.perf_counter()
-    for r in RECIPES:
-        for seed in seeds:
-            if not bench.wants(recipe=r.name, seed=seed):
-                continue
-            new = run_recipe(r, seed, quick, device, cache)
-            rows += new
-            shown = ", ".join(f"{x['model']}/{x['metric']} {x['value']:.4f}" for x in new
-                              if x["metric"] in r.primary)
-            print(f"[recipes_mtl] {r.name} seed {seed}: {shown} ({time.perf_counter() - t0:.0f} s)", flush=True)
-    bench.rows = rows
-    return save(bench, rows, quick, f"{time.perf_counter() - t0:.0f} s")
+    rows, seconds = recipe_runs.run_seeds(bench, RECIPES, SEEDS[:1] if quick else SEEDS,
+                                          lambda r, seed: run_recipe(r, seed, quick, device, cache), "recipes_mtl")
+    return recipe_runs.save(sys.modules[__name__], bench, rows, quick, f"{seconds:.0f} s")
 
 
 if __name__ == "__main__":
@@ -329,16 +308,7 @@ if __name__ == "__main__":
     p.add_argument("--note", action="append", default=[], help="a header line (e.g. the commands of the parts)")
     p.add_argument("--out", default=None)
     a = p.parse_args()
-    by_recipe: dict[str, list[dict]] = {}
-    walls = []
-    for path in a.merge:
-        part = json.loads(Path(path).read_text())
-        walls.append(part["header"].get("wall time", "?"))
-        runs: dict[str, list[dict]] = {}
-        for row in part["runs"]:
-            runs.setdefault(row["recipe"], []).append(row)
-        by_recipe.update(runs)
-    rows = [r for rec in RECIPES for r in by_recipe.get(rec.name, [])]
+    rows, headers = recipe_runs.merge_parts(a.merge, RECIPES)
     bench = Bench("recipes_mtl", "cpu", out_dir=a.out, bandwidth=0.0, progress=False)
-    wall = " + ".join(walls) + " (parts: " + ", ".join(a.merge) + ")"
-    print(save(bench, rows, False, wall, extra=[("note", n) for n in a.note]))
+    wall = " + ".join(h.get("wall time", "?") for h in headers) + " (parts: " + ", ".join(a.merge) + ")"
+    print(recipe_runs.save(sys.modules[__name__], bench, rows, False, wall, extra=[("note", n) for n in a.note]))

@@ -14,7 +14,7 @@ one epoch, under bench/results/tmp/. ``--cases recipe=plm_nr seed=0`` runs a par
 
 from __future__ import annotations
 
-import json
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +27,7 @@ from rankops.data import planted
 from rankops.models import recipes
 from rankops.train.metrics import auc
 
+from bench import recipe_runs
 from bench.learning import _trainer
 
 OWN_RESULTS = True  # bench/__main__.py: run() writes its own tables
@@ -174,34 +175,13 @@ def write_md(summary: list[dict], path: Path, header: list[tuple[str, str]], qui
     path.write_text("\n".join(L) + "\n")
 
 
-def save(bench, rows: list[dict], quick: bool, wall: str, replace: dict | None = None) -> dict[str, Path]:
-    summary = summarise(rows)
-    bench.out_dir.mkdir(parents=True, exist_ok=True)
-    stem = bench.out_dir / bench.name
-    paths = {"md": stem.with_suffix(".md"), "json": stem.with_suffix(".json")}
-    header = [(k, (replace or {}).get(k, v)) for k, v in bench.header() if k != "memory bandwidth"]
-    header.append(("wall time", wall))
-    write_md(summary, paths["md"], header, quick)
-    paths["json"].write_text(json.dumps({"header": dict(header), "summary": summary, "runs": rows,
-                                         "claims": claims(summary)}, indent=1))
-    return paths
-
-
 def run(bench, args) -> dict[str, Path]:
     quick = bool(getattr(args, "quick", False))
     device = getattr(args, "device", "cpu")
-    rows: list[dict] = []
-    t0 = time.perf_counter()
-    for r in RECIPES:
-        for seed in SEEDS[:1] if quick else SEEDS:
-            if not bench.wants(recipe=r.name, seed=seed):
-                continue
-            new = run_recipe(r, seed, quick, device)
-            rows += new
-            shown = ", ".join(f"{x['model']}/{x['metric']} {x['value']:.4f}" for x in new if x["metric"] in r.primary)
-            print(f"[recipes_news] {r.name} seed {seed}: {shown} ({time.perf_counter() - t0:.0f} s)", flush=True)
-    bench.rows = rows
-    return save(bench, rows, quick, f"{time.perf_counter() - t0:.0f} s (`python -m bench recipes_news`)")
+    rows, seconds = recipe_runs.run_seeds(bench, RECIPES, SEEDS[:1] if quick else SEEDS,
+                                          lambda r, seed: run_recipe(r, seed, quick, device), "recipes_news")
+    return recipe_runs.save(sys.modules[__name__], bench, rows, quick,
+                            f"{seconds:.0f} s (`python -m bench recipes_news`)")
 
 
 if __name__ == "__main__":
@@ -215,17 +195,9 @@ if __name__ == "__main__":
     p.add_argument("--merge", nargs="+", required=True, metavar="JSON")
     p.add_argument("--out", default=None)
     a = p.parse_args()
-    by_recipe: dict[str, list[dict]] = {}
-    walls, loads = [], []
-    for path in a.merge:
-        part = json.loads(Path(path).read_text())
-        walls.append(part["header"].get("wall time", "?"))
-        loads.append(part["header"].get("load average", "?"))
-        runs: dict[str, list[dict]] = {}
-        for row in part["runs"]:
-            runs.setdefault(row["recipe"], []).append(row)
-        by_recipe.update(runs)
-    rows = [r for rec in RECIPES for r in by_recipe.get(rec.name, [])]
+    rows, headers = recipe_runs.merge_parts(a.merge, RECIPES)
     bench = Bench("recipes_news", "cpu", out_dir=a.out, bandwidth=0.0, progress=False)
-    print(save(bench, rows, False, " + ".join(walls) + " (parts merged: python -m bench.recipes_news --merge)",
-               {"load average": "; ".join(f"part {i + 1}: {x}" for i, x in enumerate(loads))}))
+    loads = "; ".join(f"part {i + 1}: {h.get('load average', '?')}" for i, h in enumerate(headers))
+    print(recipe_runs.save(sys.modules[__name__], bench, rows, False,
+                           " + ".join(h.get("wall time", "?") for h in headers)
+                           + " (parts merged: python -m bench.recipes_news --merge)", {"load average": loads}))
