@@ -4,86 +4,44 @@ Trainer (the loss goes down), and gives equal outputs and gradients under the re
 and the fused default from the same weights; the planted sets (rankops.data.synthetic_mtl) are
 deterministic per seed and their planted signal is what lifts the ceiling."""
 
-import copy
-
 import pytest
 import torch
-import yaml
 
-import rankops
 import rankops.models as zoo
 from rankops.data import planted
 from rankops.data.synthetic import ceiling
 from rankops.data.synthetic_mtl import PLANTED, without_dense
-from rankops.models import recipes
-from rankops.models.base import RankingModel
-from rankops.train.loop import TrainConfig, Trainer
+from tests.recipes.common import (assert_training_lowers_loss, assert_yaml_and_module, build, fused_and_reference,
+                                   planted_draw, recipe_yaml)
 
 MINE = ("youtube", "linkedin_feed", "csrec", "spotify", "snapchat_ads", "taobao", "kuaishou")
-SMALL_DATA = dict(num_samples=1200)
-
-
-def _yaml(name):
-    return yaml.safe_load(recipes.yaml_path(name).read_text())
+SMALL_DATA = 1200  # rows of each recipe's planted draw
 
 
 @pytest.fixture(scope="module", params=MINE)
 def recipe(request):
     """(name, YAML config, a small draw of its planted set)."""
-    cfg = _yaml(request.param)
-    data = planted.make(cfg["data"].partition(":")[2], **{**cfg.get("data_config", {}), **SMALL_DATA}, seed=0)
-    return request.param, cfg, data
-
-
-def _build(cfg, schema, seed=0):
-    torch.manual_seed(seed)
-    return zoo.build(cfg["model"], schema, **cfg.get("model_config", {}))
+    cfg = recipe_yaml(request.param)
+    return request.param, cfg, planted_draw(cfg, SMALL_DATA)
 
 
 def test_every_recipe_has_its_yaml_and_module():
-    for name in MINE:
-        cfg = _yaml(name)
-        assert cfg["model"] == name and name in recipes.RECIPES
-        assert cfg["data"].startswith("synthetic:") and cfg["data"].partition(":")[2] in planted.sets()
-        assert {"epochs", "batch_size", "lr", "seed", "model_config", "data_config"} <= set(cfg)
+    assert_yaml_and_module(MINE)
 
 
 def test_builds_and_trains_from_its_yaml(recipe):
     name, cfg, data = recipe
-    model = _build(cfg, data.schema)
+    model = build(cfg, data.schema)
     assert model.name == name
-    probe = data.take(torch.arange(256))
-    model.eval()
-    with torch.no_grad():
-        before = RankingModel.loss(model, model(probe), probe.labels)  # every task, no alternation
-    trainer = Trainer(model, TrainConfig(epochs=1, batch_size=64, lr=float(cfg["lr"]), seed=0, max_steps=16,
-                                         progress=False))
-    trainer.fit(data)
-    model.eval()
-    with torch.no_grad():
-        out = model(probe)
-        after = RankingModel.loss(model, out, probe.labels)
-    assert out.shape == (256, data.schema.num_tasks) and torch.isfinite(out).all()
-    assert after < before, (float(before), float(after))
-
-
-def _grads(model, batch, state, **kw):
-    model.load_state_dict(state)  # the same weights (and sparse-sharing statistics) for each backend
-    model.zero_grad(set_to_none=True)
-    out = model(batch, **kw)
-    model.loss(out, batch.labels).backward()
-    return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    assert_training_lowers_loss(model, data, float(cfg["lr"]), probe_rows=256, max_steps=16)
 
 
 def test_fused_equals_reference(recipe):
     name, cfg, data = recipe
-    model = _build(cfg, data.schema).eval()
+    model = build(cfg, data.schema).eval()
     batch = data.take(torch.arange(37))
-    state = copy.deepcopy(model.state_dict())
     kw = {"with_bias": True} if model.bias_tower is not None else {}  # the training-time logits too
-    out, grads = _grads(model, batch, state, **kw)
-    with rankops.use_backend("reference"):
-        ref_out, ref_grads = _grads(model, batch, state, **kw)
+    (out, grads), (ref_out, ref_grads) = fused_and_reference(model, batch, **kw)
     torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-5)
     assert grads.keys() == ref_grads.keys() and grads
     for n in grads:
@@ -109,7 +67,7 @@ def test_recipe_schema_errors():
 
 def test_linkedin_task_weights_weigh_the_loss():
     data = planted.make("shared_interest", num_samples=50, seed=0)
-    model = _build({"model": "linkedin_feed", "model_config": {"task_weights": {"share": 3.0, "dwell": 0.0}}},
+    model = build({"model": "linkedin_feed", "model_config": {"task_weights": {"share": 3.0, "dwell": 0.0}}},
                    data.schema)
     assert [t.weight for t in model.schema.tasks] == [1.0, 3.0, 0.0]
     assert model.config()["task_weights"] == {"share": 3.0, "dwell": 0.0}

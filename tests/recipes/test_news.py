@@ -4,88 +4,47 @@ outputs and gradients under the reference backend and the fused default from the
 planted sets (rankops.data.synthetic_news) are deterministic per seed and their planted signal is
 what lifts the ceiling; the schema's sequences of id lists round-trip and validate."""
 
-import copy
-
 import pytest
 import torch
-import yaml
 
-import rankops
 import rankops.models as zoo
 from rankops.data import planted
 from rankops.data.schema import Schema
 from rankops.data.synthetic import ceiling
 from rankops.data.synthetic_news import PLANTED
-from rankops.models import recipes
 from rankops.models.base import RankingModel
 from rankops.models.features import FeatureArch
-from rankops.train.loop import TrainConfig, Trainer
+from tests.recipes.common import (assert_training_lowers_loss, assert_yaml_and_module, build, fused_and_reference,
+                                   planted_draw, recipe_yaml)
 
 MINE = ("mtrec", "m2trec", "plm_nr")
-SMALL_DATA = dict(num_samples=1000)
-
-
-def _yaml(name):
-    return yaml.safe_load(recipes.yaml_path(name).read_text())
+SMALL_DATA = 1000  # rows of each recipe's planted draw
 
 
 @pytest.fixture(scope="module", params=MINE)
 def recipe(request):
     """(name, YAML config, a small draw of its planted set)."""
-    cfg = _yaml(request.param)
-    data = planted.make(cfg["data"].partition(":")[2], **{**cfg.get("data_config", {}), **SMALL_DATA}, seed=0)
-    return request.param, cfg, data
-
-
-def _build(cfg, schema, seed=0, **override):
-    torch.manual_seed(seed)
-    return zoo.build(cfg["model"], schema, **{**cfg.get("model_config", {}), **override})
+    cfg = recipe_yaml(request.param)
+    return request.param, cfg, planted_draw(cfg, SMALL_DATA)
 
 
 def test_every_recipe_has_its_yaml_and_module():
-    for name in MINE:
-        cfg = _yaml(name)
-        assert cfg["model"] == name and name in recipes.RECIPES
-        assert cfg["data"].startswith("synthetic:") and cfg["data"].partition(":")[2] in planted.sets()
-        assert {"epochs", "batch_size", "lr", "seed", "model_config", "data_config"} <= set(cfg)
+    assert_yaml_and_module(MINE)
 
 
 def test_builds_and_trains_from_its_yaml(recipe):
     name, cfg, data = recipe
-    model = _build(cfg, data.schema)
+    model = build(cfg, data.schema)
     assert model.name == name
-    probe = data.take(torch.arange(200))
-    model.eval()
-    with torch.no_grad():
-        before = RankingModel.loss(model, model(probe), probe.labels)
-    trainer = Trainer(model, TrainConfig(epochs=1, batch_size=64, lr=float(cfg["lr"]) * 3, seed=0, max_steps=15,
-                                         progress=False))
-    trainer.fit(data)
-    model.eval()
-    with torch.no_grad():
-        out = model(probe)
-        after = RankingModel.loss(model, out, probe.labels)
-    assert out.shape == (200, data.schema.num_tasks) and torch.isfinite(out).all()
-    assert after < before, (float(before), float(after))
-
-
-def _grads(model, batch, state):
-    model.load_state_dict(state)
-    model.zero_grad(set_to_none=True)
-    out = model(batch)
-    model.loss(out, batch.labels).backward()
-    return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    assert_training_lowers_loss(model, data, float(cfg["lr"]) * 3, probe_rows=200, max_steps=15)
 
 
 def test_fused_equals_reference(recipe):
     name, cfg, data = recipe
-    model = _build(cfg, data.schema)
+    model = build(cfg, data.schema)
     model.train()  # the training forward: mtrec's auxiliary loss is in the gradients
     batch = data.take(torch.arange(29))
-    state = copy.deepcopy(model.state_dict())
-    out, grads = _grads(model, batch, state)
-    with rankops.use_backend("reference"):
-        ref_out, ref_grads = _grads(model, batch, state)
+    (out, grads), (ref_out, ref_grads) = fused_and_reference(model, batch)
     torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-5)
     assert grads.keys() == ref_grads.keys() and grads
     tables = [n for n in grads if "weights" in n]  # the EBC tables: the fused lookups' gradients
@@ -95,10 +54,10 @@ def test_fused_equals_reference(recipe):
 
 
 def test_mtrec_auxiliary_task_adds_to_the_loss():
-    cfg = _yaml("mtrec")
+    cfg = recipe_yaml("mtrec")
     data = planted.make("news_interest", num_samples=64, seed=0)
     batch = data.take(torch.arange(64))
-    with_aux = _build(cfg, data.schema).train()
+    with_aux = build(cfg, data.schema).train()
     logits = with_aux(batch)
     main = RankingModel.loss(with_aux, logits, batch.labels)
     total = with_aux.loss(logits, batch.labels)
@@ -106,15 +65,15 @@ def test_mtrec_auxiliary_task_adds_to_the_loss():
     assert with_aux.loss(logits, batch.labels) == main  # each forward's auxiliary term is used once
     with_aux.eval()
     assert with_aux.loss(with_aux(batch), batch.labels) == RankingModel.loss(with_aux, with_aux(batch), batch.labels)
-    without = _build(cfg, data.schema, aux_weight=0.0).train()
+    without = build(cfg, data.schema, aux_weight=0.0).train()
     out = without(batch)
     assert without.loss(out, batch.labels) == RankingModel.loss(without, out, batch.labels)
 
 
 def test_m2trec_without_metadata_ignores_the_categories():
-    cfg = _yaml("m2trec")
+    cfg = recipe_yaml("m2trec")
     data = planted.make("cold_items", num_samples=40, seed=0)
-    model = _build(cfg, data.schema, metadata=[]).eval()
+    model = build(cfg, data.schema, metadata=[]).eval()
     batch = data.take(torch.arange(40))
     cats = data.sequences["session_category"][0]
     data.sparse["category"] = (data.sparse["category"] + 1) % data.schema.feature("category").vocab_size
@@ -122,7 +81,7 @@ def test_m2trec_without_metadata_ignores_the_categories():
     changed = data.take(torch.arange(40))
     with torch.no_grad():
         torch.testing.assert_close(model(batch), model(changed))
-        meta = _build(cfg, data.schema).eval()
+        meta = build(cfg, data.schema).eval()
         assert not torch.allclose(meta(batch), meta(changed))
 
 
@@ -222,9 +181,9 @@ def test_feature_arch_pools_each_listed_position_as_a_bag():
 def test_news_encoding_once_per_distinct_title_changes_nothing(monkeypatch):
     # eager forward encodes each distinct title of the batch once; under torch.compile / export
     # (static shapes) every title is encoded: the same logits either way
-    cfg = _yaml("plm_nr")
+    cfg = recipe_yaml("plm_nr")
     data = planted.make("news_interest", num_samples=50, seed=0)
-    model = _build(cfg, data.schema, text_layers=1).eval()
+    model = build(cfg, data.schema, text_layers=1).eval()
     batch = data.take(torch.arange(50))
     with torch.no_grad():
         once = model(batch)
