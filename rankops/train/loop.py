@@ -86,7 +86,7 @@ def dense_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
     if not params:
         return None
     kw = dict(lr=config.lr, weight_decay=config.weight_decay)
-    if config.optimizer in ("adam", "adamw", "adagrad", "sgd") and _fused_optim_ok(params):
+    if _fused_optim_ok(params):
         # one fused kernel over all parameters instead of a dozen small ops per parameter: at a
         # small batch the per-parameter loop costs as much as the step's GEMMs
         kw["fused"] = True
@@ -267,9 +267,9 @@ class Trainer:
     def fit(self, train: Dataset, valid: Dataset | None = None) -> list[dict]:
         cfg = self.config
         pos = self.position
-        per_epoch = train.num_batches(cfg.batch_size)
-        self.total_steps = min(x for x in (cfg.max_steps, per_epoch and per_epoch * cfg.epochs) if x) \
-            if (cfg.max_steps or per_epoch) else None
+        per_epoch = train.num_batches(cfg.batch_size)  # None for a stream of unknown length
+        bounds = [n for n in (cfg.max_steps, per_epoch and per_epoch * cfg.epochs) if n]
+        self.total_steps = min(bounds) if bounds else None
         while pos.epoch < cfg.epochs:
             t0 = time.perf_counter()
             bar = Progress(train.num_batches(cfg.batch_size), f"epoch {pos.epoch + 1}/{cfg.epochs}", cfg.log_every,
@@ -298,7 +298,7 @@ class Trainer:
                     stopped = True
                     break
             bar.close()
-            total = train.num_batches(cfg.batch_size)
+            total = train.num_batches(cfg.batch_size)  # a stream knows its length after a first pass
             if stopped and (total is None or pos.batch < total):
                 # max_steps inside an epoch: the position stays there (no epoch record), so that a
                 # resume finishes this epoch exactly as an uninterrupted run would
