@@ -42,7 +42,8 @@ class UserError(Exception):
 TRAIN_DEFAULTS = dict(
     model="deepfm", data="synthetic", schema=None, format=None, valid=None, valid_fraction=None, tasks=None,
     backend=None, device="cpu", threads=None, epochs=1, batch_size=1024, eval_batch_size=None, lr=1e-3,
-    optimizer="adam", weight_decay=0.0, lr_schedule="constant", warmup_steps=0, embedding_optimizer=None, embedding_lr=None, amp=False, compile=False,
+    optimizer="adam", weight_decay=0.0, lr_schedule="constant", warmup_steps=0, embedding_optimizer=None,
+    embedding_lr=None, amp=False, compile=False,
     seed=0, out="runs/latest", resume=False, overwrite=False, early_stopping=None, patience=2,
     checkpoint_every=0, max_steps=None, strict=False, chunk_rows=65536, stream=None, hash_size=None,
     min_freq=None, embedding_dim=None, log_every=200, model_config={}, samples=None, fields=None, vocab=None,
@@ -50,8 +51,8 @@ TRAIN_DEFAULTS = dict(
 )
 # what defines the data and the model: taken from the run directory on --resume and by eval / export
 RUN_KEYS = ("model", "data", "schema", "format", "valid", "valid_fraction", "tasks", "seed", "hash_size", "min_freq",
-            "embedding_dim", "samples", "fields", "vocab", "data_config", "model_config", "embedding_optimizer", "embedding_lr",
-            "chunk_rows", "stream", "strict")
+            "embedding_dim", "samples", "fields", "vocab", "data_config", "model_config", "embedding_optimizer",
+            "embedding_lr", "chunk_rows", "stream", "strict")
 
 
 class Parser(argparse.ArgumentParser):
@@ -247,23 +248,23 @@ def _synthetic(cfg: dict, src: str = "synthetic") -> Data:
                         f"{', '.join(sorted(sets))})")
     make = sets[name]
     accepts = inspect.signature(make).parameters
+    options = ", ".join(p for p in accepts if p != "seed")
     kwargs = dict(SYNTHETIC_DEFAULT_CONFIG if src == "synthetic" else {}, **(cfg.get("data_config") or {}))
     for flag, arg in SYNTHETIC_FLAGS.items():
         if cfg.get(flag) is None:
             continue
         if arg not in accepts:
             raise UserError(f"data: --{flag.replace('_', '-')} does not apply to the planted set {name!r} "
-                            f"(its options: {', '.join(p for p in accepts if p != 'seed')})")
+                            f"(its options: {options})")
         kwargs[arg] = cfg[flag]
     unknown = sorted(set(kwargs) - set(accepts))
     if unknown:
         raise UserError(f"data_config: {', '.join(unknown)} not options of the planted set {name!r} "
-                        f"(its options: {', '.join(p for p in accepts if p != 'seed')})")
+                        f"(its options: {options})")
     data = make(**kwargs, seed=int(cfg["seed"]))
     frac = cfg.get("valid_fraction") or 0.1
     train, valid = data.split((1 - frac, frac), seed=int(cfg["seed"]))
-    n = len(data)
-    return Data(data.schema, train, valid, source=f"synthetic:{name} ({n} samples, planted)",
+    return Data(data.schema, train, valid, source=f"synthetic:{name} ({len(data)} samples, planted)",
                 ceiling=ceiling(valid))
 
 
