@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from typing import Callable, Sequence
+from typing import Callable, Collection, Sequence
 
 import torch
 from torch import Tensor
@@ -66,14 +66,14 @@ def tracing_reference():
 NATIVE = "torch.ops:rankops_C"  # the compiled extension's kernels: one schema, CPU and CUDA per dispatch key
 
 
-def backends(package: str, cuda: bool = False) -> Callable[[str], dict[str, str]]:
+def backends(package: str, cuda: bool | Collection[str] = False) -> Callable[[str], dict[str, str]]:
     """The usual ``impls`` of a family in ``package``: ``reference.py`` and ``triton.py`` functions and
-    the extension's kernels (``cpp``; ``cuda`` too when the family has CUDA kernels), all named as
-    the op."""
+    the extension's kernels (``cpp``; ``cuda`` too where the family has CUDA kernels: every op when
+    ``cuda`` is True, else the forward ops it names, with their backwards), all named as the op."""
 
     def impls(name: str) -> dict[str, str]:
         found = {"reference": f"{package}.reference:{name}", "cpp": f"{NATIVE}.{name}"}
-        if cuda:
+        if cuda is True or (cuda and name.removesuffix("_backward") in cuda):
             found["cuda"] = f"{NATIVE}.{name}"
         found["triton"] = f"{package}.triton:{name}"
         return found
@@ -171,6 +171,7 @@ class Op:
         if unknown:
             raise TypeError(f"rankops::{self.name}: grads name {unknown}, which are not inputs {self.inputs}")
 
+        self.impls = impls  # None when the declaration gives the whole kernel
         self._reference_path = impls(self.name).get("reference") if kernel is None else None
         self._reference, self._prepare = None, prepare
         DECLARED.append(self)

@@ -85,3 +85,25 @@ def test_tracing_reference_traces_the_reference_through_compile():
     assert not any("rankops" in t for t in graphs[-1]) and graphs[-1]
     torch.testing.assert_close(traced, plain)
     assert not _declare.TRACING_REFERENCE
+
+
+def test_backends_lists_cuda_for_the_named_ops_and_their_backwards():
+    impls = _declare.backends("pkg", cuda=("cross_net",))
+    assert "cuda" in impls("cross_net") and "cuda" in impls("cross_net_backward")
+    assert "cuda" not in impls("cross_net_lowrank") and "cuda" not in impls("cross_layer")
+    assert "cuda" in _declare.backends("pkg", cuda=True)("anything")
+    assert "cuda" not in _declare.backends("pkg")("anything")
+
+
+def test_every_op_listing_cuda_has_a_cuda_kernel_in_the_extension():
+    """A family that lists the cuda backend for an op must have registered its CUDA kernel (checked
+    from the dispatcher, so it holds on a machine without a GPU)."""
+    from rankops import backend
+
+    ext = backend.extension()
+    if ext is None or not ext.with_cuda:
+        pytest.skip("rankops._C was built without CUDA kernels: nothing to check")
+    for op in _declared():
+        for name in (op.name, op.name + "_backward"):
+            if op.impls is not None and "cuda" in op.impls(name):
+                assert torch._C._dispatch_has_kernel_for_dispatch_key(f"rankops_C::{name}", "CUDA"), name
