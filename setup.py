@@ -114,7 +114,7 @@ setup(
     # models/ (the zoo) sits at the top of the repository and is installed as rankops.models
     packages=find_packages(include=["rankops", "rankops.*"]) + ["rankops.models", "rankops.models.recipes"],
     package_dir={"rankops.models": "models"},
-    package_data={"rankops.models.recipes": ["*.yaml"]},
+    package_data={"rankops": ["auto_order.json"], "rankops.models.recipes": ["*.yaml"]},
     ext_modules=[] if _skip else [Extension("rankops._C", sources=[])],
     cmdclass={"build_ext": CMakeBuild, "build_py": BuildPy},
 )

@@ -34,8 +34,44 @@ AUTO_ORDER: dict[str, tuple[str, ...]] = {
     "cpu": ("cpp", "reference"),
     "cuda": ("cuda", "triton", "reference"),
 }
-# Per-op overrides of AUTO_ORDER, filled in by op families whose measurements say otherwise.
+# Per-op overrides of AUTO_ORDER: (op, device type) -> order, from the measured table below.
 AUTO_ORDER_BY_OP: dict[tuple[str, str], tuple[str, ...]] = {}
+
+# The table auto reads per op (rankops/auto_order.json, package data): which backend each op tries
+# first on a device type, and the GPU run that measured it. Ops whose CUDA kernels no GPU has
+# measured yet are listed with Triton first and "measured_on": null. `python -m bench.auto_order`
+# writes it from a GPU run's benchmark csvs (scripts/gpu_suite.sh does, into its archives).
+AUTO_ORDER_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "auto_order.json")
+
+
+def load_auto_order(path: str = AUTO_ORDER_FILE) -> dict[tuple[str, str], tuple[str, ...]]:
+    """{(op, device type): order} from a table file; the order always ends in reference."""
+    import json
+
+    with open(path) as f:
+        table = json.load(f)
+    orders = {}
+    for dev, ops in table.items():
+        if dev.startswith("_"):  # "_doc"
+            continue
+        for op, entry in ops.items():
+            order = tuple(entry["order"])
+            unknown = [b for b in order if b not in BACKENDS]
+            if unknown:
+                raise ValueError(f"{path}: {dev} {op}: unknown backends {unknown} (known: {BACKENDS})")
+            orders[(op, dev)] = order + (() if "reference" in order else ("reference",))
+    return orders
+
+
+def measured_on(op: str, device: str = "cuda", path: str = AUTO_ORDER_FILE) -> str | None:
+    """The GPU whose benchmarks set ``op``'s order on ``device`` (None: unmeasured, or not in the table)."""
+    import json
+
+    with open(path) as f:
+        return json.load(f).get(device, {}).get(op, {}).get("measured_on")
+
+
+AUTO_ORDER_BY_OP.update(load_auto_order())
 
 _state = threading.local()
 
@@ -191,6 +227,10 @@ def info(file=None) -> str:
         lines.append(f"rankops._C: {why}")
     lines.append("installed backends: " + ", ".join(installed_backends())
                  + ("" if ext is not None else "  (pure Python: no cpp / cuda kernels)"))
+    unmeasured = sorted(op for (op, dev) in AUTO_ORDER_BY_OP if dev == "cuda" and measured_on(op) is None)
+    if unmeasured:
+        lines.append("auto on cuda, unmeasured (Triton first until a GPU run measures CUDA vs Triton): "
+                     + ", ".join(unmeasured))
     devices = ["cpu"]
     if torch.cuda.is_available():
         devices += [f"cuda:{i}" for i in range(torch.cuda.device_count())]

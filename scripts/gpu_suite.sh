@@ -12,6 +12,8 @@
 #   bench        CUDA vs Triton (and eager / compile) on the ops with GPU targets: interaction,
 #                embedding_bag, attention, cross
 #   bench-more   cin, DIN (Triton forward + backward vs eager and compile)
+# bench and bench-more end with auto_order.json in their archive: rankops/auto_order.json updated with
+# the CUDA-vs-Triton winner per op they measured (`python -m bench.auto_order`); commit it to adopt it.
 #   bench-models python -m bench models    (added by the models work; skipped until registered)
 #   bench-patch  python -m bench patch     (added by the patch work; skipped until registered)
 # A stage that finds no extension built for this python builds it first (inside its budget).
@@ -95,7 +97,13 @@ stage_bench() {
   bench 65 embedding_bag --cases R=1000000 B=16384 D=64,128 || rc=$?    # fwd >= 80%, bwd+update >= 40%
   bench 55 attention --cases L=1000,10000 Q=1,64 || rc=$?               # Q=1 >= 80% of bandwidth, >= 1.5x SDPA
   bench 55 cross --cases B=65536 --dtype fp32 bf16 || rc=$?             # 3 layers N=432 within 1.3x of memory
+  auto_order
   return $rc
+}
+
+auto_order() {  # the per-op CUDA-vs-Triton winners of this stage's csvs, as the table auto reads
+  cp rankops/auto_order.json "$DIR/auto_order.json"
+  $PY -m bench.auto_order "$DIR"/*.csv --out "$DIR/auto_order.json" 2>&1 | tee -a "$DIR/bench.txt"
 }
 
 stage_bench-more() {
@@ -103,6 +111,7 @@ stage_bench-more() {
   local rc=0
   bench 40 cin --dtype bf16 || rc=$?                                    # >= 50% of the bf16 tensor-core rate
   bench 40 attention --cases op=din_attention --dtype fp32 bf16 || rc=$?  # Triton DIN vs eager / compile
+  auto_order
   return $rc
 }
 
