@@ -193,6 +193,7 @@ class Trainer:
         self._sharded_optims = self.sharded.fused_optimizers() if self.sharded is not None else []
         self._sharded_lrs = [[g["lr"] for g in o.param_groups] for o in self._sharded_optims]
         self.total_steps: int | None = None  # set by fit() from the data's length (or max_steps)
+        self.batches_per_epoch: int | None = None  # the training data's, once known
         torch.manual_seed(self.config.seed)
 
     # -----------------------------------------------------------------------------------------
@@ -267,9 +268,10 @@ class Trainer:
     def fit(self, train: Dataset, valid: Dataset | None = None) -> list[dict]:
         cfg = self.config
         pos = self.position
-        per_epoch = train.num_batches(cfg.batch_size)  # None for a stream of unknown length
-        bounds = [n for n in (cfg.max_steps, per_epoch and per_epoch * cfg.epochs) if n]
-        self.total_steps = min(bounds) if bounds else None
+        # the schedule's length, from the config and the data's batches per epoch: a stream of unknown
+        # length learns that at the end of its first pass, and a resumed run reads it from its checkpoint
+        self.batches_per_epoch = train.num_batches(cfg.batch_size) or self.batches_per_epoch
+        self.total_steps = self._total_steps(self.batches_per_epoch)
         while pos.epoch < cfg.epochs:
             t0 = time.perf_counter()
             bar = Progress(train.num_batches(cfg.batch_size), f"epoch {pos.epoch + 1}/{cfg.epochs}", cfg.log_every,
@@ -299,6 +301,8 @@ class Trainer:
                     break
             bar.close()
             total = train.num_batches(cfg.batch_size)  # a stream knows its length after a first pass
+            if self.batches_per_epoch is None and total is not None:
+                self.batches_per_epoch, self.total_steps = total, self._total_steps(total)
             if stopped and (total is None or pos.batch < total):
                 # max_steps inside an epoch: the position stays there (no epoch record), so that a
                 # resume finishes this epoch exactly as an uninterrupted run would
@@ -322,6 +326,11 @@ class Trainer:
                 break
         return self.history
 
+    def _total_steps(self, per_epoch: int | None) -> int | None:
+        """The run's steps from the data's batches per epoch (None: unknown) and max_steps."""
+        bounds = [n for n in (self.config.max_steps, per_epoch and per_epoch * self.config.epochs) if n]
+        return min(bounds) if bounds else None
+
     def _early_stop(self, record: dict) -> bool:
         metric = self.config.early_stopping
         if not metric:
@@ -344,7 +353,8 @@ class Trainer:
     def state_dict(self) -> dict:
         return {"model": (self.sharded or self.model).state_dict(),
                 "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
-                "position": asdict(self.position), "history": self.history, "best": self.best, "curve": self.curve,
+                "position": asdict(self.position), "batches_per_epoch": self.batches_per_epoch,
+                "history": self.history, "best": self.best, "curve": self.curve,
                 "rng": torch.get_rng_state(), "config": asdict(self.config),
                 "model_name": getattr(self.model, "name", type(self.model).__name__)}
 
@@ -356,6 +366,7 @@ class Trainer:
         if self.optimizer is not None and state.get("optimizer") is not None:
             self.optimizer.load_state_dict(state["optimizer"])
         self.position = Position(**state["position"])
+        self.batches_per_epoch = state.get("batches_per_epoch")
         self.history = list(state["history"])
         self.best = state["best"]
         self.curve = list(state.get("curve", []))

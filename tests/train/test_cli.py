@@ -377,3 +377,50 @@ def test_every_recipe_trains_from_its_yaml_through_the_cli(recipe, tmp_path, cap
     if recipe == "mtrec":  # sequences of id lists ([B, L, item_len]) trace through torch.export too
         rc, stdout, err = run(["export", "--run", tmp_path / recipe], capsys)
         assert rc == 0 and (tmp_path / recipe / "model.pt2").is_file() and "torch.export program" in stdout, err
+
+
+class Stream:
+    """A data set that, like a file streamed in chunks, knows its length only after a first full pass."""
+
+    def __init__(self, data, interrupt_at=None):
+        self.data, self.schema, self.known, self.interrupt_at = data, data.schema, False, interrupt_at
+
+    def num_batches(self, bs):
+        return self.data.num_batches(bs) if self.known else None
+
+    def batches(self, bs, *, start=0, **kw):
+        for i, b in enumerate(self.data.batches(bs, start=start, **kw), start):
+            if self.interrupt_at is not None and (kw.get("epoch"), i) == self.interrupt_at:
+                self.interrupt_at = None
+                raise KeyboardInterrupt
+            yield b
+        self.known = True
+
+
+def test_a_streams_lr_schedule_resumes_exactly(tmp_path):
+    """A stream learns its length at the end of its first pass; from then on the cosine schedule runs
+    over the whole run, and a run killed in epoch 2 and resumed on a fresh stream (length unknown
+    again) follows the same schedule: the checkpoint carries the batches per epoch."""
+    import rankops.models as zoo
+    from rankops.train.loop import Trainer, TrainConfig
+
+    data = cli._synthetic(dict(cli.TRAIN_DEFAULTS, samples=1000, fields=4, vocab=40, valid_fraction=0.1)).train
+    cfg = TrainConfig(epochs=3, batch_size=100, checkpoint_every=4, progress=False, lr_schedule="cosine")
+
+    def model():
+        torch.manual_seed(0)
+        return zoo.build("dcnv2", data.schema, dnn_hidden_units=(16,))
+
+    full = Trainer(model(), cfg, tmp_path / "full")
+    full.fit(Stream(data))
+    assert full.total_steps == 27 and full.optimizer.param_groups[0]["lr"] < 0.01 * cfg.lr  # decayed to ~0
+    broken = Trainer(model(), cfg, tmp_path / "broken")
+    with pytest.raises(KeyboardInterrupt):
+        broken.fit(Stream(data, interrupt_at=(1, 6)))  # epoch 2, batch 6; its last checkpoint: step 12
+    resumed = Trainer(model(), cfg, tmp_path / "broken")
+    resumed.resume(tmp_path / "broken" / "checkpoint.pt")
+    assert (resumed.position.epoch, resumed.position.batch, resumed.batches_per_epoch) == (1, 3, 9)
+    resumed.fit(Stream(data))
+    a, b = full.model.state_dict(), resumed.model.state_dict()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
