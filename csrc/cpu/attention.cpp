@@ -8,6 +8,7 @@
 // by every query. The backward recomputes the probabilities from the saved log-sum-exp and owns
 // dq, dk, dv of its (sample, head): no atomics, no second pass.
 #include "cpu/attention.h"
+#include "cpu/fast_math.h"
 #include "cpu/parallel.h"
 
 #include <ATen/Parallel.h>
@@ -27,23 +28,6 @@ namespace {
 
 constexpr int64_t kBlock = 64;  // keys per block: kT / vT blocks of 64 x d floats stay in L1 for d <= 64
 
-// exp(x) for x <= 0 (scores minus a running max), branch-free so the key loops vectorise.
-// 2^t = 2^round(t) * 2^f, |f| <= 1/2, 2^f from Cephes' exp2f polynomial (rel. error ~2e-7).
-inline float exp_nonpos(float x) {
-  x = std::max(x, -87.0f);  // exp(-87) ~ 1.6e-38: underflows to nothing in an fp32 sum of ones
-  const float t = x * 1.44269504088896341f;
-  const float r = std::floor(t + 0.5f);
-  const float f = t - r;
-  float p = 1.535336188319500e-4f;
-  p = p * f + 1.339887440266574e-3f;
-  p = p * f + 9.618437357674640e-3f;
-  p = p * f + 5.550332471162809e-2f;
-  p = p * f + 2.402264791363012e-1f;
-  p = p * f + 6.931472028550421e-1f;
-  p = p * f + 1.0f;
-  const int32_t e = static_cast<int32_t>(r) + 127;
-  return p * std::bit_cast<float>(e << 23);
-}
 
 // Where the keys of task (b, h) live: row j at base + j * stride (elements); len valid rows.
 struct KeyRows {
@@ -728,12 +712,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> jagged_target_attention_backward(
 namespace rankops::cpu {
 namespace {
 
-// sigmoid through exp(-|x|) <= 1 (no overflow), branch-free for the vectoriser.
-inline float sigmoid_f(float x) {
-  const float e = exp_nonpos(-std::fabs(x));
-  const float r = 1.f / (1.f + e);
-  return x >= 0.f ? r : e * r;
-}
 
 struct DinAct {
   int64_t kind;  // 0 sigmoid, 1 prelu, 2 dice
