@@ -23,7 +23,10 @@ forward and backward) and on the reference backend
 (`pytorch-path`: the PyTorch composition with the first layer as c_q + M_q k, no [B, L, 4d]
 concatenation, differentiated by autograd) against the literal concatenate-then-MLP reference
 (eager and torch.compile);
-B = 512 users, L = 100, d = 32, hidden (80, 40), PReLU. Bytes: q, keys (valid rows) and the
+B = 512 users, L = 100, d = 32, hidden (80, 40); act=prelu, and act=dice: Dice on the batch's
+statistics (training), where `cpp` is the PyTorch composition with rankops.dice's C++ kernels
+(statistics and gate in two passes, the backward through the statistics in two) and
+`pytorch-path` the same composition with Dice in PyTorch ops. Bytes: q, keys (valid rows) and the
 output; flops: the MLP as DIN defines it (4d*H1 + H1*H2 + H2 per key, x2) plus the pooling.
 
 Written against bench/common.py (Bench, providers); run it from a checkout where the harness exists.
@@ -118,7 +121,9 @@ def run_din(bench, dtype) -> None:
 
     B, L, d, hidden = 512, 100, 32, (80, 40)
     gen = torch.Generator(device="cpu").manual_seed(1)
-    for mode in ("fwd", "fwd+bwd"):
+    for act, mode in [(a, m) for a in ("prelu", "dice") for m in ("fwd", "fwd+bwd")]:
+        if not bench.wants(act=act):
+            continue
         grad = mode == "fwd+bwd"
         mk = lambda *s, sc=1.0: (torch.randn(*s, generator=gen) * sc).to(bench.device, dtype).requires_grad_(grad)  # noqa: E731
         q, keys = mk(B, d), mk(B, L, d)
@@ -127,10 +132,10 @@ def run_din(bench, dtype) -> None:
         wo, bo, a1, a2 = mk(1, hidden[1], sc=0.1), mk(1), mk(hidden[0], sc=0.1), mk(hidden[1], sc=0.1)
 
         def concat(q, keys, w1, b1, w2, b2, wo, bo, a1, a2):
-            return reference.din_attention_concat(q, keys, lengths, w1, b1, w2, b2, wo, bo, "prelu", False, (a1, a2))
+            return reference.din_attention_concat(q, keys, lengths, w1, b1, w2, b2, wo, bo, act, False, (a1, a2))
 
         def fused(q, keys, w1, b1, w2, b2, wo, bo, a1, a2):
-            return din_attention(q, keys, lengths, w1, b1, w2, b2, wo, bo, activation="prelu", alphas=(a1, a2))
+            return din_attention(q, keys, lengths, w1, b1, w2, b2, wo, bo, activation=act, alphas=(a1, a2))
 
         provs = providers(reference=concat, op=fused, device=bench.device, backends=("cpp", "triton", "cuda"))
         provs["pytorch-path"] = _on_reference(fused)
@@ -138,7 +143,7 @@ def run_din(bench, dtype) -> None:
         isz = q.element_size()
         mlp = 2 * n * (4 * d * hidden[0] + hidden[0] * hidden[1] + hidden[1]) + 2 * n * d
         nbytes = (B * d + n * d + B * d) * isz * (1 if mode == "fwd" else 3)
-        bench.run(op="din_attention", case=dict(B=B, L=L, d=d, hidden="80-40"), dtype=dtype, mode=mode,
+        bench.run(op="din_attention", case=dict(B=B, L=L, d=d, hidden="80-40", act=act), dtype=dtype, mode=mode,
                   inputs=(q, keys, w1, b1, w2, b2, wo, bo, a1, a2), providers=provs, bytes=nbytes,
                   flops=mlp * (1 if mode == "fwd" else 3))
 

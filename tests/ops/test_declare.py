@@ -8,9 +8,9 @@ import torch
 from torch import Tensor
 
 import rankops  # noqa: F401  (the families register their ops)
-from rankops.ops import _declare, attention, cin, cross, embedding_bag, interaction
+from rankops.ops import _declare, activation, attention, cin, cross, embedding_bag, interaction
 
-FAMILIES = (attention, cin, cross, embedding_bag, interaction)
+FAMILIES = (activation, attention, cin, cross, embedding_bag, interaction)
 
 
 def _declared():
