@@ -851,7 +851,7 @@ cudaError_t launch_fwd(const T* xk, const T* x0, const void* w, const float* bia
 bool cin_supported(int64_t B, int64_t H, int64_t M, int64_t D, int64_t N) {
   constexpr int64_t kLim = (int64_t{1} << 31) - 1024;  // 32-bit column / pair indices plus a tile
   return B >= 0 && H >= 0 && M >= 0 && D >= 0 && N >= 0 && B * D < kLim && H * M < kLim && N * M < kLim &&
-         N * H < kLim && N < (int64_t{1} << 22);
+         N * H < kLim && N <= int64_t{65535} * 64;  // forward grid.y <= 65535 with 64-map tiles
 }
 
 CinWeightLayout cin_forward_weight_layout(DType dtype, int64_t N, int64_t K) {
@@ -888,9 +888,20 @@ CinGradLayout cin_weight_grad_layout(int64_t N, int64_t K, int64_t B, int64_t D,
   const int64_t rows = round_up(std::max<int64_t>(N, 1), kDT), cols = round_up(std::max<int64_t>(K, 1), kDT);
   const int64_t tiles = (rows / kDT) * (cols / kDT);
   const int64_t steps = cdiv(std::max<int64_t>(B * D, 1), kDC);
-  // about two blocks per SM over all splits, each split at least 16 column steps
-  int64_t splits = cdiv(2 * std::max(sm_count, 1), tiles);
-  splits = std::max<int64_t>(1, std::min({splits, cdiv(steps, 16), int64_t{kMaxSplits}}));
+  // Two blocks fit an SM (124 registers x 256 threads, 40 KB). Split counts are tried from 1 while
+  // each split keeps at least 16 column steps and the grid stays within 4 waves: the first whose
+  // waves are >= 90% full wins, else the fullest (the fewest splits on ties). Few splits keep the
+  // workspace (splits x dW in fp32) and its reduction small.
+  const int64_t slots = 2 * std::max(sm_count, 1);
+  const int64_t max_splits = std::max<int64_t>(1, std::min(cdiv(steps, 16), int64_t{kMaxSplits}));
+  int64_t splits = 1;
+  double best = 0.0;
+  for (int64_t s = 1; s <= max_splits && (s == 1 || tiles * s <= 4 * slots); ++s) {
+    const int64_t blocks = tiles * s;
+    const double fill = static_cast<double>(blocks) / static_cast<double>(cdiv(blocks, slots) * slots);
+    if (fill > best + 1e-9) best = fill, splits = s;
+    if (fill >= 0.9) break;
+  }
   return {rows, cols, splits};
 }
 
