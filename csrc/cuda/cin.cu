@@ -218,9 +218,9 @@ __device__ __forceinline__ uint4 z_scalar(const T* __restrict__ xk, const T* __r
 
 template <typename T, int BN, bool kVec>
 __global__ void __launch_bounds__(kThreads) cin_fwd_mma_kernel(const T* __restrict__ xk, const T* __restrict__ x0,
-                                                                 const T* __restrict__ w, const float* __restrict__ bias,
-                                                                 T* __restrict__ out, int64_t C, int H, int M, int D,
-                                                                 int N, int K, int Kp) {
+                                                                 const T* __restrict__ w,
+                                                                 const float* __restrict__ bias, T* __restrict__ out,
+                                                                 int64_t C, int H, int M, int D, int N, int K, int Kp) {
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
   constexpr int V = 8;                                // halves per 16 bytes
   constexpr int MT = BN / 32;                         // m16 tiles per warp
@@ -737,7 +737,9 @@ __global__ void __launch_bounds__(kThreads) cin_dw_simt_kernel(const float* __re
             int b, d;
             column(c + v, D, b, d);
             if (nD >= 0) gv[v] = g[static_cast<int64_t>(b) * N * D + d + nD];
-            if (hD >= 0) zv[v] = xk[static_cast<int64_t>(b) * H * D + d + hD] * x0[static_cast<int64_t>(b) * M * D + d + mD];
+            if (hD >= 0) {
+              zv[v] = xk[static_cast<int64_t>(b) * H * D + d + hD] * x0[static_cast<int64_t>(b) * M * D + d + mD];
+            }
           }
         }
       }
@@ -850,8 +852,9 @@ cudaError_t launch_fwd(const T* xk, const T* x0, const void* w, const float* bia
 
 bool cin_supported(int64_t B, int64_t H, int64_t M, int64_t D, int64_t N) {
   constexpr int64_t kLim = (int64_t{1} << 31) - 1024;  // 32-bit column / pair indices plus a tile
+  constexpr int64_t kMaps = int64_t{65535} * 64;  // forward grid.y <= 65535 (N, and H, M for the backward)
   return B >= 0 && H >= 0 && M >= 0 && D >= 0 && N >= 0 && B * D < kLim && H * M < kLim && N * M < kLim &&
-         N * H < kLim && N <= int64_t{65535} * 64;  // forward grid.y <= 65535 with 64-map tiles
+         N * H < kLim && N <= kMaps && H <= kMaps && M <= kMaps;
 }
 
 CinWeightLayout cin_forward_weight_layout(DType dtype, int64_t N, int64_t K) {

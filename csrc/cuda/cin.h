@@ -43,7 +43,7 @@ cudaError_t cin_weight_grad(DType dtype, const void* grad, const void* xk, const
                             int64_t H, int64_t M, int64_t D, int64_t N, const CinGradLayout& gl,
                             cudaStream_t stream);
 
-// Whether the sizes are in the kernels' (32-bit column and pair index) range.
+// Whether the sizes are in the kernels' range: 32-bit column and pair indices, grid limits.
 bool cin_supported(int64_t B, int64_t H, int64_t M, int64_t D, int64_t N);
 
 }  // namespace rankops::cuda
