@@ -12,7 +12,7 @@ import torch
 from rankops.ops.cin import cin_layer
 from tests.utils import DTYPES, assert_close, backend_devices, on, tol
 
-KERNELS = backend_devices("cpp", "triton")
+KERNELS = backend_devices("cpp", "triton", "cuda")
 
 # (B, H, M, D, Hn). The first spans 3 sample blocks and 2 K blocks of the cpp kernel (S = 256/D
 # samples, 512/M h's per block); it costs ~20 s per case under the Triton interpreter, which gets
@@ -55,7 +55,7 @@ def _check(out, grads, ref_out, ref_grads, dtype):
 
 @pytest.mark.parametrize("backend,device,shape", [
     pytest.param(*bd.values, s.values[0], id=f"{bd.id}-{s.id}", marks=bd.marks)
-    for bd in KERNELS for s in ([BIG] if bd.values[0] == "cpp" else [MID]) + SMALL
+    for bd in KERNELS for s in ([BIG] if bd.values[0] in ("cpp", "cuda") else [MID]) + SMALL
 ])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_matches_reference(shape, dtype, backend, device):
@@ -83,6 +83,96 @@ def test_no_bias_and_non_contiguous(backend, device):
     _check(out, grads, ref_out, ref_grads, torch.float32)
 
 
+# CUDA kernels (csrc/cuda/cin.cu): the paths they branch on. (B, H, M, D, Hn) chosen so that
+# - D % 8 == 0 (16-byte vectors for fp16/bf16 and fp32) / D % 4 == 0 only (vectors for fp32, scalar for
+#   fp16/bf16) / odd D (scalar everywhere);
+# - the 128-column blocks end in a partial one, K = H*M ends inside a K step (32 for the tensor cores,
+#   16 for fp32), Hn <= 64 (64-map tiles) and Hn > 64 (128-map tiles, the second one partial);
+# - B*D large enough that the weight gradient splits over several column ranges.
+CUDA_SHAPES = [pytest.param(s, id=i) for s, i in [
+    ((3, 7, 5, 3, 13), "odd-D3"),
+    ((1, 1, 1, 1, 1), "all-1"),
+    ((37, 20, 39, 16, 12), "B37-H20-M39-D16"),
+    ((9, 13, 39, 8, 70), "D8-Hn70"),
+    ((17, 5, 3, 12, 65), "D12-Hn65"),
+    ((11, 9, 7, 4, 129), "D4-Hn129"),
+    ((6, 33, 1, 5, 3), "M1-D5"),
+    ((300, 10, 12, 16, 20), "dW-splits"),
+    ((130, 3, 11, 1, 7), "D1-blocks"),
+]]
+
+
+def _cuda_case(shape, dtype, bias=True, inputs=None):
+    B, H, M, D, Hn = shape
+    args = inputs if inputs is not None else _inputs(*shape, dtype, "cuda", bias=bias)
+    grad = torch.randn(B, Hn, D, generator=torch.Generator().manual_seed(1)).to(device="cuda", dtype=dtype)
+    ref_out, ref_grads = _fwd_bwd(args, grad, "reference", "cuda")
+    out, grads = _fwd_bwd(args, grad, "cuda", "cuda")
+    assert out.shape == (B, Hn, D) and out.dtype == dtype
+    _check(out, grads, ref_out, ref_grads, dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", CUDA_SHAPES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_cuda_shapes(shape, dtype):
+    _cuda_case(shape, dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_cuda_no_bias_and_b1(dtype):
+    _cuda_case((1, 6, 39, 16, 10), dtype, bias=False)
+    _cuda_case((1, 200, 39, 16, 200), dtype, bias=False)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_cuda_unaligned(dtype):
+    """Contiguous tensors starting one element past a 16-byte boundary: the scalar loads."""
+    B, H, M, D, Hn = 5, 6, 7, 16, 9
+
+    def shifted(t):
+        buf = torch.empty(t.numel() + 1, device=t.device, dtype=t.dtype)
+        v = buf[1:].view(t.shape)
+        v.copy_(t)
+        return v
+
+    args = [shifted(a) for a in _inputs(B, H, M, D, Hn, dtype, "cuda")]
+    assert args[0].data_ptr() % 16 != 0
+    _cuda_case((B, H, M, D, Hn), dtype, inputs=args)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("D", [8, 16, 32, 64])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_cuda_xdeepfm_layer(D, dtype):
+    """A 200 -> 200 layer over M = 39 fields, as in xDeepFM's 200-200-200 CIN."""
+    _cuda_case((96, 200, 39, D, 200), dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_cuda_empty_batch(dtype):
+    B, H, M, D, Hn = 0, 4, 3, 8, 5
+    args = _inputs(B, H, M, D, Hn, dtype, "cuda")
+    out, grads = _fwd_bwd(args, torch.zeros(B, Hn, D, device="cuda", dtype=dtype), "cuda", "cuda")
+    assert out.shape == (B, Hn, D) and out.dtype == dtype
+    for a, g in zip(args, grads):
+        assert g.shape == a.shape and g.dtype == dtype and not g.any()
+
+
+@pytest.mark.gpu
+def test_cuda_weight_grad_deterministic():
+    args = _inputs(257, 20, 39, 16, 30, torch.bfloat16, "cuda")
+    grad = torch.randn(257, 30, 16, device="cuda", dtype=torch.bfloat16)
+    with on("cuda", "cuda"):
+        a = torch.ops.rankops.cin_layer_backward(grad, *args[:3])
+        b = torch.ops.rankops.cin_layer_backward(grad, *args[:3])
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)
+
+
 def test_reference_matches_deepctr_formula():
     """The reference against DeepCTR-Torch's formulation (einsum 'bhd,bmd->bhmd' + Conv1d(H*M, Hn, 1))
     and its hand-written backward against autograd, in fp64."""
@@ -104,7 +194,7 @@ def test_reference_matches_deepctr_formula():
         torch.testing.assert_close(a.double(), e, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("backend,device", backend_devices("cpp", "triton", "reference"))
+@pytest.mark.parametrize("backend,device", backend_devices("cpp", "triton", "cuda", "reference"))
 def test_opcheck(backend, device):
     xk, x0, w, b = (a.requires_grad_(True) for a in _inputs(3, 4, 5, 6, 3, torch.float32, device))
     g = torch.randn(3, 3, 6, device=device)

@@ -22,7 +22,7 @@ from torch import Tensor
 from rankops.ops import _checks, _declare
 
 # no hand-written CUDA kernel: on a GPU the Triton kernel serves (auto picks triton there)
-_impls = _declare.backends("rankops.ops.cin")
+_impls = _declare.backends("rankops.ops.cin", cuda=("cin_layer",))
 
 
 def _cin_backward(grad: Tensor, xk: Tensor, x0: Tensor, weight: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]: ...
