@@ -18,9 +18,9 @@ from torch import Tensor
 
 from rankops.ops import _checks, _declare
 
-# no hand-written CUDA kernels: on a GPU the Triton GEMM with the fused epilogue serves (see
-# bench/cross.py); "cuda" is therefore absent and auto picks triton on CUDA tensors.
-_impls = _declare.backends("rankops.ops.cross")
+# CUDA kernels (cuBLASLt GEMMs + one fused elementwise pass each way, csrc/cuda/cross.cu) for the
+# full-rank layer and stack; the low-rank and v1 ops have none (Triton serves them on a GPU).
+_impls = _declare.backends("rankops.ops.cross", cuda=("cross_layer", "cross_net"))
 
 
 def _needs_grad(*ts: Tensor) -> bool:
