@@ -558,8 +558,8 @@ def test_cuda_net_paths(shape, dtype, backend, device):
 
 @pytest.mark.parametrize("backend,device", CUDA)
 def test_cuda_fp32_is_not_tf32(backend, device):
-    """fp32 stays IEEE (cuBLASLt with CUBLAS_COMPUTE_32F) even with torch's TF32 switch on: against an
-    fp64 reference within 1e-5 (TF32 would be ~1e-3 off at N = 429)."""
+    """fp32 stays IEEE (cuBLASLt with CUBLAS_COMPUTE_32F) even with torch's TF32 switch on: within 1e-5
+    of the reference run after the switch is put back (TF32 would be ~1e-3 off at N = 429)."""
     B, N, L = 257, 429, 3
     x0, W, b = _net_inputs(B, N, L, torch.float32, device)
     grad = torch.randn(B, N, device=device)
