@@ -174,8 +174,9 @@ void lt_gemm(at::ScalarType dt, int64_t M, int64_t Nc, int64_t K, const void* A,
 at::Tensor lt_workspace(const at::Tensor& like) { return at::empty({kLtWorkspaceBytes}, like.options().dtype(at::kByte)); }
 
 // The bias in the GEMM's epilogue where torch also trusts it (its addmm takes the cuBLASLt bias
-// path for CUDA >= 12.1 only when the weight's dims exceed 1); else the epilogue pass adds it.
-bool fuse_bias(int64_t N) { return N > 1; }
+// path for CUDA >= 12.1 only when both dims of the weight, [K, Nc], exceed 1); else the epilogue
+// pass adds it.
+bool fuse_bias(int64_t Nc, int64_t K) { return Nc > 1 && K > 1; }
 
 void check_cuda(const char* op, std::initializer_list<const at::Tensor*> ts) {
   const auto dev = (*ts.begin())->device();
@@ -204,7 +205,7 @@ std::tuple<at::Tensor, at::Tensor> cross_layer_cuda(const at::Tensor& x0_, const
   if (out.numel() == 0) return {out, p};
   const auto dt = x0.scalar_type();
   const auto stream = at::cuda::getCurrentCUDAStream();
-  const bool fuse = fuse_bias(N);
+  const bool fuse = fuse_bias(N, N);
   auto q = save ? p : out;  // without save the epilogue overwrites the GEMM's output in place
   lt_gemm(dt, B, N, N, xl.data_ptr(), N, false, w.data_ptr(), N, true, q.data_ptr(), N, false,
           fuse ? bias.data_ptr() : nullptr, lt_workspace(x0), stream);
@@ -284,7 +285,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_net_cuda(const at::Tensor& 
   const auto dt = x0.scalar_type();
   const auto stream = at::cuda::getCurrentCUDAStream();
   const auto ws = lt_workspace(x0);
-  const bool fuse = fuse_bias(N);
+  const bool fuse = fuse_bias(N, N);
   const int64_t elem = x0.element_size();
   const auto* wp = static_cast<const char*>(w.data_ptr());
   const auto* bp = static_cast<const char*>(bias.data_ptr());
@@ -366,6 +367,202 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_net_backward_cuda(const at:
   return {dx0, dw, db};
 }
 
+// ---------------------------------------------------------------------------------------------
+// Low rank: the same passes around two GEMMs each way, t = xl @ v.T [B, r] and p = t @ u.T + b;
+// backward du = dp.T @ t, dt = dp @ u, dv = dt.T @ xl, dxl = g + dt @ v (dt rounded to the dtype
+// once, as on the CPU). The stack's saved activations are unpadded, as in the reference:
+// xs [L-1, B, N], ts [L, B, r], ps [L, B, N].
+
+void check_lowrank(const char* op, const at::Tensor& x0, const at::Tensor& u, const at::Tensor& v, int64_t udim) {
+  TORCH_CHECK_VALUE(x0.dim() == 2, op, ": x0 must be 2-D, got ", x0.sizes());
+  const int64_t N = x0.size(1);
+  const bool ok = udim == 2 ? (u.dim() == 2 && v.dim() == 2 && u.size(0) == N && v.size(1) == N &&
+                               u.size(1) == v.size(0) && u.size(1) >= 1)
+                            : (u.dim() == 3 && v.dim() == 3 && u.size(0) >= 1 && v.size(0) == u.size(0) &&
+                               u.size(1) == N && v.size(2) == N && v.size(1) == u.size(2) && u.size(2) >= 1);
+  TORCH_CHECK_VALUE(ok, op, ": shapes do not match: x0 ", x0.sizes(), ", u ", u.sizes(), ", v ", v.sizes());
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_layer_lowrank_cuda(const at::Tensor& x0_, const at::Tensor& xl_,
+                                                                        const at::Tensor& u_, const at::Tensor& v_,
+                                                                        const at::Tensor& b_, bool save) {
+  check_lowrank("cross_layer_lowrank", x0_, u_, v_, 2);
+  const int64_t B = x0_.size(0), N = x0_.size(1), r = u_.size(1);
+  TORCH_CHECK_VALUE(xl_.sizes() == x0_.sizes() && b_.dim() == 1 && b_.numel() == N, "cross_layer_lowrank: xl ",
+                    xl_.sizes(), " and bias ", b_.sizes(), " do not match x0 ", x0_.sizes());
+  check_cuda("cross_layer_lowrank", {&x0_, &xl_, &u_, &v_, &b_});
+  const c10::cuda::CUDAGuard guard(x0_.device());
+  const auto x0 = x0_.contiguous(), xl = xl_.contiguous(), u = u_.contiguous(), v = v_.contiguous();
+  const auto bias = b_.contiguous();
+  auto out = at::empty_like(x0, at::MemoryFormat::Contiguous);
+  auto t = at::empty({B, r}, x0.options());
+  auto p = save ? at::empty_like(out) : x0.new_empty({0});
+  if (out.numel() == 0) {
+    if (!save) return {out, x0.new_empty({0}), x0.new_empty({0})};
+    return {out, t.zero_(), p};  // N = 0: t = xl @ v.T is zero
+  }
+  const auto dt = x0.scalar_type();
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  const auto ws = lt_workspace(x0);
+  const bool fuse = fuse_bias(N, r);
+  auto q = save ? p : out;
+  lt_gemm(dt, B, r, N, xl.data_ptr(), N, false, v.data_ptr(), N, true, t.data_ptr(), r, false, nullptr, ws,
+          stream);  // t = xl @ v.T
+  lt_gemm(dt, B, N, r, t.data_ptr(), r, false, u.data_ptr(), r, true, q.data_ptr(), N, false,
+          fuse ? bias.data_ptr() : nullptr, ws, stream);  // p = t @ u.T (+ b)
+  C10_CUDA_CHECK(rankops::cuda::cross_forward_epilogue(dtype_code(x0), x0.data_ptr(), N, xl.data_ptr(), N,
+                                                       q.data_ptr(), N, fuse ? nullptr : bias.data_ptr(),
+                                                       save && !fuse, out.data_ptr(), N, B, N, stream));
+  if (!save) return {out, x0.new_empty({0}), x0.new_empty({0})};
+  return {out, t, p};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> cross_layer_lowrank_backward_cuda(
+    const at::Tensor& grad_, const at::Tensor& x0_, const at::Tensor& xl_, const at::Tensor& u_, const at::Tensor& v_,
+    const at::Tensor& t_, const at::Tensor& p_) {
+  check_lowrank("cross_layer_lowrank_backward", x0_, u_, v_, 2);
+  const int64_t B = x0_.size(0), N = x0_.size(1), r = u_.size(1);
+  TORCH_CHECK_VALUE(grad_.sizes() == x0_.sizes() && xl_.sizes() == x0_.sizes() && p_.sizes() == x0_.sizes() &&
+                        t_.sizes() == at::IntArrayRef({B, r}),
+                    "cross_layer_lowrank_backward: grad ", grad_.sizes(), ", xl ", xl_.sizes(), ", t ", t_.sizes(),
+                    " and p ", p_.sizes(), " do not match x0 ", x0_.sizes());
+  const auto g = grad_.to(x0_.scalar_type());
+  check_cuda("cross_layer_lowrank_backward", {&x0_, &xl_, &u_, &v_, &t_, &p_, &g});
+  const c10::cuda::CUDAGuard guard(x0_.device());
+  const auto x0 = x0_.contiguous(), xl = xl_.contiguous(), u = u_.contiguous(), v = v_.contiguous();
+  const auto t = t_.contiguous(), p = p_.contiguous(), gc = g.contiguous();
+  auto dx0 = at::empty_like(x0), dxl = at::empty_like(x0), du = at::empty_like(u), dv = at::empty_like(v);
+  auto db = at::empty({N}, u.options());
+  if (N == 0) return {dx0, dxl, du, dv, db};
+  if (B == 0) return {dx0, dxl, du.zero_(), dv.zero_(), db.zero_()};
+  const auto dt = x0.scalar_type();
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  const auto ws = lt_workspace(x0);
+  auto dp = at::empty_like(x0);
+  auto dtb = at::empty({B, r}, x0.options());
+  auto partial = at::empty({rankops::cuda::kCrossPartialRows, N}, x0.options().dtype(at::kFloat));
+  C10_CUDA_CHECK(rankops::cuda::cross_backward_prologue(
+      dtype_code(x0), gc.data_ptr(), N, x0.data_ptr(), N, p.data_ptr(), N, dp.data_ptr(), N, dx0.data_ptr(), N,
+      rankops::cuda::Dx0Mode::kStore, dxl.data_ptr(), N, partial.data_ptr<float>(), db.data_ptr(), B, N, stream));
+  lt_gemm(dt, N, r, B, dp.data_ptr(), N, true, t.data_ptr(), r, false, du.data_ptr(), r, false, nullptr, ws,
+          stream);  // du = dp.T @ t
+  lt_gemm(dt, B, r, N, dp.data_ptr(), N, false, u.data_ptr(), r, false, dtb.data_ptr(), r, false, nullptr, ws,
+          stream);  // dt = dp @ u
+  lt_gemm(dt, r, N, B, dtb.data_ptr(), r, true, xl.data_ptr(), N, false, dv.data_ptr(), N, false, nullptr, ws,
+          stream);  // dv = dt.T @ xl
+  lt_gemm(dt, B, N, r, dtb.data_ptr(), r, false, v.data_ptr(), N, false, dxl.data_ptr(), N, true, nullptr, ws,
+          stream);  // dxl = g + dt @ v
+  return {dx0, dxl, du, dv, db};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cross_net_lowrank_cuda(const at::Tensor& x0_,
+                                                                                  const at::Tensor& u_,
+                                                                                  const at::Tensor& v_,
+                                                                                  const at::Tensor& b_, bool save) {
+  check_lowrank("cross_net_lowrank", x0_, u_, v_, 3);
+  const int64_t B = x0_.size(0), N = x0_.size(1), L = u_.size(0), r = u_.size(2);
+  TORCH_CHECK_VALUE(b_.dim() == 2 && b_.size(0) == L && b_.size(1) == N, "cross_net_lowrank: bias must be [L, N] = [",
+                    L, ", ", N, "], got ", b_.sizes());
+  check_cuda("cross_net_lowrank", {&x0_, &u_, &v_, &b_});
+  const c10::cuda::CUDAGuard guard(x0_.device());
+  const auto x0 = x0_.contiguous(), u = u_.contiguous(), v = v_.contiguous(), bias = b_.contiguous();
+  auto out = at::empty_like(x0, at::MemoryFormat::Contiguous);
+  at::Tensor xs, ts, ps, tbuf, bufs;
+  if (save) {
+    xs = at::empty({L - 1, B, N}, x0.options());
+    ts = at::empty({L, B, r}, x0.options());
+    ps = at::empty({L, B, N}, x0.options());
+  } else {
+    tbuf = at::empty({B, r}, x0.options());
+    bufs = at::empty({std::min<int64_t>(L - 1, 2), B, N}, x0.options());
+  }
+  auto result = [&]() -> std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> {
+    if (!save) return {out, x0.new_empty({0}), x0.new_empty({0}), x0.new_empty({0})};
+    return {out, xs, ts, ps};
+  };
+  if (out.numel() == 0) {
+    if (save) ts.zero_();  // N = 0: every t is zero
+    return result();
+  }
+  const auto dt = x0.scalar_type();
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  const auto ws = lt_workspace(x0);
+  const bool fuse = fuse_bias(N, r);
+  const int64_t elem = x0.element_size();
+  const auto* up = static_cast<const char*>(u.data_ptr());
+  const auto* vp = static_cast<const char*>(v.data_ptr());
+  const auto* bp = static_cast<const char*>(bias.data_ptr());
+  const void* x = x0.data_ptr();  // this layer's input, [B, N] contiguous
+  for (int64_t l = 0; l < L; ++l) {
+    const bool last = l == L - 1;
+    void* t = save ? ts[l].data_ptr() : tbuf.data_ptr();
+    void* q = save ? ps[l].data_ptr() : (last ? out.data_ptr() : bufs[l % 2].data_ptr());
+    void* y = last ? out.data_ptr() : (save ? xs[l].data_ptr() : q);
+    const void* ul = up + l * N * r * elem;
+    const void* vl = vp + l * r * N * elem;
+    const void* bl = bp + l * N * elem;
+    lt_gemm(dt, B, r, N, x, N, false, vl, N, true, t, r, false, nullptr, ws, stream);  // t = x @ v_l.T
+    lt_gemm(dt, B, N, r, t, r, false, ul, r, true, q, N, false, fuse ? bl : nullptr, ws, stream);  // p = t @ u_l.T + b
+    C10_CUDA_CHECK(rankops::cuda::cross_forward_epilogue(dtype_code(x0), x0.data_ptr(), N, x, N, q, N,
+                                                         fuse ? nullptr : bl, save && !fuse, y, N, B, N, stream));
+    x = y;
+  }
+  return result();
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cross_net_lowrank_backward_cuda(
+    const at::Tensor& grad_, const at::Tensor& x0_, const at::Tensor& u_, const at::Tensor& v_, const at::Tensor& xs_,
+    const at::Tensor& ts_, const at::Tensor& ps_) {
+  check_lowrank("cross_net_lowrank_backward", x0_, u_, v_, 3);
+  const int64_t B = x0_.size(0), N = x0_.size(1), L = u_.size(0), r = u_.size(2);
+  TORCH_CHECK_VALUE(grad_.sizes() == x0_.sizes() && xs_.sizes() == at::IntArrayRef({L - 1, B, N}) &&
+                        ts_.sizes() == at::IntArrayRef({L, B, r}) && ps_.sizes() == at::IntArrayRef({L, B, N}),
+                    "cross_net_lowrank_backward: grad ", grad_.sizes(), ", xs ", xs_.sizes(), ", ts ", ts_.sizes(),
+                    " and ps ", ps_.sizes(), " are not cross_net_lowrank's saved activations for x0 ", x0_.sizes());
+  const auto g = grad_.to(x0_.scalar_type());
+  check_cuda("cross_net_lowrank_backward", {&x0_, &u_, &v_, &xs_, &ts_, &ps_, &g});
+  const c10::cuda::CUDAGuard guard(x0_.device());
+  const auto x0 = x0_.contiguous(), u = u_.contiguous(), v = v_.contiguous();
+  const auto xs = xs_.contiguous(), ts = ts_.contiguous(), ps = ps_.contiguous(), gc = g.contiguous();
+  auto dx0 = at::empty_like(x0), du = at::empty_like(u), dv = at::empty_like(v);
+  auto db = at::empty({L, N}, u.options());
+  if (N == 0) return {dx0, du, dv, db};
+  if (B == 0) return {dx0, du.zero_(), dv.zero_(), db.zero_()};
+  const auto dt = x0.scalar_type();
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  const auto ws = lt_workspace(x0);
+  auto G = at::empty_like(x0);  // the gradient flowing down the stack
+  auto dp = at::empty_like(x0);
+  auto dtb = at::empty({B, r}, x0.options());
+  auto acc = at::empty({B, N}, x0.options().dtype(at::kFloat));
+  auto partial = at::empty({rankops::cuda::kCrossPartialRows, N}, x0.options().dtype(at::kFloat));
+  const int64_t elem = x0.element_size();
+  const auto* up = static_cast<const char*>(u.data_ptr());
+  const auto* vp = static_cast<const char*>(v.data_ptr());
+  auto* dup = static_cast<char*>(du.data_ptr());
+  auto* dvp = static_cast<char*>(dv.data_ptr());
+  auto* dbp = static_cast<char*>(db.data_ptr());
+  for (int64_t l = L - 1; l >= 0; --l) {
+    const bool top = l == L - 1;
+    C10_CUDA_CHECK(rankops::cuda::cross_backward_prologue(
+        dtype_code(x0), top ? gc.data_ptr() : G.data_ptr(), N, x0.data_ptr(), N, ps[l].data_ptr(), N, dp.data_ptr(),
+        N, acc.data_ptr(), N, top ? rankops::cuda::Dx0Mode::kInit : rankops::cuda::Dx0Mode::kAdd,
+        top ? G.data_ptr() : nullptr, N, partial.data_ptr<float>(), dbp + l * N * elem, B, N, stream));
+    const void* xl = l == 0 ? x0.data_ptr() : xs[l - 1].data_ptr();
+    lt_gemm(dt, N, r, B, dp.data_ptr(), N, true, ts[l].data_ptr(), r, false, dup + l * N * r * elem, r, false,
+            nullptr, ws, stream);  // du_l = dp.T @ t_l
+    lt_gemm(dt, B, r, N, dp.data_ptr(), N, false, up + l * N * r * elem, r, false, dtb.data_ptr(), r, false, nullptr,
+            ws, stream);  // dt = dp @ u_l
+    lt_gemm(dt, r, N, B, dtb.data_ptr(), r, true, xl, N, false, dvp + l * r * N * elem, N, false, nullptr, ws,
+            stream);  // dv_l = dt.T @ x_l
+    lt_gemm(dt, B, N, r, dtb.data_ptr(), r, false, vp + l * r * N * elem, N, false, G.data_ptr(), N, true, nullptr,
+            ws, stream);  // G = g + dt @ v_l
+  }
+  C10_CUDA_CHECK(rankops::cuda::cross_finish_dx0(dtype_code(x0), acc.data_ptr<float>(), G.data_ptr(), N,
+                                                 dx0.data_ptr(), B, N, stream));
+  return {dx0, du, dv, db};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(rankops_C, CUDA, m) {
@@ -373,5 +570,9 @@ TORCH_LIBRARY_IMPL(rankops_C, CUDA, m) {
   m.impl("cross_layer_backward", &cross_layer_backward_cuda);
   m.impl("cross_net", &cross_net_cuda);
   m.impl("cross_net_backward", &cross_net_backward_cuda);
+  m.impl("cross_layer_lowrank", &cross_layer_lowrank_cuda);
+  m.impl("cross_layer_lowrank_backward", &cross_layer_lowrank_backward_cuda);
+  m.impl("cross_net_lowrank", &cross_net_lowrank_cuda);
+  m.impl("cross_net_lowrank_backward", &cross_net_lowrank_backward_cuda);
 }
 #endif

@@ -12,8 +12,9 @@ from rankops.ops.cross import cross_layer, cross_layer_lowrank, cross_layer_v1, 
 from tests.utils import DTYPES, assert_close, backend_devices, on, tol
 
 KERNELS = backend_devices("cpp", "triton")
-# the full-rank layer and stack (cross_layer, cross_net) also have CUDA kernels; low rank and v1 do not
+# the full-rank and low-rank layers and stacks also have CUDA kernels; v1 does not
 KERNELS_V2 = backend_devices("cpp", "triton", "cuda")
+CUDA_OPS = ("v2", "lowrank")
 CUDA = [p for p in backend_devices("cuda") if p.values[1] == "cuda"]
 
 # (B, N, r): DCN-V2's usual 429 (13 dense + 26 x 16), size-1 edges, a rank-1 low-rank layer
@@ -39,9 +40,9 @@ FNS = {"v2": cross_layer, "lowrank": cross_layer_lowrank, "v1": cross_layer_v1}
 
 
 def _op_kernels(ops):
-    """(op, backend, device) params: every kernel backend of each layer op (cuda for v2 only)."""
+    """(op, backend, device) params: every kernel backend of each layer op (cuda but for v1)."""
     return [pytest.param(op, *p.values, id=f"{op}-{p.id}", marks=p.marks)
-            for op in ops for p in (KERNELS_V2 if op == "v2" else KERNELS)]
+            for op in ops for p in (KERNELS_V2 if op in CUDA_OPS else KERNELS)]
 
 
 def _fwd_bwd(fn, args, grad, backend, device):
@@ -399,10 +400,15 @@ def _per_layer(variant):
 STACKS = {"v1": (cross_net_v1, ["x0", "w", "bias"]), "lowrank": (cross_net_lowrank, ["x0", "u", "v", "bias"])}
 
 
-@pytest.mark.parametrize("backend,device", backend_devices("cpp", "triton", "reference"))
+def _stack_kernels(variants, *extra):
+    """(variant, backend, device) params: cuda for the low-rank stack, not for v1."""
+    return [pytest.param(v, *p.values, id=f"{v}-{p.id}", marks=p.marks) for v in variants
+            for p in backend_devices("cpp", "triton", *(["cuda"] if v == "lowrank" else []), *extra)]
+
+
+@pytest.mark.parametrize("variant,backend,device", _stack_kernels(["v1", "lowrank"], "reference"))
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", STACK_SHAPES, ids=STACK_IDS)
-@pytest.mark.parametrize("variant", ["v1", "lowrank"])
 def test_stack_matches_per_layer_reference(variant, shape, dtype, backend, device):
     args = _stack_inputs(variant, *shape, dtype, device)
     grad = torch.randn(shape[0], shape[1], generator=torch.Generator().manual_seed(1)).to(device=device, dtype=dtype)
@@ -414,8 +420,7 @@ def test_stack_matches_per_layer_reference(variant, shape, dtype, backend, devic
     _check(out, grads, ref_out.to(dtype), [g.to(dtype) for g in ref_grads], dtype, names)
 
 
-@pytest.mark.parametrize("backend,device", backend_devices("cpp", "triton"))
-@pytest.mark.parametrize("variant", ["v1", "lowrank"])
+@pytest.mark.parametrize("variant,backend,device", _stack_kernels(["v1", "lowrank"]))
 def test_stack_non_contiguous(variant, backend, device):
     args = _stack_inputs(variant, 13, 40, 5, 2, torch.float32, device)
     nc = [torch.stack([a, a], -1)[..., 0] for a in args]
@@ -508,22 +513,25 @@ GPU_SHAPES = [(1, 429), (3, 37), (300, 37), (129, 64), (5, 48), (7, 1), (20000, 
 @pytest.mark.parametrize("backend,device", CUDA)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", GPU_SHAPES, ids=str)
-def test_cuda_layer_paths(shape, dtype, backend, device):
+@pytest.mark.parametrize("op,r", [("v2", 1), ("lowrank", 1), ("lowrank", 5)], ids=["v2", "lowrank-r1", "lowrank-r5"])
+def test_cuda_layer_paths(op, r, shape, dtype, backend, device):
     B, N = shape
-    args = _inputs("v2", B, N, 1, dtype, device)
+    args = _inputs(op, B, N, r, dtype, device)
     grad = torch.randn(B, N, generator=torch.Generator().manual_seed(1)).to(device=device, dtype=dtype)
-    ref_out, ref_grads = _fwd_bwd(cross_layer, args, grad, "reference", device)
-    out, grads = _fwd_bwd(cross_layer, args, grad, backend, device)
-    _check(out, grads, ref_out, ref_grads, dtype, NAMES["v2"])
-    # inference (save=False) writes the same out; save=True keeps p = xl @ W.T + b
+    ref_out, ref_grads = _fwd_bwd(FNS[op], args, grad, "reference", device)
+    out, grads = _fwd_bwd(FNS[op], args, grad, backend, device)
+    _check(out, grads, ref_out, ref_grads, dtype, NAMES[op])
+    # inference (save=False) writes the same out and saves nothing; save=True keeps p (and t)
+    raw = torch.ops.rankops.cross_layer if op == "v2" else torch.ops.rankops.cross_layer_lowrank
     with on(backend, device):
-        o1, p1 = torch.ops.rankops.cross_layer(*args, False)
-        o2, p2 = torch.ops.rankops.cross_layer(*args, True)
+        o1, *s1 = raw(*args, False)
+        o2, *s2 = raw(*args, True)
     with rankops.use_backend("reference"):
-        _, p_ref = torch.ops.rankops.cross_layer(*args, True)
-    assert p1.numel() == 0 and p2.shape == (B, N)
+        _, *s_ref = raw(*args, True)
+    assert all(t.numel() == 0 for t in s1) and s2[-1].shape == (B, N)
     torch.testing.assert_close(o1, o2, atol=0, rtol=0)
-    _check(p2, [], p_ref, [], dtype, [])
+    for a, e in zip(s2, s_ref):
+        _check(a, [], e, [], dtype, [])
 
 
 @pytest.mark.parametrize("backend,device", CUDA)
@@ -602,7 +610,9 @@ def test_cuda_empty_batch(backend, device):
     """B = 0: empty outputs, zero weight and bias gradients."""
     N, L = 37, 2
     for fn, args in [(cross_layer, _inputs("v2", 0, N, 1, torch.float32, device)),
-                     (cross_net, _net_inputs(0, N, L, torch.float32, device))]:
+                     (cross_net, _net_inputs(0, N, L, torch.float32, device)),
+                     (cross_layer_lowrank, _inputs("lowrank", 0, N, 3, torch.float32, device)),
+                     (cross_net_lowrank, _stack_inputs("lowrank", 0, N, 3, L, torch.float32, device))]:
         out, grads = _fwd_bwd(fn, args, torch.zeros(0, N, device=device), backend, device)
         assert out.shape == (0, N)
         for a, gr in zip(args, grads):
@@ -621,3 +631,43 @@ def test_cuda_layer_opcheck(backend, device):
         p = (v2[1] @ v2[2].T + v2[3]).detach()
         torch.library.opcheck(torch.ops.rankops.cross_layer_backward.default,
                               (g, *[a.detach() for a in v2[:3]], p))
+
+
+@pytest.mark.parametrize("backend,device", CUDA)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(1, 429, 7, 3), (300, 37, 1, 3), (129, 64, 4, 2), (7, 1, 1, 2), (20000, 37, 3, 2),
+                                   (33, 48, 16, 1)], ids=str)
+def test_cuda_net_lowrank_paths(shape, dtype, backend, device):
+    """cross_net_lowrank (cuda) against the per-layer reference in fp32, and its inference path
+    (two buffers taking turns) against its training one."""
+    B, N, r, L = shape
+    args = _stack_inputs("lowrank", B, N, r, L, dtype, device)
+    grad = torch.randn(B, N, generator=torch.Generator().manual_seed(1)).to(device=device, dtype=dtype)
+    ref_out, ref_grads = _fwd_bwd(_per_layer("lowrank"), [a.float() for a in args], grad.float(), "reference", device)
+    out, grads = _fwd_bwd(cross_net_lowrank, args, grad, backend, device)
+    _check(out, grads, ref_out.to(dtype), [g.to(dtype) for g in ref_grads], dtype, ["x0", "u", "v", "bias"])
+    with on(backend, device):
+        o1, *s1 = torch.ops.rankops.cross_net_lowrank(*args, False)
+        o2, xs, ts, ps = torch.ops.rankops.cross_net_lowrank(*args, True)
+    assert all(t.numel() == 0 for t in s1)
+    assert xs.shape == (L - 1, B, N) and ts.shape == (L, B, r) and ps.shape == (L, B, N)
+    torch.testing.assert_close(o1, o2, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("backend,device", CUDA)
+def test_cuda_lowrank_opcheck(backend, device):
+    B, N, r, L = 5, 12, 3, 2
+    lr = [a.requires_grad_(True) for a in _inputs("lowrank", B, N, r, torch.float32, device)]
+    st = [a.requires_grad_(True) for a in _stack_inputs("lowrank", B, N, r, L, torch.float32, device)]
+    g = torch.randn(B, N, device=device)
+    with on(backend, device):
+        for save in (True, False):
+            torch.library.opcheck(torch.ops.rankops.cross_layer_lowrank.default, (*lr, save))
+            torch.library.opcheck(torch.ops.rankops.cross_net_lowrank.default, (*st, save))
+        t = (lr[1] @ lr[3].T).detach()
+        p = (t @ lr[2].T + lr[4]).detach()
+        torch.library.opcheck(torch.ops.rankops.cross_layer_lowrank_backward.default,
+                              (g, *[a.detach() for a in lr[:4]], t, p))
+        d = [a.detach() for a in st]
+        _, xs, ts, ps = torch.ops.rankops.cross_net_lowrank(*d, True)
+        torch.library.opcheck(torch.ops.rankops.cross_net_lowrank_backward.default, (g, d[0], d[1], d[2], xs, ts, ps))

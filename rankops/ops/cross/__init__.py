@@ -19,8 +19,9 @@ from torch import Tensor
 from rankops.ops import _checks, _declare
 
 # CUDA kernels (cuBLASLt GEMMs + one fused elementwise pass each way, csrc/cuda/cross.cu) for the
-# full-rank layer and stack; the low-rank and v1 ops have none (Triton serves them on a GPU).
-_impls = _declare.backends("rankops.ops.cross", cuda=("cross_layer", "cross_net"))
+# full-rank and low-rank layers and stacks; the v1 ops have none (Triton serves them on a GPU).
+_impls = _declare.backends("rankops.ops.cross",
+                           cuda=("cross_layer", "cross_net", "cross_layer_lowrank", "cross_net_lowrank"))
 
 
 def _needs_grad(*ts: Tensor) -> bool:
