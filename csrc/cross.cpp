@@ -1,6 +1,7 @@
 // The cross family's private kernels: schemas, their CPU implementations, and CUDA ones for the
-// full-rank layer and stack (cross_layer, cross_net, and their backwards); the low-rank and v1 ops
-// have none (on a GPU the Triton kernels in rankops/ops/cross/triton.py serve them).
+// full-rank and low-rank layers and stacks (cross_layer, cross_net, cross_layer_lowrank,
+// cross_net_lowrank, and their backwards); the v1 ops have none (on a GPU the Triton kernels in
+// rankops/ops/cross/triton.py serve them).
 #include <torch/library.h>
 
 #include "cpu/cross.h"
