@@ -12,6 +12,10 @@ from rankops.ops.cross import cross_layer, cross_layer_lowrank, cross_layer_v1, 
 from tests.utils import DTYPES, assert_close, backend_devices, on, tol
 
 KERNELS = backend_devices("cpp", "triton")
+# the full-rank and low-rank layers and stacks also have CUDA kernels; v1 does not
+KERNELS_V2 = backend_devices("cpp", "triton", "cuda")
+CUDA_OPS = ("v2", "lowrank")
+CUDA = [p for p in backend_devices("cuda") if p.values[1] == "cuda"]
 
 # (B, N, r): DCN-V2's usual 429 (13 dense + 26 x 16), size-1 edges, a rank-1 low-rank layer
 SHAPES = [(67, 429, 7), (1, 1, 1), (9, 33, 1)]
@@ -33,6 +37,12 @@ def _inputs(op: str, B: int, N: int, r: int, dtype, device, seed=0):
 
 
 FNS = {"v2": cross_layer, "lowrank": cross_layer_lowrank, "v1": cross_layer_v1}
+
+
+def _op_kernels(ops):
+    """(op, backend, device) params: every kernel backend of each layer op (cuda but for v1)."""
+    return [pytest.param(op, *p.values, id=f"{op}-{p.id}", marks=p.marks)
+            for op in ops for p in (KERNELS_V2 if op in CUDA_OPS else KERNELS)]
 
 
 def _fwd_bwd(fn, args, grad, backend, device):
@@ -60,10 +70,9 @@ def _check(out, grads, ref_out, ref_grads, dtype, names):
 NAMES = {"v2": ["x0", "xl", "weight", "bias"], "lowrank": ["x0", "xl", "u", "v", "bias"], "v1": ["x0", "xl", "w", "bias"]}
 
 
-@pytest.mark.parametrize("backend,device", KERNELS)
+@pytest.mark.parametrize("op,backend,device", _op_kernels(["v2", "lowrank", "v1"]))
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
-@pytest.mark.parametrize("op", ["v2", "lowrank", "v1"])
 def test_matches_reference(op, shape, dtype, backend, device):
     args = _inputs(op, *shape, dtype, device)
     grad = torch.randn(shape[0], shape[1], generator=torch.Generator().manual_seed(1)).to(device=device, dtype=dtype)
@@ -102,8 +111,7 @@ def test_reference_matches_autograd_of_the_formula():
             torch.testing.assert_close(a.double(), e.grad, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("backend,device", KERNELS)
-@pytest.mark.parametrize("op", ["v2", "lowrank", "v1"])
+@pytest.mark.parametrize("op,backend,device", _op_kernels(["v2", "lowrank", "v1"]))
 def test_non_contiguous(op, backend, device):
     B, N, r = 13, 40, 4
     args = _inputs(op, B, N, r, torch.float32, device)
@@ -118,7 +126,7 @@ def test_non_contiguous(op, backend, device):
     _check(out, grads, ref_out, ref_grads, torch.float32, NAMES[op])
 
 
-@pytest.mark.parametrize("backend,device", backend_devices("cpp", "triton", "reference"))
+@pytest.mark.parametrize("backend,device", backend_devices("cpp", "triton", "cuda", "reference"))
 def test_inference_does_not_save(backend, device):
     """Without autograd the fused forward writes out only (the saved p comes back empty)."""
     args = _inputs("v2", 5, 8, 2, torch.float32, device)
@@ -235,7 +243,7 @@ def _net_inputs(B, N, L, dtype, device, seed=0):
     return [rnd(B, N), rnd(L, N, N, scale=N**-0.5), rnd(L, N)]
 
 
-@pytest.mark.parametrize("backend,device", KERNELS)
+@pytest.mark.parametrize("backend,device", KERNELS_V2)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", NET_SHAPES, ids=NET_IDS)
 def test_net_matches_reference(shape, dtype, backend, device):
@@ -264,7 +272,7 @@ def test_net_is_the_stack_of_layers(backend):
         torch.testing.assert_close(a.double(), e.grad, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("backend,device", KERNELS)
+@pytest.mark.parametrize("backend,device", KERNELS_V2)
 def test_net_non_contiguous(backend, device):
     B, N, L = 13, 40, 2
     args = _net_inputs(B, N, L, torch.float32, device)
@@ -277,7 +285,7 @@ def test_net_non_contiguous(backend, device):
     _check(out, grads, ref_out, ref_grads, torch.float32, ["x0", "weight", "bias"])
 
 
-@pytest.mark.parametrize("backend,device", backend_devices("cpp", "triton", "reference"))
+@pytest.mark.parametrize("backend,device", backend_devices("cpp", "triton", "cuda", "reference"))
 def test_net_saved_layout(backend, device):
     """save=False keeps nothing; save=True keeps the layers' inputs and p in rows of row_stride(N),
     pads zero; the output does not depend on save."""
@@ -299,7 +307,7 @@ def test_net_saved_layout(backend, device):
     assert not ps2[:, :, N:].any() and not xs2[:, :, N:].any()
 
 
-@pytest.mark.parametrize("backend,device", backend_devices("cpp", "triton", "reference"))
+@pytest.mark.parametrize("backend,device", backend_devices("cpp", "triton", "cuda", "reference"))
 def test_net_opcheck(backend, device):
     B, N, L = 5, 12, 2
     args = [a.requires_grad_(True) for a in _net_inputs(B, N, L, torch.float32, device)]
@@ -392,10 +400,15 @@ def _per_layer(variant):
 STACKS = {"v1": (cross_net_v1, ["x0", "w", "bias"]), "lowrank": (cross_net_lowrank, ["x0", "u", "v", "bias"])}
 
 
-@pytest.mark.parametrize("backend,device", backend_devices("cpp", "triton", "reference"))
+def _stack_kernels(variants, *extra):
+    """(variant, backend, device) params: cuda for the low-rank stack, not for v1."""
+    return [pytest.param(v, *p.values, id=f"{v}-{p.id}", marks=p.marks) for v in variants
+            for p in backend_devices("cpp", "triton", *(["cuda"] if v == "lowrank" else []), *extra)]
+
+
+@pytest.mark.parametrize("variant,backend,device", _stack_kernels(["v1", "lowrank"], "reference"))
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", STACK_SHAPES, ids=STACK_IDS)
-@pytest.mark.parametrize("variant", ["v1", "lowrank"])
 def test_stack_matches_per_layer_reference(variant, shape, dtype, backend, device):
     args = _stack_inputs(variant, *shape, dtype, device)
     grad = torch.randn(shape[0], shape[1], generator=torch.Generator().manual_seed(1)).to(device=device, dtype=dtype)
@@ -407,8 +420,7 @@ def test_stack_matches_per_layer_reference(variant, shape, dtype, backend, devic
     _check(out, grads, ref_out.to(dtype), [g.to(dtype) for g in ref_grads], dtype, names)
 
 
-@pytest.mark.parametrize("backend,device", backend_devices("cpp", "triton"))
-@pytest.mark.parametrize("variant", ["v1", "lowrank"])
+@pytest.mark.parametrize("variant,backend,device", _stack_kernels(["v1", "lowrank"]))
 def test_stack_non_contiguous(variant, backend, device):
     args = _stack_inputs(variant, 13, 40, 5, 2, torch.float32, device)
     nc = [torch.stack([a, a], -1)[..., 0] for a in args]
@@ -485,3 +497,177 @@ def test_stack_bad_inputs():
         cross_net_lowrank(torch.randn(B, N, 1), torch.randn(L, N, r), torch.randn(L, r, N), torch.randn(L, N))
     with pytest.raises(TypeError, match="u"):
         cross_net_lowrank(x0, torch.randn(L, N, r).numpy(), torch.randn(L, r, N), torch.randn(L, N))
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA kernels (cross_layer, cross_net): the paths csrc/cuda/cross.cu and the cuBLASLt calls in
+# csrc/cross.cpp branch on. 16-byte vectors need N a multiple of 8 (fp16/bf16) or 4 (fp32) and every
+# row stride too, else scalars; the bias goes into the GEMM's epilogue only for N > 1; batches past
+# 256 row blocks (8 to 32 rows each) walk the grid-stride loops and fill every db partial row.
+
+# (B, N): scalar odd N (37, 429), vector N (64; 48: fp32-only vectors at 4, fp16 at 8 too), N=1
+# (bias in our pass), B=1, and batches long enough for the grid-stride loops
+GPU_SHAPES = [(1, 429), (3, 37), (300, 37), (129, 64), (5, 48), (7, 1), (20000, 37), (40000, 64), (1, 8)]
+
+
+@pytest.mark.parametrize("backend,device", CUDA)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", GPU_SHAPES, ids=str)
+@pytest.mark.parametrize("op,r", [("v2", 1), ("lowrank", 1), ("lowrank", 5)], ids=["v2", "lowrank-r1", "lowrank-r5"])
+def test_cuda_layer_paths(op, r, shape, dtype, backend, device):
+    B, N = shape
+    args = _inputs(op, B, N, r, dtype, device)
+    grad = torch.randn(B, N, generator=torch.Generator().manual_seed(1)).to(device=device, dtype=dtype)
+    ref_out, ref_grads = _fwd_bwd(FNS[op], args, grad, "reference", device)
+    out, grads = _fwd_bwd(FNS[op], args, grad, backend, device)
+    _check(out, grads, ref_out, ref_grads, dtype, NAMES[op])
+    # inference (save=False) writes the same out and saves nothing; save=True keeps p (and t)
+    raw = torch.ops.rankops.cross_layer if op == "v2" else torch.ops.rankops.cross_layer_lowrank
+    with on(backend, device):
+        o1, *s1 = raw(*args, False)
+        o2, *s2 = raw(*args, True)
+    with rankops.use_backend("reference"):
+        _, *s_ref = raw(*args, True)
+    assert all(t.numel() == 0 for t in s1) and s2[-1].shape == (B, N)
+    torch.testing.assert_close(o1, o2, atol=0, rtol=0)
+    for a, e in zip(s2, s_ref):
+        _check(a, [], e, [], dtype, [])
+
+
+@pytest.mark.parametrize("backend,device", CUDA)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(1, 429, 3), (300, 37, 3), (129, 64, 3), (7, 1, 2), (20000, 37, 2), (40000, 64, 3),
+                                   (33, 48, 1)], ids=str)
+def test_cuda_net_paths(shape, dtype, backend, device):
+    """cross_net (cuda) against the per-layer reference (three cross_layer calls, fp32), forward and
+    every gradient, and its inference path (two buffers taking turns) against its training one."""
+    B, N, L = shape
+    args = _net_inputs(B, N, L, dtype, device)
+    grad = torch.randn(B, N, generator=torch.Generator().manual_seed(1)).to(device=device, dtype=dtype)
+
+    def per_layer(x0, W, b):
+        x = x0
+        for l in range(W.shape[0]):
+            x = cross_layer(x0, x, W[l], b[l])
+        return x
+
+    ref_out, ref_grads = _fwd_bwd(per_layer, [a.float() for a in args], grad.float(), "reference", device)
+    out, grads = _fwd_bwd(cross_net, args, grad, backend, device)
+    assert out.dtype == dtype
+    _check(out, grads, ref_out.to(dtype), [g.to(dtype) for g in ref_grads], dtype, ["x0", "weight", "bias"])
+    with on(backend, device):
+        o1, xs1, ps1 = torch.ops.rankops.cross_net(*args, False)
+        o2, xs2, ps2 = torch.ops.rankops.cross_net(*args, True)
+    assert xs1.numel() == 0 and ps1.numel() == 0
+    assert xs2.shape == (L - 1, B, row_stride(N)) and ps2.shape == (L, B, row_stride(N))
+    torch.testing.assert_close(o1, o2, atol=0, rtol=0)
+    assert not ps2[:, :, N:].any() and not xs2[:, :, N:].any()
+
+
+@pytest.mark.parametrize("backend,device", CUDA)
+def test_cuda_fp32_is_not_tf32(backend, device):
+    """fp32 stays IEEE (cuBLASLt with CUBLAS_COMPUTE_32F) even with torch's TF32 switch on: within 1e-5
+    of the reference run after the switch is put back (TF32 would be ~1e-3 off at N = 429)."""
+    B, N, L = 257, 429, 3
+    x0, W, b = _net_inputs(B, N, L, torch.float32, device)
+    grad = torch.randn(B, N, device=device)
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        out, grads = _fwd_bwd(cross_net, [x0, W, b], grad, backend, device)
+        lout, lgrads = _fwd_bwd(cross_layer, [x0, x0, W[0], b[0]], grad, backend, device)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+    ref_out, ref_grads = _fwd_bwd(cross_net, [a.double() for a in (x0, W, b)], grad.double(), "reference", device)
+    _check(out, grads, ref_out.float(), [g.float() for g in ref_grads], torch.float32, ["x0", "weight", "bias"])
+    lref, lref_grads = _fwd_bwd(cross_layer, [a.double() for a in (x0, x0, W[0], b[0])], grad.double(), "reference",
+                                device)
+    _check(lout, lgrads, lref.float(), [g.float() for g in lref_grads], torch.float32, NAMES["v2"])
+
+
+@pytest.mark.parametrize("backend,device", CUDA)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_cuda_net_matches_cuda_layers(dtype, backend, device):
+    """A 3-layer cross_net and three cross_layer calls on the CUDA kernels agree (N = 429, DCN-V2 on
+    Criteo), forward and backward."""
+    B, N, L = 513, 429, 3
+    args = _net_inputs(B, N, L, dtype, device)
+    grad = torch.randn(B, N, device=device, dtype=dtype)
+
+    def per_layer(x0, W, b):
+        x = x0
+        for l in range(W.shape[0]):
+            x = cross_layer(x0, x, W[l], b[l])
+        return x
+
+    out_l, grads_l = _fwd_bwd(per_layer, args, grad, backend, device)
+    out_n, grads_n = _fwd_bwd(cross_net, args, grad, backend, device)
+    _check(out_n, grads_n, out_l, grads_l, dtype, ["x0", "weight", "bias"])
+
+
+@pytest.mark.parametrize("backend,device", CUDA)
+def test_cuda_empty_batch(backend, device):
+    """B = 0: empty outputs, zero weight and bias gradients."""
+    N, L = 37, 2
+    for fn, args in [(cross_layer, _inputs("v2", 0, N, 1, torch.float32, device)),
+                     (cross_net, _net_inputs(0, N, L, torch.float32, device)),
+                     (cross_layer_lowrank, _inputs("lowrank", 0, N, 3, torch.float32, device)),
+                     (cross_net_lowrank, _stack_inputs("lowrank", 0, N, 3, L, torch.float32, device))]:
+        out, grads = _fwd_bwd(fn, args, torch.zeros(0, N, device=device), backend, device)
+        assert out.shape == (0, N)
+        for a, gr in zip(args, grads):
+            assert gr.shape == a.shape
+            assert not gr.any()
+
+
+@pytest.mark.parametrize("backend,device", CUDA)
+def test_cuda_layer_opcheck(backend, device):
+    B, N = 5, 12
+    v2 = [a.requires_grad_(True) for a in _inputs("v2", B, N, 1, torch.float32, device)]
+    g = torch.randn(B, N, device=device)
+    with on(backend, device):
+        for save in (True, False):
+            torch.library.opcheck(torch.ops.rankops.cross_layer.default, (*v2, save))
+        p = (v2[1] @ v2[2].T + v2[3]).detach()
+        torch.library.opcheck(torch.ops.rankops.cross_layer_backward.default,
+                              (g, *[a.detach() for a in v2[:3]], p))
+
+
+@pytest.mark.parametrize("backend,device", CUDA)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(1, 429, 7, 3), (300, 37, 1, 3), (129, 64, 4, 2), (7, 1, 1, 2), (20000, 37, 3, 2),
+                                   (33, 48, 16, 1)], ids=str)
+def test_cuda_net_lowrank_paths(shape, dtype, backend, device):
+    """cross_net_lowrank (cuda) against the per-layer reference in fp32, and its inference path
+    (two buffers taking turns) against its training one."""
+    B, N, r, L = shape
+    args = _stack_inputs("lowrank", B, N, r, L, dtype, device)
+    grad = torch.randn(B, N, generator=torch.Generator().manual_seed(1)).to(device=device, dtype=dtype)
+    ref_out, ref_grads = _fwd_bwd(_per_layer("lowrank"), [a.float() for a in args], grad.float(), "reference", device)
+    out, grads = _fwd_bwd(cross_net_lowrank, args, grad, backend, device)
+    _check(out, grads, ref_out.to(dtype), [g.to(dtype) for g in ref_grads], dtype, ["x0", "u", "v", "bias"])
+    with on(backend, device):
+        o1, *s1 = torch.ops.rankops.cross_net_lowrank(*args, False)
+        o2, xs, ts, ps = torch.ops.rankops.cross_net_lowrank(*args, True)
+    assert all(t.numel() == 0 for t in s1)
+    assert xs.shape == (L - 1, B, N) and ts.shape == (L, B, r) and ps.shape == (L, B, N)
+    torch.testing.assert_close(o1, o2, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("backend,device", CUDA)
+def test_cuda_lowrank_opcheck(backend, device):
+    B, N, r, L = 5, 12, 3, 2
+    lr = [a.requires_grad_(True) for a in _inputs("lowrank", B, N, r, torch.float32, device)]
+    st = [a.requires_grad_(True) for a in _stack_inputs("lowrank", B, N, r, L, torch.float32, device)]
+    g = torch.randn(B, N, device=device)
+    with on(backend, device):
+        for save in (True, False):
+            torch.library.opcheck(torch.ops.rankops.cross_layer_lowrank.default, (*lr, save))
+            torch.library.opcheck(torch.ops.rankops.cross_net_lowrank.default, (*st, save))
+        t = (lr[1] @ lr[3].T).detach()
+        p = (t @ lr[2].T + lr[4]).detach()
+        torch.library.opcheck(torch.ops.rankops.cross_layer_lowrank_backward.default,
+                              (g, *[a.detach() for a in lr[:4]], t, p))
+        d = [a.detach() for a in st]
+        _, xs, ts, ps = torch.ops.rankops.cross_net_lowrank(*d, True)
+        torch.library.opcheck(torch.ops.rankops.cross_net_lowrank_backward.default, (g, d[0], d[1], d[2], xs, ts, ps))

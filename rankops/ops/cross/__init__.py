@@ -18,9 +18,10 @@ from torch import Tensor
 
 from rankops.ops import _checks, _declare
 
-# no hand-written CUDA kernels: on a GPU the Triton GEMM with the fused epilogue serves (see
-# bench/cross.py); "cuda" is therefore absent and auto picks triton on CUDA tensors.
-_impls = _declare.backends("rankops.ops.cross")
+# CUDA kernels (cuBLASLt GEMMs + one fused elementwise pass each way, csrc/cuda/cross.cu) for the
+# full-rank and low-rank layers and stacks; the v1 ops have none (Triton serves them on a GPU).
+_impls = _declare.backends("rankops.ops.cross",
+                           cuda=("cross_layer", "cross_net", "cross_layer_lowrank", "cross_net_lowrank"))
 
 
 def _needs_grad(*ts: Tensor) -> bool:
