@@ -89,3 +89,15 @@ def test_bench_auto_order_without_rival_rows_leaves_the_table(tmp_path, capsys):
     assert auto_order.main([str(tmp_path / "a.csv"), "--out", str(out)]) == 1
     assert not out.exists() and "table unchanged" in capsys.readouterr().err
     assert auto_order.main([str(tmp_path / "missing.csv"), "--out", str(out)]) == 2
+
+
+def test_every_op_with_new_cuda_kernels_is_in_the_table():
+    """The cross, CIN and attention families' CUDA kernels are unmeasured: each op that lists cuda is
+    in the table (Triton first until a GPU run says otherwise), so auto never picks them blind."""
+    from rankops.ops import _declare, attention, cin, cross
+
+    table = json.load(open(backend.AUTO_ORDER_FILE))["cuda"]
+    for family in (attention, cin, cross):
+        for op in (v for v in vars(family).values() if isinstance(v, _declare.Op)):
+            if op.impls is not None and "cuda" in op.impls(op.name):
+                assert op.name in table, f"{op.name} has a CUDA kernel but no entry in rankops/auto_order.json"

@@ -21,7 +21,8 @@ from torch import Tensor
 
 from rankops.ops import _checks, _declare
 
-# no hand-written CUDA kernel: on a GPU the Triton kernel serves (auto picks triton there)
+# CUDA kernels (csrc/cuda/cin.cu) and Triton; auto keeps Triton first on a GPU until a GPU run has
+# measured the two (rankops/auto_order.json)
 _impls = _declare.backends("rankops.ops.cin", cuda=("cin_layer",))
 
 
