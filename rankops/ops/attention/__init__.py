@@ -29,7 +29,7 @@ from torch import Tensor
 from rankops.ops import _checks, _declare, _dispatch
 
 _NATIVE = _declare.NATIVE
-_impls = _declare.backends("rankops.ops.attention")
+_impls = _declare.backends("rankops.ops.attention", cuda=("target_attention", "jagged_target_attention"))
 
 
 # ---------------------------------------------------------------------------------------------
