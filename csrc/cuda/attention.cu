@@ -320,8 +320,10 @@ struct FwdArgs {
   bool vec;
 };
 
+// Occupancy: 3 blocks (24 warps) per SM for up to 4 slots (Q small: memory-bound, more loads in
+// flight), 2 for 8 and 16 (their 128 registers; ptxas -v: no spills on sm_80 or sm_90 either way).
 template <typename T, int NACC>
-__global__ void __launch_bounds__(kThreads) fwd_kernel(const FwdArgs a) {
+__global__ void __launch_bounds__(kThreads, NACC >= 8 ? 2 : 3) fwd_kernel(const FwdArgs a) {
   extern __shared__ __align__(16) float smem[];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int d = a.d, tile = a.tile, sst = tile + 1;
