@@ -3,7 +3,8 @@
 // The shape of the problem: Q candidates per user (1..64+) against a long behaviour sequence
 // (L = 100..10000 keys), d = 16..128. So the forward is a split-KV decoding kernel: a block owns
 // (sample*head, query block, key split), streams the split's keys and values through shared memory
-// in tiles of `tile` rows, loading each tile ONCE and using it for every query of the block (the Q
+// in tiles of `tile` rows (4096 / d, at most 256; at most 64 in the backward), loading each tile
+// ONCE and using it for every query of the block (up to 64 queries: for Q <= 64 the
 // candidates of a user share one pass over its sequence), with the online softmax in fp32. When
 // B*H cannot fill the GPU the keys are split; each split writes its partial (m, l, acc) to an fp32
 // workspace and a small combine kernel merges them into out and lse. With one split the block
@@ -748,10 +749,19 @@ cudaError_t dispatch(DType dtype, Fn&& fn) {
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
-int tile_for(int64_t d) {
-  int t = 64;
-  while (t > 8 && t * d > kTileElems) t /= 2;
-  return t * d <= kTileElems ? t : 0;
+// Queries per block: up to 64, and q_block * d <= kTileElems (the accumulator slots).
+int q_block_for(int64_t Q, int64_t d) {
+  int cap = 64;
+  while (cap > 1 && cap * d > kTileElems) cap /= 2;
+  return static_cast<int>(std::min<int64_t>(Q, cap));
+}
+// Keys per tile: the largest power of two <= max_tile with tile * d <= kTileElems (the backward's
+// dk / dv slots; the forward's shared tiles) and q_block * tile <= kTileElems (the forward's score
+// buffer); at least 8 (0: d too large).
+int tile_for(int64_t d, int q_block, int max_tile) {
+  int t = max_tile;
+  while (t > 8 && (t * d > kTileElems || int64_t{q_block} * t > kTileElems)) t /= 2;
+  return t * d <= kTileElems && int64_t{q_block} * t <= kTileElems ? t : 0;
 }
 
 // Blocks for a grid-stride kernel over n items of `per_block` items a block.
@@ -802,8 +812,9 @@ int bwd_dq_slots(int q_block, int64_t d) {
 }
 
 bool plan_ok(const AttentionPlan& p, int64_t B, int64_t H, int64_t Q, int64_t d) {
-  return p.tile > 0 && p.q_block >= 1 && p.q_block <= p.tile && int64_t{p.q_block} * d <= kTileElems &&
-         int64_t{p.tile} * d <= kTileElems && p.q_blocks == cdiv64(Q, p.q_block) && p.splits >= 1 &&
+  return p.tile >= 8 && p.tile <= 256 && p.q_block >= 1 && p.q_block <= 64 && int64_t{p.q_block} * d <= kTileElems &&
+         int64_t{p.tile} * d <= kTileElems && int64_t{p.q_block} * p.tile <= kTileElems &&
+         p.q_blocks == cdiv64(Q, p.q_block) && p.splits >= 1 &&
          p.splits <= kMaxSplits && B * H * p.q_blocks <= 0x7fffffff && H <= 0x7fffffff && Q <= 0x7fffffff;
 }
 
@@ -844,9 +855,11 @@ AttentionPlan plan_target_attention(bool backward, int64_t B, int64_t H, int64_t
                                     int sm_count) {
   AttentionPlan p;
   if (B <= 0 || H <= 0 || Q <= 0 || d <= 0 || d > kAttentionMaxHeadDim) return p;
-  p.tile = tile_for(d);
-  if (p.tile == 0) return p;
-  p.q_block = static_cast<int>(std::min<int64_t>(Q, p.tile));
+  // The forward takes up to 256 keys a tile (small d: more bytes per pass between barriers); the
+  // backward 64 (its P and dS buffers and dk / dv slots grow with the tile).
+  p.q_block = q_block_for(Q, d);
+  p.tile = tile_for(d, p.q_block, backward ? 64 : 256);
+  if (p.tile == 0 || p.q_block < 1) return AttentionPlan{};
   p.q_blocks = static_cast<int>(cdiv64(Q, p.q_block));
   const int64_t BH = B * H;
   // Split the keys while the blocks cannot fill the GPU (4 per SM aimed at), keeping each split at

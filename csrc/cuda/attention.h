@@ -11,14 +11,14 @@
 namespace rankops::cuda {
 
 // Head dims the kernels take: a key tile of at least 8 rows of d fp32 must fit one thread block's
-// register accumulators (tile * d <= 4096).
+// register accumulators (tile * d <= 4096, 16 slots of 256 threads).
 constexpr int64_t kAttentionMaxHeadDim = 512;
 
 // How one call is cut up; made by plan_target_attention, read by the launchers. The caller
 // allocates `workspace_floats` fp32 elements of workspace (none when 0).
 struct AttentionPlan {
-  int tile = 0;        // keys per shared-memory tile; also the queries per block (q_block <= tile)
-  int q_block = 0;     // queries per block: min(Q, tile)
+  int tile = 0;        // keys per shared-memory tile: forward up to 256, backward up to 64 (tile * d <= 4096)
+  int q_block = 0;     // queries per block: min(Q, 64), q_block * d <= 4096 (and q_block * tile <= 4096)
   int q_blocks = 0;    // ceil(Q / q_block)
   int splits = 1;      // key splits per (sample, head); 1: the forward writes out directly
   int smem_bytes = 0;  // dynamic shared memory of the main kernel

@@ -374,9 +374,10 @@ def test_compile_fullgraph(backend, device):
 # ---------------------------------------------------------------------------------------------
 # the CUDA kernels (csrc/cuda/attention.cu): the paths they branch on. On an H200 (132 SMs) the
 # forward splits the keys while B*H*(query blocks) < 4 * 132 and a sample has more than
-# max(4 * tile, 128) keys (tile = 64 keys for d <= 64, 32 for d <= 128, 16 for d <= 256): B*H = 6
-# and L = 3000 take 12 splits, L = 100 one split (direct write). Q = 64 fills one query block at
-# d = 64, Q = 130 takes three (the last of 2 rows): the backward then keeps dq in its workspace.
+# max(4 * tile, 128) keys (tile: keys per shared-memory pass, 4096 / d up to 256 in the forward,
+# up to 64 in the backward, and 64 at d = 64): B*H = 6 and L = 3000 at d = 64 take 12 splits,
+# L = 100 one split (direct write). A query block holds up to 64 queries (and 4096 / d): Q = 130
+# takes three (the last of 2 rows), and the backward then keeps dq in its workspace.
 
 CUDA = backend_devices("cuda")
 
