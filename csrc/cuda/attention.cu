@@ -26,6 +26,13 @@
 //                                        Q = 1 call does not pay registers for 64 queries)
 // Scores are in the log2 domain (q is pre-multiplied by scale * log2(e)); lse is stored natural.
 //
+// Not measured on a GPU yet. By count, each FMA of the scores and PV loops takes two shared-memory
+// reads (one broadcast, one conflict-free), so a block is bound by shared-memory bandwidth, not
+// FMAs: at Q = 64, d = 64 about 32K cycles per 64-key tile against 4K of FMA issue. That is fine
+// where the op is memory-bound (Q ~ 1: about 20 B/clk/SM of shared traffic per byte of K/V read)
+// and slow where it is not (Q >= 16: tensor cores, or register-blocked tiles of 4 queries x 2 keys
+// reading q and P transposed as float4, are the next step once a GPU has measured this version).
+//
 // Backward (FlashAttention-2 order, from the saved lse): delta = rowsum(dO * O) (a small kernel);
 // then a block per (sample*head, key split) loops over its key tiles, and for each tile over all
 // query blocks: P = exp2(scale*log2e * q.k - lse*log2e), dS = P * (dO.v - delta);
