@@ -3,6 +3,8 @@ torch's scaled_dot_product_attention with a padding mask, forward and gradients,
 
 Shapes are deliberately odd (L = 37 and 70: not a multiple of any block size; d = 24: not a power
 of two) next to regular ones. Triton runs under the interpreter here, so its grids are kept small.
+The cuda backend (csrc/cuda/attention.cu) runs only where a GPU is (the `gpu` marker): it joins the
+shared tests above and has its own section for the paths its kernels branch on.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from rankops.ops.attention import jagged_target_attention, target_attention
 from rankops.ops.attention import reference as ref
 from tests.utils import DTYPES, assert_close, backend_devices, on, require, tol
 
-KERNELS = backend_devices("cpp", "triton")
-ALL = backend_devices("reference", "cpp", "triton")
+KERNELS = backend_devices("cpp", "triton", "cuda")
+ALL = backend_devices("reference", "cpp", "triton", "cuda")
 
 
 def make(B, H, Q, L, d, dtype, device="cpu", seed=0):
@@ -274,6 +276,19 @@ def test_jagged_hypothesis_triton(backend, device, lengths, H, Q, d, dtype):
     _jagged_property(backend, device, lengths, H, Q, d, dtype)
 
 
+@pytest.mark.parametrize("backend,device", backend_devices("cuda"))
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    lengths=st.lists(st.integers(0, 700), min_size=1, max_size=5),
+    H=st.integers(1, 3),
+    Q=st.sampled_from([1, 2, 17, 64, 70]),
+    d=st.sampled_from([8, 16, 24, 33, 64, 128]),
+    dtype=st.sampled_from(DTYPES),
+)
+def test_jagged_hypothesis_cuda(backend, device, lengths, H, Q, d, dtype):
+    _jagged_property(backend, device, lengths, H, Q, d, dtype)
+
+
 # ---------------------------------------------------------------------------------------------
 # bad input
 
@@ -354,6 +369,153 @@ def test_compile_fullgraph(backend, device):
     assert_close(got, want, atol=1e-5, rtol=1e-5, name="loss")
     for a, b in zip(args_c, args):
         assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-5, name="grad")
+
+
+# ---------------------------------------------------------------------------------------------
+# the CUDA kernels (csrc/cuda/attention.cu): the paths they branch on. On an H200 (132 SMs) the
+# forward splits the keys while B*H*(query blocks) < 4 * 132 and a sample has more than
+# max(4 * tile, 128) keys (tile: keys per shared-memory pass, 4096 / d up to 256 in the forward,
+# up to 64 in the backward, and 64 at d = 64): B*H = 6 and L = 3000 at d = 64 take 12 splits,
+# L = 100 one split (direct write). A query block holds up to 64 queries (and 4096 / d): Q = 130
+# takes three (the last of 2 rows), and the backward then keeps dq in its workspace.
+
+CUDA = backend_devices("cuda")
+
+
+def _padded_case(B, H, Q, L, d, dtype, lengths, seed):
+    q, k, v, g = make(B, H, Q, L, d, dtype, "cuda", seed=seed)
+    return q, k, v, torch.tensor(lengths, device="cuda"), g
+
+
+@pytest.mark.parametrize("backend,device", CUDA)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("L", [100, 3000], ids=["L100-one-split", "L3000-splits"])
+@pytest.mark.parametrize("Q", [1, 64, 130])
+def test_cuda_splits_and_query_blocks(backend, device, dtype, L, Q):
+    lengths = [L, 0, L // 3, 1, L - 7, 2 * L // 3]
+    q, k, v, lens, g = _padded_case(6, 1, Q, L, 64, dtype, lengths, seed=L + Q)
+    want = expected(q, k, v, lens, g)
+    with on(backend, device):
+        got = run(target_attention, q, k, v, lens, g)
+    check_all(got, want, dtype, what=f"Q={Q} L={L}: ")
+    assert torch.isneginf(got[1][1]).all() and not got[0][1].float().any(), "an empty sample: lse -inf, out 0"
+
+
+@pytest.mark.parametrize("backend,device", CUDA)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("d", [1, 5, 16, 24, 33, 80, 128, 200], ids=lambda d: f"d{d}")
+@pytest.mark.parametrize("Q", [1, 7])
+def test_cuda_head_dims(backend, device, dtype, d, Q):
+    """d below one 16-byte vector, odd d (scalar loads), multiples of the vector (16-byte loads),
+    and the smaller tiles of d > 64 (32 keys) and d > 128 (16 keys); long and short samples."""
+    q, k, v, lens, g = _padded_case(2, 2, Q, 700, d, dtype, [700, 45], seed=d)
+    want = expected(q, k, v, lens, g)
+    with on(backend, device):
+        got = run(target_attention, q, k, v, lens, g)
+    check_all(got, want, dtype, what=f"d={d}: ")
+
+
+@pytest.mark.parametrize("backend,device", CUDA)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_cuda_unaligned_inputs_take_the_scalar_loads(backend, device, dtype):
+    """Contiguous k and v that start one element past a 16-byte boundary (d a multiple of the
+    vector): the kernels must see it and load element by element."""
+    B, H, Q, L, d = 2, 2, 3, 300, 32
+    q, k, v, lens, g = _padded_case(B, H, Q, L, d, dtype, [300, 130], seed=11)
+    k_buf = torch.empty(k.numel() + 1, dtype=dtype, device="cuda")
+    v_buf = torch.empty(v.numel() + 1, dtype=dtype, device="cuda")
+    ku, vu = k_buf[1:].view_as(k), v_buf[1:].view_as(v)
+    ku.copy_(k)
+    vu.copy_(v)
+    assert ku.is_contiguous() and ku.data_ptr() % 16 != 0
+    want = expected(q, k, v, lens, g)
+    with on(backend, device):
+        got = run(target_attention, q, ku, vu, lens, g)
+    check_all(got, want, dtype)
+
+
+@pytest.mark.parametrize("backend,device", CUDA)
+@pytest.mark.parametrize("L", [40, 3000])
+@pytest.mark.parametrize("Q", [1, 64, 130])
+def test_cuda_zero_lengths(backend, device, L, Q):
+    """Every sample empty: zeros, lse = -inf, zero gradients (dk / dv padding written as 0)."""
+    q, k, v, lens, g = _padded_case(3, 2, Q, L, 16, torch.float32, [0, 0, 0], seed=3)
+    with on(backend, device):
+        out, lse, dq, dk, dv = run(target_attention, q, k, v, lens, g)
+    assert torch.equal(out, torch.zeros_like(out))
+    assert torch.isneginf(lse).all()
+    for t in (dq, dk, dv):
+        assert torch.equal(t, torch.zeros_like(t))
+
+
+@pytest.mark.parametrize("backend,device", CUDA)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("L", [50, 3000])
+@pytest.mark.parametrize("Q", [1, 64])
+def test_cuda_nan_padding_never_leaks(backend, device, dtype, L, Q):
+    """NaN in every padded key and value (and in all of an empty sample's), one split and several."""
+    q, k, v, lens, g = _padded_case(3, 2, Q, L, 24, dtype, [L // 2 + 1, 0, L], seed=4)
+    want = expected(q, k, v, lens, g)
+    n = L // 2 + 1
+    k[0, :, n:], v[0, :, n:] = float("nan"), float("nan")
+    k[1], v[1] = float("nan"), float("nan")
+    with on(backend, device):
+        got = run(target_attention, q, k, v, lens, g)
+    check_all(got, want, dtype)  # also: non-finite exactly where the reference has them (lse of sample 1)
+    assert not got[3][0, :, n:].float().any() and not got[4][0, :, n:].float().any(), "padded rows get 0"
+
+
+@pytest.mark.parametrize("backend,device", CUDA)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("Q", [1, 64])
+@pytest.mark.parametrize("lengths", [[0, 3000, 0, 17, 1], [5, 0, 0, 64, 129], [0]], ids=["long", "short", "one-empty"])
+def test_cuda_jagged_with_empty_samples(backend, device, dtype, Q, lengths):
+    q, k, v, offsets, g = jagged_case(lengths, H=2, Q=Q, d=32, dtype=dtype, device="cuda", seed=sum(lengths))
+    want = expected_jagged(q, k, v, offsets, g)
+    with on(backend, device):
+        got = run(jagged_target_attention, q, k, v, offsets, g)
+    check_all(got, want, dtype, what=f"lengths={lengths}: ")
+    empty = [b for b, n in enumerate(lengths) if n == 0]
+    assert torch.isneginf(got[1][empty]).all() and not got[0][empty].float().any()
+
+
+@pytest.mark.parametrize("backend,device", CUDA)
+def test_cuda_empty_shapes(backend, device):
+    """B = 0, Q = 0, L = 0 and S = 0: shaped outputs, no launch with an empty grid."""
+    with on(backend, device):
+        for B, Q, L in ((0, 2, 5), (2, 0, 5), (2, 3, 0)):
+            q, k, v, g = make(B, 2, Q, L, 8, torch.float32, "cuda")
+            lens = torch.zeros(B, dtype=torch.int64, device="cuda")
+            out, lse, dq, dk, dv = run(target_attention, q, k, v, lens, g)
+            assert out.shape == q.shape and lse.shape == q.shape[:3] and dk.shape == k.shape
+            assert torch.isneginf(lse).all() and not out.any() and not dq.any() and not dk.any()
+        q, g = torch.randn(2, 2, 3, 8, device="cuda"), torch.randn(2, 2, 3, 8, device="cuda")
+        kj = torch.randn(0, 2, 8, device="cuda")
+        out, lse, dq, dk, dv = run(jagged_target_attention, q, kj, kj.clone(), torch.zeros(3, dtype=torch.int64,
+                                                                                         device="cuda"), g)
+        assert not out.any() and torch.isneginf(lse).all() and not dq.any() and dk.shape == (0, 2, 8)
+
+
+@pytest.mark.parametrize("backend,device", CUDA)
+def test_cuda_is_deterministic_and_runs_the_cuda_kernels(backend, device):
+    """No atomics anywhere: two runs give the same bits. The profiler shows our kernels ran."""
+    from torch.profiler import ProfilerActivity, profile
+
+    q, k, v, lens, g = _padded_case(2, 2, 64, 3000, 64, torch.bfloat16, [3000, 1234], seed=12)
+    with on(backend, device), profile(activities=[ProfilerActivity.CPU]) as prof:
+        a = run(target_attention, q, k, v, lens, g)
+        b = run(target_attention, q, k, v, lens, g)
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)
+    events = {e.name for e in prof.events()}
+    assert "rankops_C::target_attention" in events and "rankops_C::target_attention_backward" in events
+
+
+@pytest.mark.parametrize("backend,device", CUDA)
+def test_cuda_head_dim_limit(backend, device):
+    q, k, v, g = make(1, 1, 1, 4, 520, torch.float32, "cuda")
+    with on(backend, device), pytest.raises(ValueError, match="head dims up to 512"):
+        target_attention(q, k, v, torch.tensor([4], device="cuda"))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from rankops.ops import _checks, _declare, _dispatch
 from rankops.ops.activation import dice
 
 _NATIVE = _declare.NATIVE
-_impls = _declare.backends("rankops.ops.attention")
+_impls = _declare.backends("rankops.ops.attention", cuda=("target_attention", "jagged_target_attention"))
 
 
 # ---------------------------------------------------------------------------------------------
