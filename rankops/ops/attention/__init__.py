@@ -11,8 +11,9 @@ implementation and an autograd formula, so they run under torch.compile(fullgrap
 torch.export. The backward is a custom op of its own (no double backward).
 
 Backends: ``reference`` (reference.py), ``cpp`` (csrc/cpu/attention.cpp), ``triton`` (triton.py;
-serves CUDA tensors). There is no hand-written CUDA kernel: the issue asks for one only where it
-beats Triton, and that needs a GPU measurement not yet made; on a GPU ``auto`` runs Triton.
+serves CUDA tensors), ``cuda`` (csrc/cuda/attention.cu: split-KV forward, each key tile loaded once
+for all of a user's candidates). No GPU has measured CUDA against Triton yet, so on a GPU ``auto``
+runs Triton (rankops/auto_order.json) until one does.
 
 Input values are validated inside the op (lengths within [0, L], offsets starting at 0,
 non-decreasing, ending at S): that costs one host synchronisation per call on a GPU, and it is
