@@ -83,8 +83,9 @@ stage_build-test() {
   rm -f build/.gpu_suite_built  # this stage always rebuilds: the checkout may be another machine's build
   ensure_built || return 1
   $PY -c "import rankops; rankops.info()" | tee -a "$DIR/gpu.txt"
-  # every gpu-marked test, without stopping at the first failure (a first GPU run wants them all)
-  limited 120 $PY -m pytest -q -m gpu -p no:cacheprovider --maxfail=30 tests 2>&1 | tee "$DIR/gpu_tests.txt"
+  # every gpu-marked test, without stopping at the first failure (a first GPU run wants them all),
+  # in what the stage has left after the build
+  limited 270 $PY -m pytest -q -m gpu -p no:cacheprovider --maxfail=30 --durations=15 tests 2>&1 | tee "$DIR/gpu_tests.txt"
   return "${PIPESTATUS[0]}"
 }
 
