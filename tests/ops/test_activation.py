@@ -1,4 +1,4 @@
-"""rankops.dice (Dice on batch statistics): the cpp kernels against the reference and against
+"""rankops.dice (Dice on batch statistics): the cpp and Triton kernels against the reference and against
 autograd through the reference's own statistics, forward, statistics and both gradients; masked
 rows, an all-masked batch, bf16 / fp16; opcheck and torch.compile; DIN's training path uses it."""
 
@@ -14,7 +14,7 @@ from rankops.ops.activation import dice
 from rankops.ops.activation import reference as ref
 from tests.utils import DTYPES, assert_close, backend_devices, on, tol
 
-KERNELS = backend_devices("cpp")
+KERNELS = backend_devices("cpp", "triton")
 
 
 def _inputs(N, H, dtype, valid=0.7, seed=0):

@@ -3,11 +3,12 @@
 Dice gates its input by where it falls in the batch's distribution, BatchNorm's statistics without
 the affine: ``y = x (alpha + (1 - alpha) sigmoid((x - mean) / sqrt(var + eps)))``, mean and var
 per column over the valid rows, the gradient flowing through them. Composed from PyTorch ops a
-training forward + backward makes ~30 passes over the activations; the C++ kernels make four.
+training forward + backward makes ~30 passes over the activations; the C++ kernels make four, the
+Triton ones five (the variance about the mean in a pass of its own).
 Running statistics (inference) need no kernel of their own: the gate is then elementwise.
 
 Public torch op ``torch.ops.rankops.dice`` (fake, autograd formula: torch.compile(fullgraph=True),
-torch.export); backends: cpp on CPU, the reference (PyTorch) elsewhere.
+torch.export); backends: cpp on CPU, triton on a GPU (triton.py), the reference (PyTorch) anywhere.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from rankops.ops import _checks, _declare
 
 
 def _impls(name: str) -> dict[str, str]:
-    return {"reference": f"rankops.ops.activation.reference:{name}", "cpp": f"{_declare.NATIVE}.{name}"}
+    return {"reference": f"rankops.ops.activation.reference:{name}", "cpp": f"{_declare.NATIVE}.{name}",
+            "triton": f"rankops.ops.activation.triton:{name}"}
 
 
 def _dice_backward(grad: Tensor, x: Tensor, mask: Tensor, alpha: Tensor, mean: Tensor, var: Tensor,
