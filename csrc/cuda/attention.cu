@@ -42,6 +42,7 @@
 // block), then a reduce kernel sums the splits, scales and casts dq. Padded key rows past a
 // sample's length get dk = dv = 0, written by the sample's blocks (split s zeroes its share).
 #include "cuda/attention.h"
+#include "cuda/elem.cuh"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -63,53 +64,6 @@ constexpr int kMaxSplits = 1024;                // grid.y
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 constexpr unsigned kFull = 0xffffffffu;
-
-// ------------------------------------------------------------------------------------------------
-// Element conversions
-
-__device__ __forceinline__ float to_f(float v) { return v; }
-__device__ __forceinline__ float to_f(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T>
-__device__ __forceinline__ T from_f(float v);
-template <>
-__device__ __forceinline__ float from_f<float>(float v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ __half from_f<__half>(float v) {
-  return __float2half_rn(v);
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
-
-// A 32-bit word holding two 16-bit elements (element 0 in the low half) -> two floats.
-template <typename T>
-__device__ __forceinline__ float2 word_to_f2(unsigned w) {
-  if constexpr (std::is_same_v<T, __half>) {
-    return make_float2(__half2float(__ushort_as_half(static_cast<unsigned short>(w & 0xffffu))),
-                       __half2float(__ushort_as_half(static_cast<unsigned short>(w >> 16))));
-  } else {  // bf16 is the top half of an fp32
-    return make_float2(__uint_as_float(w << 16), __uint_as_float(w & 0xffff0000u));
-  }
-}
-
-// 16 bytes of T -> 16 / sizeof(T) floats.
-template <typename T>
-__device__ __forceinline__ void unpack16(const uint4& r, float* f) {
-  if constexpr (std::is_same_v<T, float>) {
-    f[0] = __uint_as_float(r.x);
-    f[1] = __uint_as_float(r.y);
-    f[2] = __uint_as_float(r.z);
-    f[3] = __uint_as_float(r.w);
-  } else {
-    const float2 a = word_to_f2<T>(r.x), b = word_to_f2<T>(r.y), c = word_to_f2<T>(r.z), d = word_to_f2<T>(r.w);
-    f[0] = a.x, f[1] = a.y, f[2] = b.x, f[3] = b.y, f[4] = c.x, f[5] = c.y, f[6] = d.x, f[7] = d.y;
-  }
-}
 
 // ------------------------------------------------------------------------------------------------
 // Small helpers shared by host and device
