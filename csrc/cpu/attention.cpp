@@ -721,14 +721,35 @@ struct DinAct {
 };
 
 // y[o] = bias[o] + sum_i x[i] * wT[i * n_out + o]: one dense layer with its weight stored
-// input-major, so the inner loop runs over contiguous outputs (FMAs with a broadcast of x[i]).
-inline void affine(float* y, const float* bias, const float* x, int64_t n_in, const float* wT, int64_t n_out) {
-  std::copy(bias, bias + n_out, y);
+// input-major, so the inner loop runs over contiguous outputs (FMAs with a broadcast of x[i]). The
+// outputs go in register tiles of W (64, 32, 16, 8, then one at a time) held across the whole i loop:
+// accumulating into y in memory made every FMA wait on the store of the previous i (store-to-load
+// forwarding), a chain per output vector.
+template <int NV>  // NV vectors of 8 outputs, in registers (v8 indexed by constants only)
+inline void affine_tile(float* y, const float* bias, const float* x, int64_t n_in, const float* wT, int64_t n_out) {
+  v8 acc[NV];
+#pragma GCC unroll 8
+  for (int k = 0; k < NV; ++k) acc[k] = ld(bias + 8 * k);
   for (int64_t i = 0; i < n_in; ++i) {
-    const float xi = x[i];
+    const v8 xi = v8{} + x[i];
     const float* row = wT + i * n_out;
-#pragma omp simd
-    for (int64_t o = 0; o < n_out; ++o) y[o] += xi * row[o];
+#pragma GCC unroll 8
+    for (int k = 0; k < NV; ++k) acc[k] += xi * ld(row + 8 * k);
+  }
+#pragma GCC unroll 8
+  for (int k = 0; k < NV; ++k) st(y + 8 * k, acc[k]);
+}
+
+inline void affine(float* y, const float* bias, const float* x, int64_t n_in, const float* wT, int64_t n_out) {
+  int64_t o = 0;
+  for (; o + 64 <= n_out; o += 64) affine_tile<8>(y + o, bias + o, x, n_in, wT + o, n_out);
+  if (o + 32 <= n_out) affine_tile<4>(y + o, bias + o, x, n_in, wT + o, n_out), o += 32;
+  if (o + 16 <= n_out) affine_tile<2>(y + o, bias + o, x, n_in, wT + o, n_out), o += 16;
+  if (o + 8 <= n_out) affine_tile<1>(y + o, bias + o, x, n_in, wT + o, n_out), o += 8;
+  for (; o < n_out; ++o) {  // the last n_out % 8 outputs
+    float s = bias[o];
+    for (int64_t i = 0; i < n_in; ++i) s += x[i] * wT[i * n_out + o];
+    y[o] = s;
   }
 }
 
@@ -737,8 +758,13 @@ inline void activate(float* h, int64_t n, const DinAct& a) {
 #pragma omp simd
     for (int64_t o = 0; o < n; ++o) h[o] = sigmoid_f(h[o]);
   } else if (a.kind == 1) {
+    const float* __restrict alpha = a.alpha;
+    float* __restrict hv = h;
 #pragma omp simd
-    for (int64_t o = 0; o < n; ++o) h[o] = h[o] > 0.f ? h[o] : a.alpha[o] * h[o];
+    for (int64_t o = 0; o < n; ++o) {
+      const float v = hv[o];
+      hv[o] = v > 0.f ? v : alpha[o] * v;
+    }
   } else {
 #pragma omp simd
     for (int64_t o = 0; o < n; ++o) {

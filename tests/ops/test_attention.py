@@ -667,29 +667,6 @@ def test_din_training_cpp(activation, normalize, hidden, dtype):
     assert not got[2][0].float().any() and not got[2][3, 7:].float().any(), "no gradient for padding keys"
 
 
-def test_din_auto_on_cpu_trains_on_the_pytorch_path_and_serves_on_the_kernel():
-    """auto on CPU: training (an input needs its gradient) runs the PyTorch path, whose GEMMs beat
-    the C++ backward; inference runs the fused C++ kernel; the two agree."""
-    from rankops.ops.attention import _din_native_ok
-
-    q, keys, lengths, params, alphas, stats, grad = _din_case("prelu", (20, 9), torch.float32)
-    plist = [v for v in params.values() if v is not None] + [a for a in alphas if a is not None]
-    with rankops.use_backend("auto"):
-        with torch.no_grad():
-            assert _din_native_ok(q, keys, plist, "prelu", None)
-        assert _din_native_ok(q, keys, plist, "prelu", None)  # nothing requires grad: inference
-        trained = [t.clone().requires_grad_() for t in plist]
-        assert not _din_native_ok(q, keys, trained, "prelu", None)
-    with rankops.use_backend("cpp"):
-        assert _din_native_ok(q, keys, trained, "prelu", None)  # pinned: the C++ kernels train too
-    with torch.no_grad():
-        served = rankops.din_attention(q, keys, lengths, **params, activation="prelu", alphas=alphas)
-    w = dict(params, w1=params["w1"].clone().requires_grad_())
-    out = rankops.din_attention(q, keys, lengths, **w, activation="prelu", alphas=alphas)
-    assert out.requires_grad
-    assert_close(out.detach(), served, atol=1e-5, rtol=1e-4, name="train vs serve")
-
-
 @pytest.mark.parametrize("activation", ["sigmoid", "prelu", "dice"])
 @pytest.mark.parametrize("normalize", [False, True])
 @pytest.mark.parametrize("hidden", [(20, 9), (7,)], ids=["20-9", "7"])

@@ -347,21 +347,12 @@ def _din_native_ok(q, keys, params, activation, dice_stats) -> bool:
     (nothing of size [B, L, H] stored): on CPU the C++ kernels (auto / cpp; triton when pinned, under
     the interpreter), on CUDA the Triton kernels (auto / triton). Not under torch.compile (it traces
     the PyTorch path), and not Dice with batch statistics (training), whose statistics span the
-    batch: those keep the PyTorch path above.
-
-    On CPU, auto trains on the PyTorch path too: its GEMMs (MKL) beat the C++ kernels' per-key
-    products in the backward. Measured on the 2-core EPYC, quiet, 2 threads (1 thread): DIN unit
-    fwd+bwd B=512 L=100 d=32 80-40 PReLU 94 ms C++ vs 54 ms PyTorch path (145 vs 113); B=2048 L=20
-    d=8 47 vs 26 (91 vs 80); the forward alone B=512: 17 vs 24 ms (34 vs 36), so inference keeps
-    the C++ kernel. ``use_backend("cpp")`` pins the C++ kernels for training as well."""
+    batch: those keep the PyTorch path above."""
     from rankops import backend as _backend
 
     if torch.compiler.is_compiling() or (activation == "dice" and dice_stats is None):
         return False
     want, dev = _backend.current(), keys.device
-    if dev.type == "cpu" and want == "auto" and torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in (q, keys, *params)):
-        return False
     if dev.type == "cpu" and want in ("auto", "cpp"):
         return _backend.why_unavailable("cpp", dev) is None
     if (dev.type == "cuda" and want in ("auto", "triton")) or (dev.type == "cpu" and want == "triton"):
