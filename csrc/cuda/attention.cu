@@ -43,6 +43,7 @@
 // sample's length get dk = dv = 0, written by the sample's blocks (split s zeroes its share).
 #include "cuda/attention.h"
 #include "cuda/elem.cuh"
+#include "cuda/launch.cuh"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -697,18 +698,6 @@ __global__ void __launch_bounds__(kThreads) dq_reduce_kernel(const float* __rest
 
 // ------------------------------------------------------------------------------------------------
 // Host side
-
-template <typename Fn>
-cudaError_t dispatch(DType dtype, Fn&& fn) {
-  switch (dtype) {
-    case DType::kFloat: return fn(float{});
-    case DType::kHalf: return fn(__half{});
-    case DType::kBFloat16: return fn(__nv_bfloat16{});
-  }
-  return cudaErrorInvalidValue;
-}
-
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
 // Queries per block: up to 64, and q_block * d <= kTileElems (the accumulator slots).
 int q_block_for(int64_t Q, int64_t d) {

@@ -27,6 +27,8 @@
 // 16-byte aligned tensors; any other D takes the scalar variant of the same kernel.
 #include "cuda/cin.h"
 #include "cuda/elem.cuh"
+#include "cuda/launch.cuh"
+#include "cuda/mma.cuh"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -74,43 +76,12 @@ __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wai
 
 // ------------------------------------------------------------------------------------------------
 // Tensor-core tiles (sm_80+): mma.sync m16n8k16, fp32 accumulators, operands by ldmatrix (see
-// csrc/cuda/interaction.cu for the register layouts). g = lane / 4, t = lane % 4:
+// csrc/cuda/mma.cuh for the primitives and register layouts). g = lane / 4, t = lane % 4:
 //   A (16 x 16, row-major): a0 (row g, k 2t..), a1 (row g+8, k 2t..), a2 (row g, k 2t+8..), a3 (row g+8, k 2t+8..)
 //   B (16 x 8, k x n):      b0 (k 2t.., n g), b1 (k 2t+8.., n g)
 //   C (16 x 8, fp32):       c0, c1 (row g, n 2t, 2t+1), c2, c3 (row g+8, n 2t, 2t+1)
 // ldmatrix.x4 hands register m the 8x8 matrix whose row addresses lanes 8m..8m+7 gave, as
 // (row g, columns 2t, 2t+1); with .trans as (rows 2t, 2t+1, column g).
-
-__device__ __forceinline__ void ldsm_x4(unsigned (&r)[4], const void* p) {
-  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(p));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(a)
-               : "memory");
-}
-__device__ __forceinline__ void ldsm_x4_trans(unsigned (&r)[4], const void* p) {
-  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(p));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(a)
-               : "memory");
-}
-template <typename T>
-__device__ __forceinline__ void mma16816(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
-  if constexpr (std::is_same_v<T, __half>) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  } else {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-}
 
 // ------------------------------------------------------------------------------------------------
 // Forward: per-block column tables. Column j of the block (c = c0 + j) is sample b = c / D at
@@ -745,18 +716,6 @@ __global__ void __launch_bounds__(kThreads) cin_dw_simt_kernel(const float* __re
 // ------------------------------------------------------------------------------------------------
 // Host side
 
-template <typename Fn>
-cudaError_t dispatch(DType dtype, Fn&& fn) {
-  switch (dtype) {
-    case DType::kFloat: return fn(float{});
-    case DType::kHalf: return fn(__half{});
-    case DType::kBFloat16: return fn(__nv_bfloat16{});
-  }
-  return cudaErrorInvalidValue;
-}
-
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
-int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 int64_t round_up(int64_t a, int64_t b) { return cdiv(a, b) * b; }
 int forward_bn(int64_t N) { return N > 64 ? 128 : 64; }
 

@@ -12,6 +12,7 @@
 // rows with a grid stride, U rows in flight. Accumulation is fp32, every output rounded once.
 #include "cuda/cross.h"
 #include "cuda/elem.cuh"
+#include "cuda/launch.cuh"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -26,25 +27,6 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kMaxStrips = 65535;  // grid.y
 
-// V consecutive elements of T moved as one access: a 16-byte vector (kVec), or one scalar.
-template <typename T, bool kVec>
-struct Cols {
-  static constexpr int V = 1;
-  using Raw = T;
-  static __device__ __forceinline__ Raw load(const T* p) { return *p; }
-  static __device__ __forceinline__ void store(T* p, Raw r) { *p = r; }
-  static __device__ __forceinline__ void to_float(Raw r, float* f) { f[0] = to_f(r); }
-  static __device__ __forceinline__ Raw from_float(const float* f) { return from_f<T>(f[0]); }
-};
-template <typename T>
-struct Cols<T, true> {
-  static constexpr int V = 16 / static_cast<int>(sizeof(T));
-  using Raw = uint4;
-  static __device__ __forceinline__ Raw load(const T* p) { return *reinterpret_cast<const uint4*>(p); }
-  static __device__ __forceinline__ void store(T* p, Raw r) { *reinterpret_cast<uint4*>(p) = r; }
-  static __device__ __forceinline__ void to_float(const Raw& r, float* f) { unpack16<T>(r, f); }
-  static __device__ __forceinline__ Raw from_float(const float* f) { return pack16<T>(f); }
-};
 
 // V floats: float4 accesses when V is a multiple of 4 (the vector paths; 16-byte aligned there).
 template <int V>
@@ -261,20 +243,6 @@ __global__ void __launch_bounds__(kThreads) finish_kernel(const float* __restric
 
 // ------------------------------------------------------------------------------------------------
 // Host side
-
-template <typename Fn>
-cudaError_t dispatch(DType dtype, Fn&& fn) {
-  switch (dtype) {
-    case DType::kFloat: return fn(float{});
-    case DType::kHalf: return fn(__half{});
-    case DType::kBFloat16: return fn(__nv_bfloat16{});
-  }
-  return cudaErrorInvalidValue;
-}
-
-int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
 // The 16-byte path: N and every row stride a multiple of V elements, every pointer 16-byte aligned
 // (null pointers, for absent operands, pass).

@@ -1,5 +1,5 @@
 // Element conversions shared by the CUDA kernels: fp32 / fp16 / bf16 to and from fp32, one at a time
-// and 16 bytes at a time (the vectorised paths). Device-only, no torch header.
+// and 16 bytes at a time (the vectorised paths, Cols). Device-only, no torch header.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -70,5 +70,25 @@ __device__ __forceinline__ uint4 pack16(const float* f) {
                       f2_to_word<T>(f[6], f[7]));
   }
 }
+
+// V consecutive elements of T moved as one access: a 16-byte vector (kVec), or one scalar.
+template <typename T, bool kVec>
+struct Cols {
+  static constexpr int V = 1;
+  using Raw = T;
+  static __device__ __forceinline__ Raw load(const T* p) { return *p; }
+  static __device__ __forceinline__ void store(T* p, Raw r) { *p = r; }
+  static __device__ __forceinline__ void to_float(Raw r, float* f) { f[0] = to_f(r); }
+  static __device__ __forceinline__ Raw from_float(const float* f) { return from_f<T>(f[0]); }
+};
+template <typename T>
+struct Cols<T, true> {
+  static constexpr int V = 16 / static_cast<int>(sizeof(T));
+  using Raw = uint4;
+  static __device__ __forceinline__ Raw load(const T* p) { return *reinterpret_cast<const uint4*>(p); }
+  static __device__ __forceinline__ void store(T* p, Raw r) { *reinterpret_cast<uint4*>(p) = r; }
+  static __device__ __forceinline__ void to_float(const Raw& r, float* f) { unpack16<T>(r, f); }
+  static __device__ __forceinline__ Raw from_float(const float* f) { return pack16<T>(f); }
+};
 
 }  // namespace rankops::cuda

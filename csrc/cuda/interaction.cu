@@ -9,6 +9,8 @@
 // take the simple, correct fallbacks.
 #include "cuda/interaction.h"
 #include "cuda/elem.cuh"
+#include "cuda/launch.cuh"
+#include "cuda/mma.cuh"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -26,25 +28,6 @@ constexpr int kTileBytes = 40 << 10;  // shared memory aimed at per block: 5 blo
 constexpr int kStageLd = 20;          // accumulator staging row stride (floats): fewer bank conflicts than 16
 constexpr int kStageFloats = 16 * kStageLd;
 
-// N consecutive elements moved as one access: a 16-byte vector, or one scalar (kVec false).
-template <typename T, bool kVec>
-struct Cols {
-  static constexpr int N = 1;
-  using Raw = T;
-  static __device__ __forceinline__ Raw load(const T* p) { return *p; }
-  static __device__ __forceinline__ void store(T* p, Raw r) { *p = r; }
-  static __device__ __forceinline__ void to_float(Raw r, float* f) { f[0] = to_f(r); }
-  static __device__ __forceinline__ Raw from_float(const float* f) { return from_f<T>(f[0]); }
-};
-template <typename T>
-struct Cols<T, true> {
-  static constexpr int N = 16 / static_cast<int>(sizeof(T));
-  using Raw = uint4;
-  static __device__ __forceinline__ Raw load(const T* p) { return *reinterpret_cast<const uint4*>(p); }
-  static __device__ __forceinline__ void store(T* p, Raw r) { *reinterpret_cast<uint4*>(p) = r; }
-  static __device__ __forceinline__ void to_float(const Raw& r, float* f) { unpack16<T>(r, f); }
-  static __device__ __forceinline__ Raw from_float(const float* f) { return pack16<T>(f); }
-};
 
 // ------------------------------------------------------------------------------------------------
 // Shared-memory copies
@@ -89,48 +72,8 @@ __device__ __forceinline__ void copy_s2g(T* g, const T* s, int n) {
 }
 
 // ------------------------------------------------------------------------------------------------
-// Tensor-core tiles (sm_80+): mma.sync m16n8k16 with fp32 accumulators, operands by ldmatrix.
-// Written in PTX rather than WMMA because nvcc's bf16 WMMA loads compile to generic 32-bit loads
-// (8 per 16x16 operand, no ldmatrix); the fp16 and bf16 paths are then one code.
-//
-// Register layouts (PTX ISA, mma.m16n8k16, g = lane / 4, t = lane % 4), two 16-bit elements a
-// register, the lower column / k in the low half:
-//   A (16 x 16, row-major): a0 (row g, k 2t..), a1 (row g+8, k 2t..), a2 (row g, k 2t+8..), a3 (row g+8, k 2t+8..)
-//   B (16 x 8, k x n):      b0 (k 2t.., n g), b1 (k 2t+8.., n g)
-//   C (16 x 8, fp32):       c0, c1 (row g, n 2t, 2t+1), c2, c3 (row g+8, n 2t, 2t+1)
-// ldmatrix.x4 hands register m the 8x8 matrix whose row addresses lanes 8m..8m+7 gave, as
-// (row g, columns 2t, 2t+1); with .trans as (rows 2t, 2t+1, column g).
+// Tensor-core tiles (sm_80+): the primitives and their register layouts are in cuda/mma.cuh.
 
-__device__ __forceinline__ void ldsm_x4(unsigned (&r)[4], const void* p) {
-  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(p));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(a)
-               : "memory");
-}
-__device__ __forceinline__ void ldsm_x4_trans(unsigned (&r)[4], const void* p) {
-  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(p));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(a)
-               : "memory");
-}
-template <typename T>
-__device__ __forceinline__ void mma16816(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
-  if constexpr (std::is_same_v<T, __half>) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  } else {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-}
 // acc[nb] is the 16 x 8 output block of columns nb*8..nb*8+7 -> the warp's 16 x kStageLd fp32 tile.
 __device__ __forceinline__ void store_stage(float* stage, const float (&acc)[2][4], int lane) {
   const int g = lane >> 2, t = lane & 3;
@@ -176,7 +119,7 @@ template <typename T, bool kVec>
 __global__ void __launch_bounds__(kThreads) fm_fwd_kernel(const T* __restrict__ x, T* __restrict__ out, int64_t B,
                                                             int F, int D, int lg, bool reduce) {
   using C = Cols<T, kVec>;
-  constexpr int N = C::N;
+  constexpr int N = C::V;
   constexpr int U = kVec ? 4 : 8;
   const int ncol = D / N;
   const int G = 1 << lg;  // a shift, not a 64-bit division (which would be a call)
@@ -298,7 +241,7 @@ __global__ void __launch_bounds__(kThreads) fm_bwd_kernel(const T* __restrict__ 
                                                             T* __restrict__ gx, int64_t B, int F, int D, int lg,
                                                             bool reduce) {
   using C = Cols<T, kVec>;
-  constexpr int N = C::N;
+  constexpr int N = C::V;
   constexpr int U = kVec ? 4 : 8;
   const int ncol = D / N;
   const int G = 1 << lg;  // a shift, not a 64-bit division (which would be a call)
@@ -809,18 +752,6 @@ __global__ void __launch_bounds__(kThreads) dot_bwd_warp_kernel(const T* __restr
 // ------------------------------------------------------------------------------------------------
 // Host side
 
-template <typename Fn>
-cudaError_t dispatch(DType dtype, Fn&& fn) {
-  switch (dtype) {
-    case DType::kFloat: return fn(float{});
-    case DType::kHalf: return fn(__half{});
-    case DType::kBFloat16: return fn(__nv_bfloat16{});
-  }
-  return cudaErrorInvalidValue;
-}
-
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
-
 // log2 of the threads per FM sample: the next power of two >= the column blocks, at most a warp.
 int fm_group_log2(int64_t ncol) {
   int lg = 0;
@@ -828,7 +759,6 @@ int fm_group_log2(int64_t ncol) {
   return lg;
 }
 
-int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 cudaError_t smem_optin(int* bytes) {
   int dev = 0;
