@@ -44,14 +44,17 @@ AUTO_ORDER_BY_OP: dict[tuple[str, str], tuple[str, ...]] = {}
 AUTO_ORDER_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "auto_order.json")
 
 
-def load_auto_order(path: str = AUTO_ORDER_FILE) -> dict[tuple[str, str], tuple[str, ...]]:
-    """{(op, device type): order} from a table file; the order always ends in reference."""
+def _read_table(path: str) -> dict:
     import json
 
     with open(path) as f:
-        table = json.load(f)
+        return json.load(f)
+
+
+def load_auto_order(path: str = AUTO_ORDER_FILE) -> dict[tuple[str, str], tuple[str, ...]]:
+    """{(op, device type): order} from a table file; the order always ends in reference."""
     orders = {}
-    for dev, ops in table.items():
+    for dev, ops in _read_table(path).items():
         if dev.startswith("_"):  # "_doc"
             continue
         for op, entry in ops.items():
@@ -65,10 +68,7 @@ def load_auto_order(path: str = AUTO_ORDER_FILE) -> dict[tuple[str, str], tuple[
 
 def measured_on(op: str, device: str = "cuda", path: str = AUTO_ORDER_FILE) -> str | None:
     """The GPU whose benchmarks set ``op``'s order on ``device`` (None: unmeasured, or not in the table)."""
-    import json
-
-    with open(path) as f:
-        return json.load(f).get(device, {}).get(op, {}).get("measured_on")
+    return _read_table(path).get(device, {}).get(op, {}).get("measured_on")
 
 
 AUTO_ORDER_BY_OP.update(load_auto_order())
@@ -227,7 +227,8 @@ def info(file=None) -> str:
         lines.append(f"rankops._C: {why}")
     lines.append("installed backends: " + ", ".join(installed_backends())
                  + ("" if ext is not None else "  (pure Python: no cpp / cuda kernels)"))
-    unmeasured = sorted(op for (op, dev) in AUTO_ORDER_BY_OP if dev == "cuda" and measured_on(op) is None)
+    cuda_table = _read_table(AUTO_ORDER_FILE).get("cuda", {})
+    unmeasured = sorted(op for op, entry in cuda_table.items() if entry.get("measured_on") is None)
     if unmeasured:
         lines.append("auto on cuda, unmeasured (Triton first until a GPU run measures CUDA vs Triton): "
                      + ", ".join(unmeasured))
