@@ -5,9 +5,9 @@
 #include "cpu/activation.h"
 
 TORCH_LIBRARY_FRAGMENT(rankops_C, m) {
-  m.def("dice(Tensor x, Tensor mask, Tensor alpha, float eps) -> (Tensor, Tensor, Tensor)");
-  m.def("dice_backward(Tensor grad, Tensor x, Tensor mask, Tensor alpha, Tensor mean, Tensor var, float eps) "
-        "-> (Tensor, Tensor)");
+  m.def("dice(Tensor x, Tensor mask, Tensor alpha, Tensor weight, Tensor bias, float eps) -> (Tensor, Tensor, Tensor)");
+  m.def("dice_backward(Tensor grad, Tensor x, Tensor mask, Tensor alpha, Tensor weight, Tensor bias, Tensor mean, "
+        "Tensor var, float eps) -> (Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(rankops_C, CPU, m) {

@@ -12,6 +12,8 @@
   layers.interaction.InteractingLayer  one projection GEMM + rankops.target_attention over the fields
   layers.sequence.AttentionSequencePoolingLayer  rankops.din_attention (sigmoid / PReLU units)
   layers.core.LocalActivationUnit the first layer as (Wa+Wc) q + (Wb-Wc+Wd diag q) k: no [B, T, 4E]
+  layers.activation.Dice          training: rankops.dice (its BatchNorm's batch statistics, affine and
+                                  running averages); inference: unchanged
   layers.core.DNN                 Linear + ReLU as one torch._addmm_activation per layer
 
 Everything else in the model (the models' forward, PredictionLayer, the fit loop) is the library's.
@@ -319,7 +321,8 @@ def _unit_activation(lau) -> tuple[str, list]:
         return "prelu", acts
     names = sorted({type(a).__name__ for a in acts})
     raise Leave(f"att_activation {'/'.join(names)}: rankops.din_attention's Dice uses the valid keys' statistics, "
-                f"DeepCTR's a BatchNorm over every padded key (the LocalActivationUnit inside is patched)")
+                f"DeepCTR's a BatchNorm over every padded key (the LocalActivationUnit inside is patched, its Dice "
+                f"on rankops.dice)")
 
 
 @register(f"{P}.layers.sequence.AttentionSequencePoolingLayer")
@@ -371,6 +374,37 @@ def _local_activation_unit(m):
         return self.dense(fc)
 
     return {"forward": forward}, "first layer without the [B, T, 4E] concatenation", None
+
+
+@register(f"{P}.layers.activation.Dice")
+def _dice(m):
+    bn = m.bn
+    if type(bn) is not nn.BatchNorm1d:
+        raise Leave(f"bn is a {type(bn).__qualname__}, not a BatchNorm1d")
+    original = type(m).forward
+
+    def forward(self, x):
+        bn = self.bn
+        batch_stats = bn.training or bn.running_mean is None
+        if not batch_stats or x.dim() != self.dim:
+            return original(self, x)  # inference: BatchNorm on running statistics is elementwise already
+        H = bn.num_features
+        # dim 3: [B, T, H], BatchNorm1d over channels H of the transposed [B, H, T]: statistics over (B, T)
+        rows = x.reshape(-1, H)
+        n = rows.shape[0]
+        if bn.training and n <= 1:
+            return original(self, x)  # torch's BatchNorm raises its own error for one value per channel
+        mask = torch.ones(n, dtype=torch.bool, device=x.device)
+        y, mean, var = rankops.dice(rows, mask, self.alpha.reshape(-1), bn.eps, weight=bn.weight, bias=bn.bias)
+        if bn.training and bn.track_running_stats:
+            with torch.no_grad():  # BatchNorm's running averages (its unbiased variance)
+                bn.num_batches_tracked.add_(1)
+                mom = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+                bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), mom)
+                bn.running_var.lerp_((var * (n / (n - 1))).to(bn.running_var.dtype), mom)
+        return y.view(x.shape)
+
+    return {"forward": forward}, "training: rankops.dice (batch statistics, BatchNorm affine)", None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """rankops.patch on DeepCTR-Torch's own models: DeepFM, DCN (vector and matrix), DCNMix, xDeepFM,
-AutoInt, DIN (its default Dice attention and a sigmoid one).
+AutoInt, DIN (its default Dice attention, its Dice units on rankops.dice, and a sigmoid one).
 
 Each test builds the model twice from one seed (or deep-copies it), patches one, and compares:
 outputs and every parameter's gradient, the state dict, a few steps of the library's own
@@ -27,7 +27,8 @@ EXPECT = {
     "DCNMix": {"", "linear_model", "crossnet", "dnn"},
     "xDeepFM": {"", "linear_model", "cin", "dnn"},
     "AutoInt": {"", "linear_model", "int_layers.0", "int_layers.1", "dnn"},
-    "DIN": {"", "attention.local_att", "dnn"},
+    "DIN": {"", "attention.local_att", "attention.local_att.dnn.activation_layers.0",
+            "attention.local_att.dnn.activation_layers.1", "dnn"},
     "DIN-sigmoid": {"", "attention", "attention.local_att", "dnn"},
 }
 BACKENDS = peers.BACKENDS
@@ -66,6 +67,10 @@ def test_outputs_and_gradients(name, backend):
     assert got.keys() == want.keys()
     for k in want:
         peers.assert_close(got[k], want[k], f"{name} grad of {k}")
+    # the buffers the training forwards updated (DIN's Dice: BatchNorm's running averages)
+    want_state, got_state = peers.state(ref), peers.state(model)
+    for k in want_state:
+        peers.assert_close(got_state[k].double(), want_state[k].double(), f"{name} state {k} after training")
 
 
 @pytest.mark.parametrize("name", MODELS)

@@ -1,9 +1,9 @@
 """Triton kernels for Dice on batch statistics (GPU; CPU tensors only under TRITON_INTERPRET=1).
 
     forward   moments(x, c = 0) -> mean;  moments(x, c = mean) -> var  (two passes, no cancellation);
-              gate: y = x (alpha + (1 - alpha) sigmoid((x - mean) r))
-    backward  sums: S1 = sum gz, Sz = sum gz z, Sa = sum g x (1 - p) over every row;
-              grad: dx = g (alpha + (1 - alpha) p) + r gz - [valid] r / n (S1 + z Sz)
+              gate: y = x (alpha + (1 - alpha) sigmoid(w (x - mean) r + b))
+    backward  sums: S1 = sum gu, Sz = sum gu z, Sa = sum g x (1 - p) over every row (dbias, dweight, dalpha);
+              grad: dx = g (alpha + (1 - alpha) p) + w r gu - [valid] w r / n (S1 + z Sz)
 
 The column sums are per (row chunk, column block) program, written as fp32 partials and added by
 torch in a fixed order: deterministic, no atomics. Nothing waits on the host (the valid count stays
@@ -43,28 +43,31 @@ def _moments_kernel(x_ptr, m_ptr, c_ptr, part_ptr, N, H, rows_per, BR: tl.conste
 
 
 @triton.jit
-def _gate_kernel(x_ptr, mean_ptr, rstd_ptr, alpha_ptr, y_ptr, N, H, BR: tl.constexpr, BH: tl.constexpr):
+def _gate_kernel(x_ptr, mean_ptr, wr_ptr, b_ptr, alpha_ptr, y_ptr, N, H, BR: tl.constexpr, BH: tl.constexpr):
     rows = tl.program_id(0) * BR + tl.arange(0, BR)
     cols = tl.program_id(1) * BH + tl.arange(0, BH)
     cok = cols < H
     ok = (rows < N)[:, None] & cok[None, :]
     x = tl.load(x_ptr + rows[:, None] * H + cols[None, :], mask=ok, other=0.0).to(tl.float32)
     mean = tl.load(mean_ptr + cols, mask=cok, other=0.0)
-    rstd = tl.load(rstd_ptr + cols, mask=cok, other=0.0)
+    wr = tl.load(wr_ptr + cols, mask=cok, other=0.0)
+    b = tl.load(b_ptr + cols, mask=cok, other=0.0)
     a = tl.load(alpha_ptr + cols, mask=cok, other=0.0).to(tl.float32)
-    p = tl.sigmoid((x - mean[None, :]) * rstd[None, :])
+    p = tl.sigmoid((x - mean[None, :]) * wr[None, :] + b[None, :])
     y = x * (a[None, :] + (1.0 - a[None, :]) * p)
     tl.store(y_ptr + rows[:, None] * H + cols[None, :], y.to(y_ptr.dtype.element_ty), mask=ok)
 
 
 @triton.jit
-def _backward_sums_kernel(g_ptr, x_ptr, mean_ptr, rstd_ptr, alpha_ptr, part_ptr, N, H, rows_per,
+def _backward_sums_kernel(g_ptr, x_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr, alpha_ptr, part_ptr, N, H, rows_per,
                           BR: tl.constexpr, BH: tl.constexpr):
     pid_r = tl.program_id(0)
     cols = tl.program_id(1) * BH + tl.arange(0, BH)
     cok = cols < H
     mean = tl.load(mean_ptr + cols, mask=cok, other=0.0)
     rstd = tl.load(rstd_ptr + cols, mask=cok, other=0.0)
+    w = tl.load(w_ptr + cols, mask=cok, other=0.0)
+    b = tl.load(b_ptr + cols, mask=cok, other=0.0)
     a = tl.load(alpha_ptr + cols, mask=cok, other=0.0).to(tl.float32)
     s1 = tl.zeros((BH,), dtype=tl.float32)
     sz = tl.zeros((BH,), dtype=tl.float32)
@@ -77,11 +80,11 @@ def _backward_sums_kernel(g_ptr, x_ptr, mean_ptr, rstd_ptr, alpha_ptr, part_ptr,
         x = tl.load(x_ptr + offs, mask=ok, other=0.0).to(tl.float32)
         g = tl.load(g_ptr + offs, mask=ok, other=0.0).to(tl.float32)
         z = (x - mean[None, :]) * rstd[None, :]
-        p = tl.sigmoid(z)
+        p = tl.sigmoid(z * w[None, :] + b[None, :])
         gx = g * x
-        gz = gx * (1.0 - a[None, :]) * p * (1.0 - p)
-        s1 += tl.sum(gz, 0)
-        sz += tl.sum(gz * z, 0)
+        gu = gx * (1.0 - a[None, :]) * p * (1.0 - p)
+        s1 += tl.sum(gu, 0)
+        sz += tl.sum(gu * z, 0)
         sa += tl.sum(gx * (1.0 - p), 0)
     base = part_ptr + pid_r * 3 * H + cols
     tl.store(base, s1, mask=cok)
@@ -90,7 +93,7 @@ def _backward_sums_kernel(g_ptr, x_ptr, mean_ptr, rstd_ptr, alpha_ptr, part_ptr,
 
 
 @triton.jit
-def _backward_kernel(g_ptr, x_ptr, m_ptr, mean_ptr, rstd_ptr, alpha_ptr, c1_ptr, cz_ptr, dx_ptr, N, H,
+def _backward_kernel(g_ptr, x_ptr, m_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr, alpha_ptr, c1_ptr, cz_ptr, dx_ptr, N, H,
                      BR: tl.constexpr, BH: tl.constexpr):
     rows = tl.program_id(0) * BR + tl.arange(0, BR)
     cols = tl.program_id(1) * BH + tl.arange(0, BH)
@@ -103,13 +106,15 @@ def _backward_kernel(g_ptr, x_ptr, m_ptr, mean_ptr, rstd_ptr, alpha_ptr, c1_ptr,
     valid = tl.load(m_ptr + rows, mask=rok, other=0).to(tl.float32)
     mean = tl.load(mean_ptr + cols, mask=cok, other=0.0)
     rstd = tl.load(rstd_ptr + cols, mask=cok, other=0.0)
+    w = tl.load(w_ptr + cols, mask=cok, other=0.0)
+    b = tl.load(b_ptr + cols, mask=cok, other=0.0)
     a = tl.load(alpha_ptr + cols, mask=cok, other=0.0).to(tl.float32)
     c1 = tl.load(c1_ptr + cols, mask=cok, other=0.0)
     cz = tl.load(cz_ptr + cols, mask=cok, other=0.0)
     z = (x - mean[None, :]) * rstd[None, :]
-    p = tl.sigmoid(z)
-    gz = g * x * (1.0 - a[None, :]) * p * (1.0 - p)
-    dx = g * (a[None, :] + (1.0 - a[None, :]) * p) + rstd[None, :] * gz \
+    p = tl.sigmoid(z * w[None, :] + b[None, :])
+    gu = g * x * (1.0 - a[None, :]) * p * (1.0 - p)
+    dx = g * (a[None, :] + (1.0 - a[None, :]) * p) + (w * rstd)[None, :] * gu \
         - valid[:, None] * (c1[None, :] + z * cz[None, :])
     tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=ok)
 
@@ -130,35 +135,38 @@ def _column_sums(kernel, width: int, N: int, H: int, device, *args) -> torch.Ten
     return part.sum(0)  # [width, H], in chunk order
 
 
-def dice(x: torch.Tensor, mask: torch.Tensor, alpha: torch.Tensor, eps: float):
+def dice(x: torch.Tensor, mask: torch.Tensor, alpha: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+         eps: float):
     N, H = x.shape
     m = mask.view(torch.uint8)
     n = mask.sum().clamp_min(1).to(torch.float32)  # on the device: no host sync
     zeros = torch.zeros(H, dtype=torch.float32, device=x.device)
     mean = _column_sums(_moments_kernel, 2, N, H, x.device, x, m, zeros)[0] / n
     var = (_column_sums(_moments_kernel, 2, N, H, x.device, x, m, mean)[1] / n).clamp_min(0.0)
-    rstd = torch.rsqrt(var + eps)
+    wr = torch.rsqrt(var + eps) * weight.float()
     y = torch.empty_like(x)
     if x.numel():
         BR, BH, _, _ = _plan(N, H)
-        _gate_kernel[(triton.cdiv(N, BR), triton.cdiv(H, BH))](x, mean, rstd, alpha, y, N, H, BR=BR, BH=BH)
+        _gate_kernel[(triton.cdiv(N, BR), triton.cdiv(H, BH))](x, mean, wr, bias.float().contiguous(), alpha, y, N, H,
+                                                               BR=BR, BH=BH)
     return y, mean, var
 
 
-def dice_backward(grad, x, mask, alpha, mean, var, eps):
+def dice_backward(grad, x, mask, alpha, weight, bias, mean, var, eps):
     N, H = x.shape
     m = mask.view(torch.uint8)
     n = mask.sum().clamp_min(1).to(torch.float32)
     mean = mean.float().contiguous()
     rstd = torch.rsqrt(var.float() + eps)
-    sums = _column_sums(_backward_sums_kernel, 3, N, H, x.device, grad, x, mean, rstd, alpha)
-    c1, cz = rstd * sums[0] / n, rstd * sums[1] / n
+    w, b = weight.float().contiguous(), bias.float().contiguous()
+    sums = _column_sums(_backward_sums_kernel, 3, N, H, x.device, grad, x, mean, rstd, w, b, alpha)
+    c1, cz = w * rstd * sums[0] / n, w * rstd * sums[1] / n
     dx = torch.empty_like(x)
     if x.numel():
         BR, BH, _, _ = _plan(N, H)
-        _backward_kernel[(triton.cdiv(N, BR), triton.cdiv(H, BH))](grad, x, m, mean, rstd, alpha, c1, cz, dx, N, H,
-                                                                   BR=BR, BH=BH)
-    return dx, sums[2].to(alpha.dtype)
+        _backward_kernel[(triton.cdiv(N, BR), triton.cdiv(H, BH))](grad, x, m, mean, rstd, w, b, alpha, c1, cz, dx,
+                                                                   N, H, BR=BR, BH=BH)
+    return dx, sums[2].to(alpha.dtype), sums[1].to(weight.dtype), sums[0].to(bias.dtype)
 
 
 def aot_specs() -> list[dict]:
@@ -179,12 +187,15 @@ def aot_specs() -> list[dict]:
                           ("c_ptr", "*fp32", None), ("part_ptr", "*fp32", None)] + dims
                           + [("rows_per", "i32", rows_per)], cx),
                 _aot.spec(_gate_kernel, f"{t} H={H}", [("x_ptr", p, None), ("mean_ptr", "*fp32", None),
-                          ("rstd_ptr", "*fp32", None), ("alpha_ptr", p, None), ("y_ptr", p, None)] + dims, cx),
+                          ("wr_ptr", "*fp32", None), ("b_ptr", "*fp32", None), ("alpha_ptr", p, None),
+                          ("y_ptr", p, None)] + dims, cx),
                 _aot.spec(_backward_sums_kernel, f"{t} H={H}", [("g_ptr", p, None), ("x_ptr", p, None),
-                          ("mean_ptr", "*fp32", None), ("rstd_ptr", "*fp32", None), ("alpha_ptr", p, None),
+                          ("mean_ptr", "*fp32", None), ("rstd_ptr", "*fp32", None), ("w_ptr", "*fp32", None),
+                          ("b_ptr", "*fp32", None), ("alpha_ptr", p, None),
                           ("part_ptr", "*fp32", None)] + dims + [("rows_per", "i32", rows_per)], cx),
                 _aot.spec(_backward_kernel, f"{t} H={H}", [("g_ptr", p, None), ("x_ptr", p, None),
                           ("m_ptr", "*u8", None), ("mean_ptr", "*fp32", None), ("rstd_ptr", "*fp32", None),
+                          ("w_ptr", "*fp32", None), ("b_ptr", "*fp32", None),
                           ("alpha_ptr", p, None), ("c1_ptr", "*fp32", None), ("cz_ptr", "*fp32", None),
                           ("dx_ptr", p, None)] + dims, cx),
             ]
