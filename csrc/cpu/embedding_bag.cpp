@@ -29,6 +29,7 @@
 #endif
 
 #include "cpu/alloc.h"
+#include "cpu/parallel.h"
 #include "registration.h"
 
 namespace rankops::cpu {
@@ -630,7 +631,36 @@ std::tuple<at::Tensor, at::Tensor> batched_embedding_bag_backward(
     const int64_t* tp = toff.data_ptr<int64_t>();
     RANKOPS_DISPATCH_FLOAT(w.scalar_type(), "batched_embedding_bag_backward", [&] {
       const scalar_t* g = grad.data_ptr<scalar_t>();
-      if (need_weight_grad && a.nnz > 0) {
+      if (need_weight_grad && a.nnz > 0 && std::is_same_v<scalar_t, float> && mode != kMax) {
+        // fp32 dense gradient: no sort. Each thread owns one contiguous range of rows and scans
+        // every lookup in position order, adding those in its range: each row's sum is in
+        // position order, as the sorted path's, whatever the thread count. The gradient rows
+        // are read in order and the [R, D] accumulation stays in one thread's cache.
+        const at::Tensor psw_f = psw_float(psw_);
+        const float* pswp = psw_f.defined() ? psw_f.data_ptr<float>() : nullptr;
+        const auto scales = bag_scales(op, a.nT * a.B, static_cast<int>(mode));
+        float* gwp = reinterpret_cast<float*>(gw.data_ptr<scalar_t>());
+        const float* gf = reinterpret_cast<const float*>(g);
+        const int64_t D = a.D, nT = a.nT, B = a.B;
+        const int64_t chunks = num_chunks(a.R, 1024);
+        for_chunks(a.R, chunks, [&](int64_t, int64_t r0, int64_t r1) {
+          for (int64_t t = 0; t < nT; ++t) {
+            if (tp[t + 1] <= r0 || tp[t] >= r1) continue;  // no row of this table is ours
+            const int64_t base = tp[t], iend = op[(t + 1) * B];
+            constexpr int64_t kAhead = 16;  // lookups: the scattered row's cache line is fetched this early
+            for (int64_t b = 0; b < B; ++b) {
+              const int64_t k = t * B + b;
+              const float* gr = gf + (b * nT + t) * D;
+              for (int64_t i = op[k]; i < op[k + 1]; ++i) {
+                if (i + kAhead < iend) __builtin_prefetch(gwp + (base + static_cast<int64_t>(ip[i + kAhead])) * D, 1);
+                const int64_t r = base + static_cast<int64_t>(ip[i]);
+                if (r < r0 || r >= r1) continue;
+                axpy(gwp + r * D, gr, pswp ? pswp[i] : scales[k], D);
+              }
+            }
+          }
+        });
+      } else if (need_weight_grad && a.nnz > 0) {
         const Segments s = sort_lookups(tp, ip, op, a.nT, a.B);
         const at::Tensor psw_f = psw_float(psw_);
         const auto scales = bag_scales(op, a.nT * a.B, static_cast<int>(mode));

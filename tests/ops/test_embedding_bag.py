@@ -221,6 +221,45 @@ def test_sparse_grad(backend, device):
     assert_close(w.grad.to_dense(), wr.grad, **tol(torch.float32), name="sparse grad")
 
 
+@pytest.mark.parametrize("psw", [False, True])
+def test_cpp_dense_grad_in_position_order(psw):
+    """The fp32 dense weight gradient (no sort: each thread owns a range of rows and scans every
+    lookup): each row's sum in lookup order, bit for bit, on 1 and 2 threads, across the threads'
+    row ranges and tables, with many duplicates."""
+    rows, B = [3000, 7, 2500], 64
+    lengths = [[int(n) for n in torch.randint(0, 6, (B,), generator=torch.Generator().manual_seed(t))]
+               for t in range(3)]
+    c = make_case(rows, 8, lengths, psw=psw, seed=3)
+    c["indices"][::3] = 5  # a hot row of every table
+    grad = torch.randn(B, 3, 8, generator=torch.Generator().manual_seed(1))
+    gws = []
+    for threads in (1, 2):
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            w = c["weights"].clone().requires_grad_(True)
+            with rankops.use_backend("cpp"):
+                out = batched_embedding_bag(w, c["table_offsets"], c["indices"], c["offsets"], c["psw"])
+            out.backward(grad)
+            gws.append(w.grad)
+        finally:
+            torch.set_num_threads(before)
+    assert torch.equal(gws[0], gws[1])
+    expect = torch.zeros_like(c["weights"])
+    to, off, idx = c["table_offsets"], c["offsets"], c["indices"]
+    for t in range(3):
+        for b in range(B):
+            k = t * B + b
+            for i in range(int(off[k]), int(off[k + 1])):
+                row = int(to[t] + idx[i])
+                g = grad[b, t] * c["psw"][i] if psw else grad[b, t]
+                expect[row] = expect[row] + g
+    if psw:  # (the kernel may fuse the product into its add)
+        assert_close(gws[0], expect, 1e-6, 1e-6, "dense grad")
+    else:
+        assert torch.equal(gws[0], expect)
+
+
 @pytest.mark.parametrize("backend", ["reference", "cpp"])
 @settings(max_examples=25, deadline=None)
 @given(data=st.data())
