@@ -9,6 +9,7 @@
                                ``x0 * W x + b + x``, so the op runs bias-free and b is added)
   basic.layers.CrossNetMix     the K experts' [B, N] part as one GEMM + fused epilogue
   models.ranking.din.ActivationUnit  the first layer without the [B, L, 4E] concatenation
+  basic.activation.Dice        its per-row statistics as torch's fused layer_norm: four ops, not twelve
   basic.layers.MLP             inference: each BatchNorm folded into its Linear (training: unchanged)
 """
 
@@ -192,6 +193,25 @@ def _activation_unit(m):
         return torch.bmm(att.unsqueeze(1), history).squeeze(1)
 
     return {"forward": forward}, "first layer without the [B, L, 4E] concatenation", None
+
+
+@register(f"{P}.basic.activation.Dice")
+def _dice(m):
+    # rechub's Dice normalises each row over its H units, its eps inside a sum over them:
+    # (x - mean) / sqrt(sum((x - mean)^2 + eps)) = layer_norm(x, eps) / sqrt(H)
+    if m.alpha.numel() != 1:
+        raise Leave(f"alpha of {m.alpha.numel()} values (rechub's is one)")
+    original = type(m).forward
+
+    def forward(self, x):
+        if x.dim() != 2:
+            return original(self, x)
+        H = x.shape[1]
+        scale = torch.full((H,), H ** -0.5, dtype=x.dtype, device=x.device)
+        p = torch.sigmoid(F.layer_norm(x, (H,), weight=scale, eps=self.epsilon))
+        return x * torch.addcmul(self.alpha, p, 1 - self.alpha)  # x (p + (1 - p) alpha)
+
+    return {"forward": forward}, "torch.layer_norm for the per-row statistics (four fused ops)", None
 
 
 # ---------------------------------------------------------------------------------------------

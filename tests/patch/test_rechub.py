@@ -18,7 +18,10 @@ EXPECT = {
     "DCNv2": {"embedding", "crossnet", "parallel_dnn"},
     "DCNv2-mix": {"embedding", "crossnet", "parallel_dnn"},
     "DIN": {"embedding", "attention_layers.0", "attention_layers.0.attention", "attention_layers.1",
-            "attention_layers.1.attention", "mlp"},
+            "attention_layers.1.attention", "mlp",
+            # its Dice units: in both attention units and the top MLP
+            *(f"{u}.mlp.{i}" for u in ("attention_layers.0.attention", "attention_layers.1.attention", "mlp")
+              for i in (2, 6))},
     "MMOE": {"embedding", "experts.0", "experts.1", "experts.2", "gates.0", "gates.1", "towers.0", "towers.1"},
 }
 BACKENDS = peers.BACKENDS
@@ -160,3 +163,28 @@ def test_cin_and_crossnetwork():
         want.square().sum().backward()
         for (n, p), (_, q) in zip(layer.named_parameters(), ref.named_parameters()):
             peers.assert_close(p.grad, q.grad, f"{type(layer).__name__} grad of {n}")
+
+
+def test_dice_as_layer_norm():
+    """rechub's Dice (per-row statistics, eps inside a sum over the units) patched onto layer_norm:
+    the same values and gradients, constant rows (where only eps keeps it finite) included."""
+    from torch_rechub.basic.activation import Dice
+
+    ref = Dice(epsilon=1e-3)
+    with torch.no_grad():
+        ref.alpha.fill_(0.3)
+    model = copy.deepcopy(ref)
+    report = rankops.patch(model)
+    assert [e.path for e in report.patched] == [""]
+    x = torch.randn(50, 40) * 3 + 1
+    x[:5] = 2.0  # zero variance
+    x[5:10] *= 1e-3  # variance below eps
+    grad = torch.randn(50, 40)
+    outs = []
+    for m in (ref, model):
+        xi = x.clone().requires_grad_(True)
+        y = m(xi)
+        y.backward(grad)
+        outs.append((y.detach(), xi.grad, m.alpha.grad))
+    for name, a, b in zip(("y", "dx", "dalpha"), outs[1], outs[0]):
+        peers.assert_close(a, b, f"dice {name}")
