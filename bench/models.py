@@ -19,7 +19,8 @@ the same model from the same weights: Adam (lr 1e-3) on the dense parameters, ro
   compile-fused  torch.compile of the fused model
 
 The floor of a step: the bytes it must move at the measured bandwidth plus its FLOPs at the
-measured peak. Bytes: each lookup's row read (nnz D 4), each unique row's weights and state read
+measured peak (FLOPs counted with every op's PyTorch reference inline, so that the products inside
+cross, CIN and attention count). Bytes: each lookup's row read (nnz D 4), each unique row's weights and state read
 and written (U (2 D 4 + 8)), every activation the backward keeps written once and read once (2 x
 the saved tensors' bytes, counted on the eager step), and the dense parameters' Adam step
 (7 x 4 bytes a parameter: p, g, m, v read, p, m, v written). FLOPs: torch's FlopCounterMode over
@@ -36,7 +37,7 @@ import rankops
 import rankops.models as zoo
 from rankops.data.schema import Schema
 from rankops.data.synthetic import random_batch
-from rankops.ops._declare import tracing_reference
+from rankops.ops._declare import inline_reference, tracing_reference
 from rankops.ops.embedding_bag import FusedOptimizer
 
 MODELS = {
@@ -97,8 +98,13 @@ def step_floor(model, batch, bench) -> tuple[float, float]:
             saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
         return t
 
+    with rankops.use_backend("reference"), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = m.loss(m(batch), batch.labels)
+        loss.backward()
+    # FLOPs from a second step with every op's reference inline: a dispatch mode sees a custom op
+    # as one opaque call, so the products inside cross / CIN / attention would go uncounted
     counter = FlopCounterMode(display=False)
-    with rankops.use_backend("reference"), counter, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with rankops.use_backend("reference"), inline_reference(), counter:
         loss = m.loss(m(batch), batch.labels)
         loss.backward()
     dense = sum(p.numel() for p in m.parameters() if p.requires_grad)

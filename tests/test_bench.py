@@ -198,3 +198,20 @@ def test_gather_floor_and_limits(tmp_path):
     paths["png"].unlink()
     report.redraw(paths["csv"])
     assert paths["md"].read_text() == md and paths["png"].exists()
+
+
+def test_step_floor_counts_the_products_inside_our_ops():
+    """bench.models' floor counts the FLOPs inside the declared ops (their references inline): a
+    DCN-V2 step holds at least its cross layers' products, forward (2 B N^2 each) and backward
+    (4 B N^2), which a dispatch mode would see as one opaque call each."""
+    from bench.models import schema_for, step_floor
+    import rankops.models as zoo
+    from rankops.data.synthetic import random_batch
+
+    B, L = 64, 3
+    schema = schema_for("dcnv2", 100, 4, 10)
+    batch = random_batch(schema, B, seed=0)
+    model = zoo.build("dcnv2", schema, dnn_hidden_units=(8,), cross_num=L)
+    N = 13 + 26 * 4
+    _, flops = step_floor(model, batch, None)
+    assert flops >= 6 * B * N * N * L

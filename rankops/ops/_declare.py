@@ -42,6 +42,7 @@ from rankops.ops import _dispatch
 
 DECLARED: list["Op"] = []  # every declared op, for tracing_reference()
 TRACING_REFERENCE = False  # set by tracing_reference(); read (and guarded on) by torch.compile
+INLINE_REFERENCE = False  # set by inline_reference()
 
 
 @contextlib.contextmanager
@@ -61,6 +62,22 @@ def tracing_reference():
             yield
     finally:
         TRACING_REFERENCE = previous
+
+
+@contextlib.contextmanager
+def inline_reference():
+    """Every declared op runs its reference's PyTorch code inline (autograd by torch), in eager
+    mode too: a TorchDispatchMode (FlopCounterMode) then sees the matrix products inside the ops
+    instead of one opaque custom op (bench/models.py counts a step's FLOPs so)."""
+    global INLINE_REFERENCE
+    for op in DECLARED:
+        if op._reference_path and op._reference is None:
+            op._reference = _dispatch._resolve(op._reference_path)
+    previous, INLINE_REFERENCE = INLINE_REFERENCE, True
+    try:
+        yield
+    finally:
+        INLINE_REFERENCE = previous
 
 
 NATIVE = "torch.ops:rankops_C"  # the compiled extension's kernels: one schema, CPU and CUDA per dispatch key
@@ -217,7 +234,7 @@ class Op:
         return EagerAutograd
 
     def __call__(self, *args):
-        if TRACING_REFERENCE and self._reference is not None and torch.compiler.is_compiling():
+        if self._reference is not None and (INLINE_REFERENCE or (TRACING_REFERENCE and torch.compiler.is_compiling())):
             # torch.compile of the reference: trace the op's PyTorch code itself (autograd by torch)
             return self._reference(*self._prepare(*args))
         tensors = [a for a in args if isinstance(a, Tensor)]
