@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "cpu/alloc.h"
 #include "cpu/fast_math.h"
 #include "cpu/parallel.h"
 
@@ -150,7 +151,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dice(const at::Tensor& x_, const 
     wr[j] = static_cast<float>(prm.wp()[j] / std::sqrt(v + eps));
   }
   const float* meanp = mean.data_ptr<float>();
-  auto y = at::empty({N, H}, x.options());
+  auto y = empty_large({N, H}, x.options());  // huge pages, reused: a fresh [N, H] faults in 4 KiB at a time
   float* yp = y.data_ptr<float>();
   at::parallel_for(0, N, kMinRows, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) gate_row(xp + r * H, meanp, wr.data(), prm.bp(), prm.ap(), yp + r * H, H);
@@ -196,7 +197,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dice_backward(
     c1[j] = static_cast<float>(wr[j] * sums[j] / n);
     cz[j] = static_cast<float>(wr[j] * sums[H + j] / n);
   }
-  auto gx = at::empty({N, H}, x.options());
+  auto gx = empty_large({N, H}, x.options());
   float* gxp = gx.data_ptr<float>();
   at::parallel_for(0, N, kMinRows, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r)
