@@ -312,17 +312,38 @@ def _interacting(m):
 # DIN
 
 
+def _is_dice(a) -> bool:
+    return type(a).__module__ == f"{P}.layers.activation" and type(a).__qualname__ == "Dice"
+
+
 def _unit_activation(lau) -> tuple[str, list]:
-    """('sigmoid' | 'prelu', per-layer PReLU modules) of a LocalActivationUnit's DNN, or Leave."""
+    """('sigmoid' | 'prelu' | 'dice', per-layer PReLU / Dice modules) of a LocalActivationUnit's DNN,
+    or Leave."""
     acts = list(lau.dnn.activation_layers)
     if all(type(a) is nn.Sigmoid for a in acts):
         return "sigmoid", []
     if all(type(a) is nn.PReLU for a in acts):
         return "prelu", acts
+    if all(_is_dice(a) and a.dim == 3 and type(a.bn) is nn.BatchNorm1d and a.bn.track_running_stats for a in acts):
+        return "dice", acts
     names = sorted({type(a).__name__ for a in acts})
-    raise Leave(f"att_activation {'/'.join(names)}: rankops.din_attention's Dice uses the valid keys' statistics, "
-                f"DeepCTR's a BatchNorm over every padded key (the LocalActivationUnit inside is patched, its Dice "
-                f"on rankops.dice)")
+    raise Leave(f"att_activation {'/'.join(names)}")
+
+
+def _dice_as_stats(dice) -> tuple[Tensor, Tensor] | None:
+    """DeepCTR's inference Dice, sigmoid(g (s - m) / sqrt(v + eps) + b) on running statistics, as
+    din_attention's sigmoid((s - m') / sqrt(v')) (eps 0): c = sqrt(v + eps) / g, m' = m - b c, v' = c^2.
+    None where a weight g is not positive (the fold would flip the gate)."""
+    bn = dice.bn
+    c = (bn.running_var.float() + bn.eps).sqrt()
+    mean = bn.running_mean.float()
+    if bn.weight is not None:
+        g = bn.weight.detach().float()
+        if not torch.compiler.is_compiling() and bool((g <= 0).any()):
+            return None
+        c = c / g
+        mean = mean - bn.bias.detach().float() * c
+    return mean, c * c
 
 
 @register(f"{P}.layers.sequence.AttentionSequencePoolingLayer")
@@ -347,13 +368,29 @@ def _attention_pooling(m):
             return original(self, query, keys, keys_length, mask)  # DeepCTR: a uniform softmax over padding there
         lin = self.local_att.dnn.linears
         w2, b2 = (lin[1].weight, lin[1].bias) if len(lin) == 2 else (None, None)
-        alphas = tuple(p.weight.expand(l.out_features) for p, l in zip(prelus, lin)) if prelus else (None, None)
+        stats, eps = None, 1e-8
+        if kind == "dice":
+            # training: BatchNorm over every padded key (not din_attention's valid-key statistics), so
+            # the unit runs as DeepCTR wrote it, its Dice on rankops.dice; inference: running statistics
+            if torch.is_grad_enabled() or any(a.bn.training for a in prelus):
+                return original(self, query, keys, keys_length, mask)
+            stats = tuple(_dice_as_stats(a) for a in prelus)
+            if any(st is None for st in stats):
+                return original(self, query, keys, keys_length, mask)
+            stats, eps = stats + (None,) * (2 - len(stats)), 0.0
+            alphas = tuple(a.alpha.reshape(-1) for a in prelus)
+        else:
+            alphas = tuple(p.weight.expand(l.out_features) for p, l in zip(prelus, lin)) if prelus else (None, None)
         out = rankops.din_attention(query.reshape(B, E), keys, lengths, lin[0].weight, lin[0].bias, w2, b2,
                                     self.local_att.dense.weight, self.local_att.dense.bias, activation=kind,
-                                    normalize=self.weight_normalization, alphas=alphas)
+                                    normalize=self.weight_normalization, alphas=alphas, dice_stats=stats, eps=eps)
         return out.unsqueeze(1)
 
-    return {"forward": forward}, f"rankops.din_attention ({kind})", None
+    detail = f"rankops.din_attention ({kind})"
+    if kind == "dice":
+        detail = ("inference: rankops.din_attention (Dice on its running statistics, BatchNorm's affine folded in); "
+                  "training: the unit as written (its BatchNorm sees the padded keys)")
+    return {"forward": forward}, detail, None
 
 
 @register(f"{P}.layers.core.LocalActivationUnit")

@@ -27,7 +27,7 @@ EXPECT = {
     "DCNMix": {"", "linear_model", "crossnet", "dnn"},
     "xDeepFM": {"", "linear_model", "cin", "dnn"},
     "AutoInt": {"", "linear_model", "int_layers.0", "int_layers.1", "dnn"},
-    "DIN": {"", "attention.local_att", "attention.local_att.dnn.activation_layers.0",
+    "DIN": {"", "attention", "attention.local_att", "attention.local_att.dnn.activation_layers.0",
             "attention.local_att.dnn.activation_layers.1", "dnn"},
     "DIN-sigmoid": {"", "attention", "attention.local_att", "dnn"},
 }
@@ -150,14 +150,13 @@ def test_torch_compile(name):
 
 
 def test_report_left_and_not_covered():
-    # a DNN with BatchNorm, a DIN with Dice: recognised, left, with the reason; PredictionLayer: not covered
+    # a DNN with BatchNorm: recognised, left, with the reason; PredictionLayer: not covered
     model = peers.deepctr_model("DIN", dnn_use_bn=True)
     dnn_before = model.dnn.__dict__.get("forward")
     report = rankops.patch(model)
     left = {e.path: e.detail for e in report.left}
     assert "use_bn" in left["dnn"]
-    assert "Dice" in left["attention"]
-    assert dnn_before is None and "forward" not in model.dnn.__dict__ and "forward" not in model.attention.__dict__
+    assert dnn_before is None and "forward" not in model.dnn.__dict__
     assert "out" in {e.path for e in report.not_covered}
     text = str(report)
     assert "left" in text and "not covered" in text and "attention.local_att" in text
@@ -232,3 +231,36 @@ def test_deep_copy_of_a_patched_model():
         peers.assert_close(twin(X), ref(X), "patched copy")
     rankops.unpatch(twin)
     assert not any("forward" in m.__dict__ for m in twin.modules())
+
+
+@pytest.mark.parametrize("negative", [False, True], ids=["folded", "negative-weight"])
+def test_din_dice_inference_on_running_statistics(negative):
+    """DIN's Dice attention in inference: rankops.din_attention on the running statistics with
+    BatchNorm's affine folded in gives DeepCTR's outputs; a non-positive BatchNorm weight (the fold
+    would flip the gate) runs the unit as written, with the same outputs."""
+    ref = peers.deepctr_model("DIN")
+    X, _ = peers.deepctr_batch(ref, B=40)
+    ref.train()
+    with torch.no_grad():
+        for _ in range(3):  # move the running statistics off their initial (0, 1)
+            ref(X)
+        for a in ref.attention.local_att.dnn.activation_layers:
+            n = a.bn.num_features
+            a.bn.weight.copy_(torch.rand(n) + 0.5)
+            a.bn.bias.copy_(torch.randn(n))
+            a.alpha.copy_(torch.rand_like(a.alpha))
+        if negative:
+            ref.attention.local_att.dnn.activation_layers[0].bn.weight[3] = -0.7
+    model = copy.deepcopy(ref)
+    rankops.patch(model)
+    ref.eval(), model.eval()
+    calls = []
+    original = rankops.din_attention
+    rankops.din_attention = lambda *a, **k: calls.append(k["activation"]) or original(*a, **k)
+    try:
+        with torch.no_grad():
+            got, want = model(X), ref(X)
+    finally:
+        rankops.din_attention = original
+    peers.assert_close(got, want, "DIN eval output")
+    assert calls == ([] if negative else ["dice"])
