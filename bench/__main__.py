@@ -28,6 +28,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--min-time", type=float, default=None,
                    help="seconds of samples per provider and case (default 0.5 on CPU, 0.2 on GPU)")
     p.add_argument("--out", default=None, help=f"output folder (default {RESULTS.relative_to(RESULTS.parents[1])}/)")
+    p.add_argument("--keep-freed-memory", action="store_true",
+                   help="rankops.keep_freed_memory() first: malloc reuses freed blocks (every provider alike)")
     return p
 
 
@@ -42,6 +44,12 @@ def main(argv=None) -> int:
         print("--device cuda: no GPU is visible to torch", file=sys.stderr)
         return 2
     args.dtypes = [DTYPES[d] for d in args.dtype]
+    if args.keep_freed_memory:
+        import rankops
+
+        if not rankops.keep_freed_memory():
+            print("--keep-freed-memory: no glibc malloc to tune here", file=sys.stderr)
+            return 2
     out = args.out if args.out is not None else (RESULTS / "tmp" if args.quick else None)
     for name in names:
         module = importlib.import_module(f"bench.{name}")

@@ -574,6 +574,10 @@ class Bench:
                                           f"(1-minute; above {os.cpu_count()} means other work shared the cores)"))
         if self.command:
             lines.append(("command", f"`{self.command}`"))
+        from rankops import cpu_memory
+
+        if self.device.type == "cpu" and cpu_memory._KEPT:
+            lines.append(("malloc", "freed blocks kept for reuse (rankops.keep_freed_memory), every provider alike"))
         lines.append(("memory bandwidth", f"{self.bandwidth:.1f} GB/s measured (tensor copy, bytes read + written)"))
         if self._peak is not None:
             lines.append(("peak", f"{self._peak[0]:.2f} TFLOP/s measured ({self._peak[1]})"))

@@ -47,7 +47,7 @@ TRAIN_DEFAULTS = dict(
     seed=0, out="runs/latest", resume=False, overwrite=False, early_stopping=None, patience=2,
     checkpoint_every=0, max_steps=None, strict=False, chunk_rows=65536, stream=None, hash_size=None,
     min_freq=None, embedding_dim=None, log_every=200, model_config={}, samples=None, fields=None, vocab=None,
-    data_config={}, progress=True, shard_embeddings=False, sharding="auto",
+    data_config={}, progress=True, shard_embeddings=False, sharding="auto", release_memory=False,
 )
 # what defines the data and the model: taken from the run directory on --resume and by eval / export
 RUN_KEYS = ("model", "data", "schema", "format", "valid", "valid_fraction", "tasks", "seed", "hash_size", "min_freq",
@@ -102,6 +102,10 @@ def _parser() -> Parser:
                         "(their optimizer fused in: --embedding-optimizer, default rowwise_adagrad); the rest is DDP")
     t.add_argument("--sharding", choices=("auto", "table_wise", "row_wise"),
                    help="with --shard-embeddings: how every table is split (default auto: TorchRec's planner picks)")
+    t.add_argument("--release-memory", action="store_true",
+                   help="hand freed memory back to the kernel, as glibc does by default; without it, on the CPU, "
+                        "freed blocks are kept for reuse (rankops.keep_freed_memory: no page faults for the "
+                        "step's large tensors, the process keeps its peak memory)")
     t.add_argument("--amp", action="store_true", help="bf16 autocast")
     t.add_argument("--compile", action="store_true", help="torch.compile the model")
     t.add_argument("--seed", type=int)
@@ -479,6 +483,12 @@ def _backend(name):
         yield
 
 
+def _memory_kept() -> bool:
+    from rankops import cpu_memory
+
+    return cpu_memory._KEPT
+
+
 def _threads(n):
     if n:
         import torch
@@ -625,6 +635,10 @@ def _train(cfg: dict, out: Path, rank: int, world: int) -> int:
     if cfg["model"] not in _model_names():
         raise UserError(f"unknown model {cfg['model']!r}; choose one of {', '.join(_model_names())}")
     _threads(cfg.get("threads"))
+    if not cfg.get("release_memory") and torch.device(cfg["device"]).type == "cpu":
+        from rankops.cpu_memory import keep_freed_memory
+
+        keep_freed_memory()
     torch.manual_seed(int(cfg["seed"]))
     t_load = time.perf_counter()
     data = load_data(cfg, fm_resume)
@@ -715,7 +729,7 @@ def _train(cfg: dict, out: Path, rank: int, world: int) -> int:
         "load_seconds": t_load, "bad_lines": data.bad_lines, "ceiling": data.ceiling,
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "backend": cfg.get("backend") or "auto", "threads": torch.get_num_threads(), "processes": world,
-        "sharding": shard.describe() if shard is not None else None}
+        "sharding": shard.describe() if shard is not None else None, "freed_memory_kept": _memory_kept()}
     write_json(out / "metrics.json", result)
     title = f"{model.name} on {data.source}"
     plot_curves(out / "curves.png", history, trainer.curve, data.schema.tasks, title)

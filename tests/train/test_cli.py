@@ -424,3 +424,16 @@ def test_a_streams_lr_schedule_resumes_exactly(tmp_path):
     a, b = full.model.state_dict(), resumed.model.state_dict()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt: Linux only")
+def test_freed_memory_kept_on_cpu_unless_released(tmp_path):
+    """On the CPU, rankops train keeps freed blocks for reuse (rankops.keep_freed_memory) unless
+    --release-memory; metrics.json says which (fresh processes: the setting is process-wide)."""
+    kept = {}
+    for flag in ([], ["--release-memory"]):
+        out = tmp_path / ("release" if flag else "keep")
+        r = fresh(["train", "--model", "lr", "--out", out, *TINY, *flag])
+        assert r.returncode == 0, r.stderr
+        kept[bool(flag)] = json.loads((out / "metrics.json").read_text())["freed_memory_kept"]
+    assert kept == {False: True, True: False}
