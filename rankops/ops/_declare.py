@@ -45,6 +45,13 @@ TRACING_REFERENCE = False  # set by tracing_reference(); read (and guarded on) b
 INLINE_REFERENCE = False  # set by inline_reference()
 
 
+def _resolve_references() -> None:
+    """Import every declared op's reference function (the two contexts below call them directly)."""
+    for op in DECLARED:
+        if op._reference_path and op._reference is None:
+            op._reference = _dispatch._resolve(op._reference_path)
+
+
 @contextlib.contextmanager
 def tracing_reference():
     """The reference backend, and under torch.compile each declared op's reference traced through
@@ -53,9 +60,7 @@ def tracing_reference():
     global TRACING_REFERENCE
     from rankops import backend
 
-    for op in DECLARED:
-        if op._reference_path and op._reference is None:
-            op._reference = _dispatch._resolve(op._reference_path)
+    _resolve_references()
     previous, TRACING_REFERENCE = TRACING_REFERENCE, True
     try:
         with backend.use_backend("reference"):
@@ -70,9 +75,7 @@ def inline_reference():
     mode too: a TorchDispatchMode (FlopCounterMode) then sees the matrix products inside the ops
     instead of one opaque custom op (bench/models.py counts a step's FLOPs so)."""
     global INLINE_REFERENCE
-    for op in DECLARED:
-        if op._reference_path and op._reference is None:
-            op._reference = _dispatch._resolve(op._reference_path)
+    _resolve_references()
     previous, INLINE_REFERENCE = INLINE_REFERENCE, True
     try:
         yield

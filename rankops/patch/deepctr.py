@@ -429,7 +429,7 @@ def _dice(m):
         # dim 3: [B, T, H], BatchNorm1d over channels H of the transposed [B, H, T]: statistics over (B, T)
         rows = x.reshape(-1, H)
         n = rows.shape[0]
-        if bn.training and n <= 1:
+        if n <= 1:
             return original(self, x)  # torch's BatchNorm raises its own error for one value per channel
         mask = torch.ones(n, dtype=torch.bool, device=x.device)
         y, mean, var = rankops.dice(rows, mask, self.alpha.reshape(-1), bn.eps, weight=bn.weight, bias=bn.bias)

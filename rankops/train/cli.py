@@ -104,8 +104,8 @@ def _parser() -> Parser:
                    help="with --shard-embeddings: how every table is split (default auto: TorchRec's planner picks)")
     t.add_argument("--release-memory", action="store_true",
                    help="hand freed memory back to the kernel, as glibc does by default; without it, on the CPU, "
-                        "freed blocks are kept for reuse (rankops.keep_freed_memory: no page faults for the "
-                        "step's large tensors, the process keeps its peak memory)")
+                        "freed blocks are kept for reuse in a one-process run (rankops.keep_freed_memory: no page "
+                        "faults for the step's large tensors, the process keeps its peak memory)")
     t.add_argument("--amp", action="store_true", help="bf16 autocast")
     t.add_argument("--compile", action="store_true", help="torch.compile the model")
     t.add_argument("--seed", type=int)
@@ -635,7 +635,10 @@ def _train(cfg: dict, out: Path, rank: int, world: int) -> int:
     if cfg["model"] not in _model_names():
         raise UserError(f"unknown model {cfg['model']!r}; choose one of {', '.join(_model_names())}")
     _threads(cfg.get("threads"))
-    if not cfg.get("release_memory") and torch.device(cfg["device"]).type == "cpu":
+    # one process only for now: a CI run of the 2-process sharded resume test once aborted a rank
+    # ("terminate called without an active exception") after this was switched on; not reproduced
+    # in ten runs since, kept off under torchrun until understood
+    if not cfg.get("release_memory") and torch.device(cfg["device"]).type == "cpu" and world == 1:
         from rankops.cpu_memory import keep_freed_memory
 
         keep_freed_memory()
