@@ -574,9 +574,9 @@ class Bench:
                                           f"(1-minute; above {os.cpu_count()} means other work shared the cores)"))
         if self.command:
             lines.append(("command", f"`{self.command}`"))
-        from rankops import cpu_memory
+        from rankops.cpu_memory import freed_memory_kept
 
-        if self.device.type == "cpu" and cpu_memory._KEPT:
+        if self.device.type == "cpu" and freed_memory_kept():
             lines.append(("malloc", "freed blocks kept for reuse (rankops.keep_freed_memory), every provider alike"))
         lines.append(("memory bandwidth", f"{self.bandwidth:.1f} GB/s measured (tensor copy, bytes read + written)"))
         if self._peak is not None:

@@ -41,4 +41,9 @@ def keep_freed_memory() -> bool:
     return _KEPT
 
 
-__all__ = ["keep_freed_memory"]
+def freed_memory_kept() -> bool:
+    """Whether keep_freed_memory() has taken effect in this process."""
+    return _KEPT
+
+
+__all__ = ["freed_memory_kept", "keep_freed_memory"]

@@ -516,6 +516,43 @@ void for_each_row_grad(const Segments& s, const G* grad, const float* psw_scale,
   });
 }
 
+// p itself when T is (const) float, else null: the fp32-only path's test and pointer in one.
+template <typename T>
+auto as_fp32(T* p) -> std::conditional_t<std::is_const_v<T>, const float*, float*> {
+  if constexpr (std::is_same_v<std::remove_const_t<T>, float>) {
+    return p;
+  } else {
+    return nullptr;
+  }
+}
+
+// The fp32 dense weight gradient without a sort: gw (zeroed) += scale * grad row, for every lookup.
+// Each thread owns one contiguous range of rows and scans every lookup in position order, adding
+// those in its range: each row's sum is in position order, as for_each_row_grad's, whatever the
+// thread count. The gradient rows are read in order, the scattered rows prefetched.
+template <typename I>
+void add_rows_in_position_order(float* gw, const float* grad, const float* psw_scale,
+                                const std::vector<float>& bag_scale, const int64_t* toff, const I* idx, const I* off,
+                                int64_t nT, int64_t B, int64_t R, int64_t D) {
+  constexpr int64_t kAhead = 16;  // lookups: the scattered row's cache line is fetched this early
+  for_chunks(R, num_chunks(R, 1024), [&](int64_t, int64_t r0, int64_t r1) {
+    for (int64_t t = 0; t < nT; ++t) {
+      if (toff[t + 1] <= r0 || toff[t] >= r1) continue;  // no row of this table is ours
+      const int64_t base = toff[t], iend = off[(t + 1) * B];
+      for (int64_t b = 0; b < B; ++b) {
+        const int64_t k = t * B + b;
+        const float* gr = grad + (b * nT + t) * D;
+        for (int64_t i = off[k]; i < off[k + 1]; ++i) {
+          if (i + kAhead < iend) __builtin_prefetch(gw + (base + static_cast<int64_t>(idx[i + kAhead])) * D, 1);
+          const int64_t r = base + static_cast<int64_t>(idx[i]);
+          if (r < r0 || r >= r1) continue;
+          axpy(gw + r * D, gr, psw_scale ? psw_scale[i] : bag_scale[k], D);
+        }
+      }
+    }
+  });
+}
+
 // ---------------------------------------------------------------------------------------------
 // argument plumbing shared by the entry points
 
@@ -631,44 +668,20 @@ std::tuple<at::Tensor, at::Tensor> batched_embedding_bag_backward(
     const int64_t* tp = toff.data_ptr<int64_t>();
     RANKOPS_DISPATCH_FLOAT(w.scalar_type(), "batched_embedding_bag_backward", [&] {
       const scalar_t* g = grad.data_ptr<scalar_t>();
-      if (need_weight_grad && a.nnz > 0 && std::is_same_v<scalar_t, float> && mode != kMax) {
-        // fp32 dense gradient: no sort. Each thread owns one contiguous range of rows and scans
-        // every lookup in position order, adding those in its range: each row's sum is in
-        // position order, as the sorted path's, whatever the thread count. The gradient rows
-        // are read in order and the [R, D] accumulation stays in one thread's cache.
+      if (need_weight_grad && a.nnz > 0) {
         const at::Tensor psw_f = psw_float(psw_);
         const float* pswp = psw_f.defined() ? psw_f.data_ptr<float>() : nullptr;
         const auto scales = bag_scales(op, a.nT * a.B, static_cast<int>(mode));
-        float* gwp = reinterpret_cast<float*>(gw.data_ptr<scalar_t>());
-        const float* gf = reinterpret_cast<const float*>(g);
-        const int64_t D = a.D, nT = a.nT, B = a.B;
-        const int64_t chunks = num_chunks(a.R, 1024);
-        for_chunks(a.R, chunks, [&](int64_t, int64_t r0, int64_t r1) {
-          for (int64_t t = 0; t < nT; ++t) {
-            if (tp[t + 1] <= r0 || tp[t] >= r1) continue;  // no row of this table is ours
-            const int64_t base = tp[t], iend = op[(t + 1) * B];
-            constexpr int64_t kAhead = 16;  // lookups: the scattered row's cache line is fetched this early
-            for (int64_t b = 0; b < B; ++b) {
-              const int64_t k = t * B + b;
-              const float* gr = gf + (b * nT + t) * D;
-              for (int64_t i = op[k]; i < op[k + 1]; ++i) {
-                if (i + kAhead < iend) __builtin_prefetch(gwp + (base + static_cast<int64_t>(ip[i + kAhead])) * D, 1);
-                const int64_t r = base + static_cast<int64_t>(ip[i]);
-                if (r < r0 || r >= r1) continue;
-                axpy(gwp + r * D, gr, pswp ? pswp[i] : scales[k], D);
-              }
-            }
-          }
-        });
-      } else if (need_weight_grad && a.nnz > 0) {
-        const Segments s = sort_lookups(tp, ip, op, a.nT, a.B);
-        const at::Tensor psw_f = psw_float(psw_);
-        const auto scales = bag_scales(op, a.nT * a.B, static_cast<int>(mode));
         scalar_t* gwp = gw.data_ptr<scalar_t>();
         const int64_t D = a.D;
-        for_each_row_grad(s, g, psw_f.defined() ? psw_f.data_ptr<float>() : nullptr, scales, static_cast<int>(mode),
-                          mode == kMax ? argmax.data_ptr<int64_t>() : nullptr, a.nT, a.B, D,
-                          [&](int64_t r, const float* gr) { store_row(gwp + r * D, gr, D); });
+        if (float* gw32 = as_fp32(gwp); gw32 && mode != kMax) {  // fp32 sum / mean: in place, no sort
+          add_rows_in_position_order(gw32, as_fp32(g), pswp, scales, tp, ip, op, a.nT, a.B, a.R, D);
+        } else {
+          const Segments s = sort_lookups(tp, ip, op, a.nT, a.B);
+          for_each_row_grad(s, g, pswp, scales, static_cast<int>(mode),
+                            mode == kMax ? argmax.data_ptr<int64_t>() : nullptr, a.nT, a.B, D,
+                            [&](int64_t r, const float* gr) { store_row(gwp + r * D, gr, D); });
+        }
       }
       if (need_psw_grad && psw_ && a.nnz > 0) {
         // d out[b, t] / d psw[i] = weights[row_i]: one dot product per lookup.

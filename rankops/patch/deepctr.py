@@ -10,7 +10,7 @@
   layers.interaction.CrossNet     'matrix': rankops.cross_net (the whole stack); 'vector': cross_layer_v1
   layers.interaction.CrossNetMix  the K experts' [B, N] part as one GEMM + fused epilogue
   layers.interaction.InteractingLayer  one projection GEMM + rankops.target_attention over the fields
-  layers.sequence.AttentionSequencePoolingLayer  rankops.din_attention (sigmoid / PReLU units)
+  layers.sequence.AttentionSequencePoolingLayer  rankops.din_attention (sigmoid / PReLU units; Dice units in inference)
   layers.core.LocalActivationUnit the first layer as (Wa+Wc) q + (Wb-Wc+Wd diag q) k: no [B, T, 4E]
   layers.activation.Dice          training: rankops.dice (its BatchNorm's batch statistics, affine and
                                   running averages); inference: unchanged
@@ -358,7 +358,7 @@ def _attention_pooling(m):
         raise Leave("use_bn / dropout in the attention unit")
     if len(dnn.linears) not in (1, 2):
         raise Leave(f"{len(dnn.linears)} hidden layers (rankops.din_attention takes 1 or 2)")
-    kind, prelus = _unit_activation(lau)
+    kind, units = _unit_activation(lau)
     original = type(m).forward
 
     def forward(self, query, keys, keys_length, mask=None):
@@ -372,15 +372,15 @@ def _attention_pooling(m):
         if kind == "dice":
             # training: BatchNorm over every padded key (not din_attention's valid-key statistics), so
             # the unit runs as DeepCTR wrote it, its Dice on rankops.dice; inference: running statistics
-            if torch.is_grad_enabled() or any(a.bn.training for a in prelus):
+            if torch.is_grad_enabled() or any(a.bn.training for a in units):
                 return original(self, query, keys, keys_length, mask)
-            stats = tuple(_dice_as_stats(a) for a in prelus)
+            stats = tuple(_dice_as_stats(a) for a in units)
             if any(st is None for st in stats):
                 return original(self, query, keys, keys_length, mask)
             stats, eps = stats + (None,) * (2 - len(stats)), 0.0
-            alphas = tuple(a.alpha.reshape(-1) for a in prelus)
+            alphas = tuple(a.alpha.reshape(-1) for a in units)
         else:
-            alphas = tuple(p.weight.expand(l.out_features) for p, l in zip(prelus, lin)) if prelus else (None, None)
+            alphas = tuple(p.weight.expand(l.out_features) for p, l in zip(units, lin)) if units else (None, None)
         out = rankops.din_attention(query.reshape(B, E), keys, lengths, lin[0].weight, lin[0].bias, w2, b2,
                                     self.local_att.dense.weight, self.local_att.dense.bias, activation=kind,
                                     normalize=self.weight_normalization, alphas=alphas, dice_stats=stats, eps=eps)

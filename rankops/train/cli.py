@@ -483,12 +483,6 @@ def _backend(name):
         yield
 
 
-def _memory_kept() -> bool:
-    from rankops import cpu_memory
-
-    return cpu_memory._KEPT
-
-
 def _threads(n):
     if n:
         import torch
@@ -638,9 +632,9 @@ def _train(cfg: dict, out: Path, rank: int, world: int) -> int:
     # one process only for now: a CI run of the 2-process sharded resume test once aborted a rank
     # ("terminate called without an active exception") after this was switched on; not reproduced
     # in ten runs since, kept off under torchrun until understood
-    if not cfg.get("release_memory") and torch.device(cfg["device"]).type == "cpu" and world == 1:
-        from rankops.cpu_memory import keep_freed_memory
+    from rankops.cpu_memory import freed_memory_kept, keep_freed_memory
 
+    if not cfg.get("release_memory") and torch.device(cfg["device"]).type == "cpu" and world == 1:
         keep_freed_memory()
     torch.manual_seed(int(cfg["seed"]))
     t_load = time.perf_counter()
@@ -732,7 +726,7 @@ def _train(cfg: dict, out: Path, rank: int, world: int) -> int:
         "load_seconds": t_load, "bad_lines": data.bad_lines, "ceiling": data.ceiling,
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "backend": cfg.get("backend") or "auto", "threads": torch.get_num_threads(), "processes": world,
-        "sharding": shard.describe() if shard is not None else None, "freed_memory_kept": _memory_kept()}
+        "sharding": shard.describe() if shard is not None else None, "freed_memory_kept": freed_memory_kept()}
     write_json(out / "metrics.json", result)
     title = f"{model.name} on {data.source}"
     plot_curves(out / "curves.png", history, trainer.curve, data.schema.tasks, title)
