@@ -14,6 +14,17 @@ fi
 stamp=.venv/.rankops-requirements
 want=$(cat requirements-dev.txt requirements-anchors.txt requirements-peers.txt | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  # torch's CUDA build and its NVIDIA wheels unpack to about 6 GiB, and pip stages them in TMPDIR first:
+  # say so plainly rather than fail deep inside pip with ENOSPC.
+  need_kib=$((8 * 1024 * 1024))
+  for dir in .venv "${TMPDIR:-/tmp}"; do
+    free_kib=$(df -Pk "$dir" | awk 'NR==2 {print $4}')
+    if [ "$free_kib" -lt "$need_kib" ]; then
+      echo "[bootstrap] only $((free_kib / 1024 / 1024)) GiB free under $dir; installing the pinned environment needs about 8 GiB" >&2
+      echo "[bootstrap] (old clones or build trees in $dir? 'du -sh $dir/*' finds them)" >&2
+      exit 1
+    fi
+  done
   echo "[bootstrap] installing requirements-dev.txt (torch's CUDA build is several GB; about a minute from a local mirror)"
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -r requirements-dev.txt
