@@ -30,6 +30,14 @@ class Dataset(Protocol):
         ``start`` skips that many batches of the same pass (exact resume)."""
 
 
+def global_batches(rows: int, global_batch: int, world: int) -> int:
+    """The steps of a pass over ``rows`` rows in global batches under ``world`` ranks: a last global
+    batch of fewer rows than ranks is dropped (a rank left without rows would skip a step its peers
+    take, and their gradient all-reduce would wait for it forever)."""
+    full, tail = divmod(rows, global_batch)
+    return full + (tail >= world and tail > 0)
+
+
 @dataclass
 class InMemoryDataset:
     """Encoded columns of N samples.

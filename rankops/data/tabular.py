@@ -40,7 +40,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from rankops.data.dataset import InMemoryDataset
+from rankops.data.dataset import InMemoryDataset, global_batches
 from rankops.data.feature_map import ROLES, Column, FeatureMap, parse_numbers
 
 FORMATS = ("csv", "tsv", "parquet", "criteo")
@@ -446,13 +446,28 @@ def part_chunks(chunks: Iterator[pa.Table], part: tuple[float, str, int] | None)
         yield t
 
 
+def global_slice(rows: int, global_batch: int, rank: int, world: int) -> np.ndarray:
+    """The row indices of ``rank``'s part of each global batch over ``rows`` rows: its contiguous
+    ``global_batch / world`` rows of every full one, its ``tensor_split`` part of a shorter last one
+    (dropped below ``world`` rows: ``global_batches``)."""
+    local = global_batch // world
+    full, tail = divmod(rows, global_batch)
+    idx = [(np.arange(full)[:, None] * global_batch + rank * local + np.arange(local)[None, :]).ravel()]
+    if tail >= world:
+        sizes = [tail // world + (r < tail % world) for r in range(world)]
+        first = full * global_batch + sum(sizes[:rank])
+        idx.append(np.arange(first, first + sizes[rank]))
+    return np.concatenate(idx).astype(np.int64)
+
+
 class StreamingDataset:
     """A file read chunk by chunk (the ``Dataset`` protocol): memory holds one chunk of raw rows
     and its encoded batches, whatever the file's size.
 
     ``part``: ``(fraction, "train" | "valid", seed)`` keeps only the rows of a seeded hash split.
     Shuffling permutes the rows inside each chunk (seeded by seed, epoch and chunk), so an epoch's
-    order, and a resume's ``start``, are reproducible.
+    order, and a resume's ``start``, are reproducible. ``shard(rank, world)`` makes it one rank's
+    part under torchrun.
     """
 
     def __init__(self, path, spec: DataSpec, feature_map: FeatureMap, *, chunk_rows: int = 65536, strict=False,
@@ -464,15 +479,24 @@ class StreamingDataset:
         self.reader = Reader(path, spec, chunk_rows=chunk_rows, strict=strict, require_labels=require_labels)
         self._rows: int | None = None
         self._groups: torch.Tensor | None = None
+        self.rank, self.world = 0, 1
+
+    def shard(self, rank: int, world: int) -> "StreamingDataset":
+        """Make this rank ``rank``'s part of ``world``: every rank reads and parses the whole file in
+        the same order, cuts it into global batches of ``world x batch_size`` rows and encodes only its
+        own contiguous slice of each (``global_slice``), so the ranks together train on exactly the
+        batches one process would, and all take the same number of steps."""
+        self.rank, self.world = rank, world
+        return self
 
     def raw_chunks(self) -> Iterator[pa.Table]:
         return part_chunks(self.reader.chunks(), self.part)
 
     def num_batches(self, batch_size: int) -> int | None:
-        return None if self._rows is None else -(-self._rows // batch_size)
+        return None if self._rows is None else global_batches(self._rows, batch_size * self.world, self.world)
 
     def batches(self, batch_size: int, *, shuffle: bool = False, seed: int = 0, epoch: int = 0, start: int = 0):
-        blocks = self._encoded(batch_size, shuffle, seed, epoch, start)
+        blocks = self._encoded(batch_size * self.world, shuffle, seed, epoch, start)
         if self.prefetch:  # read, parse and encode the next chunks while the caller trains on this one
             blocks = _prefetch(blocks, self.prefetch)
         for ds, skip in blocks:
@@ -506,6 +530,10 @@ class StreamingDataset:
         n = -(-table.num_rows // batch_size)
         if emitted + n <= start:  # all skipped by a resume: no need to encode
             return None
+        if self.world > 1:  # batch_size is the global batch here: keep this rank's slice of each
+            table = table.take(pa.array(global_slice(table.num_rows, batch_size, self.rank, self.world)))
+            if not table.num_rows:
+                return None
         ds = self.feature_map.encode(table.combine_chunks(), with_labels=self.require_labels)
         return ds, max(start - emitted, 0)
 

@@ -519,20 +519,22 @@ class ShardedDataset:
         self.extra = getattr(data, "extra", {})
 
     def num_batches(self, batch_size: int) -> int:
-        return self.data.num_batches(batch_size * self.world)
+        from rankops.data.dataset import global_batches
+
+        return global_batches(len(self.data), batch_size * self.world, self.world)
 
     def batches(self, batch_size: int, *, shuffle: bool = False, seed: int = 0, epoch: int = 0, start: int = 0):
         import torch
+
+        from rankops.data.dataset import global_batches
 
         n, G = len(self.data), batch_size * self.world
         if shuffle:
             order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
         else:
             order = torch.arange(n)
-        for i in range(start * G, n, G):
-            part = order[i:i + G].tensor_split(self.world)[self.rank]
-            if part.numel():
-                yield self.data.take(part)
+        for i in range(start * G, global_batches(n, G, self.world) * G, G):
+            yield self.data.take(order[i:i + G].tensor_split(self.world)[self.rank])
 
 
 def _distributed(cfg: dict) -> tuple[int, int]:
@@ -671,9 +673,8 @@ def _train(cfg: dict, out: Path, rank: int, world: int) -> int:
     if world > 1:
         import torch.distributed as dist
 
-        if not hasattr(data.train, "take"):
-            raise UserError("torchrun: streamed files are not sharded yet; load the file in memory (--no-stream)")
-        data.train = ShardedDataset(data.train, rank, world)
+        data.train = data.train.shard(rank, world) if hasattr(data.train, "shard") else \
+            ShardedDataset(data.train, rank, world)
         dist.barrier()  # every rank has checked the run directory before rank 0 writes to it
     # everything checked: from here on the run directory is written (each file atomically)
     if rank == 0:
