@@ -471,13 +471,14 @@ class StreamingDataset:
     """
 
     def __init__(self, path, spec: DataSpec, feature_map: FeatureMap, *, chunk_rows: int = 65536, strict=False,
-                 part: tuple[float, str, int] | None = None, require_labels: bool = True, prefetch: int = 2):
+                 part: tuple[float, str, int] | None = None, require_labels: bool = True, prefetch: int = 2,
+                 rows: int | None = None):
         self.path, self.spec, self.feature_map, self.chunk_rows = Path(path), spec, feature_map, chunk_rows
         self.prefetch = prefetch  # encoded chunks read ahead by a background thread (0: none)
         self.strict, self.part, self.require_labels = strict, part, require_labels
         self.schema = feature_map.schema()
         self.reader = Reader(path, spec, chunk_rows=chunk_rows, strict=strict, require_labels=require_labels)
-        self._rows: int | None = None
+        self._rows = rows  # known after a first pass, or given by one (the feature map's fit)
         self._groups: torch.Tensor | None = None
         self.rank, self.world = 0, 1
 

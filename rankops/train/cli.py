@@ -312,19 +312,27 @@ def load_data(cfg: dict, feature_map=None) -> Data:
     else:
         fm = feature_map
         part = (frac, "train", int(cfg["seed"])) if frac > 0 else None
-        train = None
+        train, rows = None, None  # a resumed run's feature map is given: its checkpoint knows the length
         if fm is None:
             from rankops.data.tabular import Reader, part_chunks
             from rankops.train.loop import Progress
 
             reader = Reader(path, spec, chunk_rows=chunk, strict=strict)
             bar = Progress(None, "fit feature map", max(1, 1_000_000 // chunk), cfg.get("progress", True))
-            fm = spec.feature_map().fit(part_chunks(reader.chunks(), part), progress=bar)
+            counted = [0]
+
+            def count(chunks):
+                for t in chunks:
+                    counted[0] += t.num_rows
+                    yield t
+
+            fm = spec.feature_map().fit(count(part_chunks(reader.chunks(), part)), progress=bar)
             bar.close()
+            rows = counted[0]  # the training rows: an lr schedule and the progress bar know the run's length
             if reader.bad.total:
                 notes.append(reader.bad.summary(src))
                 bad[src] = reader.bad.to_dict()
-        train = StreamingDataset(path, spec, fm, chunk_rows=chunk, strict=strict, part=part)
+        train = StreamingDataset(path, spec, fm, chunk_rows=chunk, strict=strict, part=part, rows=rows)
         valid = StreamingDataset(path, spec, fm, chunk_rows=chunk, strict=strict,
                                  part=(frac, "valid", int(cfg["seed"]))) if frac > 0 else None
     if valid_file:

@@ -437,3 +437,21 @@ def test_freed_memory_kept_on_cpu_unless_released(tmp_path):
         assert r.returncode == 0, r.stderr
         kept[bool(flag)] = json.loads((out / "metrics.json").read_text())["freed_memory_kept"]
     assert kept == {False: True, True: False}
+
+
+def test_streamed_file_knows_its_length_from_the_feature_map_pass(tmp_path, capsys):
+    """The feature map's fitting pass counts the training rows, so a stream's lr schedule decays over
+    its first epoch too (it ran at the base rate until the end of the first pass)."""
+    data = tmp_path / "day0.tsv"
+    write_criteo(data, 1000, seed=1)
+    out = tmp_path / "run"
+    rc, _, err = run(["train", "--model", "dcnv2", "--data", data, "--hash-size", "100", "--stream", "--chunk-rows",
+                      "300", "--epochs", "1", "--batch-size", "100", "--lr", "0.01", "--lr-schedule", "linear",
+                      "--out", out, "--no-progress", "--model-config", '{"dnn_hidden_units": [16], "cross_num": 1}'],
+                     capsys)
+    assert rc == 0, err
+    ck = torch.load(out / "checkpoint.pt", weights_only=False)
+    steps = ck["position"]["step"]
+    assert ck["batches_per_epoch"] == steps and steps >= 8
+    # the last step ran at lr * (1 - (steps - 1) / steps)
+    assert ck["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.01 / steps)
