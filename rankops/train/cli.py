@@ -181,15 +181,36 @@ def train_config(ns: argparse.Namespace) -> dict:
     """Defaults, then the --config file, then the flags given."""
     flags = {k: v for k, v in vars(ns).items() if k not in ("command", "config")}
     cfg = dict(TRAIN_DEFAULTS)
-    if getattr(ns, "config", None):
-        cfg.update(_read_config(ns.config))
+    given_by_config = _read_config(ns.config) if getattr(ns, "config", None) else {}
+    cfg.update(given_by_config)
     cfg.update(flags)
     cfg["_flags"] = sorted(flags)
+    if "data" not in flags and "data" not in given_by_config:
+        cfg["data"], cfg["data_config"], cfg["_data_note"] = _model_data(cfg)
     if isinstance(cfg.get("tasks"), str):
         cfg["tasks"] = [t.strip() for t in cfg["tasks"].split(",") if t.strip()]
     if not isinstance(cfg.get("model_config") or {}, dict):
         raise UserError("config: model_config must be a mapping of the model's options")
     return cfg
+
+
+def _model_data(cfg: dict) -> tuple[str, dict, str | None]:
+    """(data, data_config, a note for the user) when no --data is given: the built-in synthetic
+    data, or the planted set the model needs (MODEL_DATA, a recipe's YAML)."""
+    model, data_config = str(cfg["model"]), cfg.get("data_config") or {}
+    if model in MODEL_DATA:
+        return MODEL_DATA[model], data_config, f"no --data: {model} trains on the planted {MODEL_DATA[model]}"
+    from rankops.models import recipes
+
+    if model in recipes.names():
+        import yaml
+
+        recipe = yaml.safe_load(recipes.yaml_path(model).read_text()) or {}
+        if recipe.get("data"):
+            return (recipe["data"], {**(recipe.get("data_config") or {}), **data_config},
+                    f"no --data: {model} trains on its recipe's {recipe['data']} (the whole recipe: "
+                    f"--config {recipes.yaml_path(model)})")
+    return cfg["data"], data_config, None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,6 +253,10 @@ SYNTHETIC_DEFAULT = "crosses"  # `--data synthetic`: third-order crosses, what D
 # ...with enough rows for DCN-V2 to come within 0.005 AUC of the ceiling (10 epochs, lr 0.01 cosine,
 # batch 512; 100k rows leave it 0.02 short: it over-fits before it has learned the crosses)
 SYNTHETIC_DEFAULT_CONFIG = {"num_samples": 400_000}
+# `rankops train --model NAME` without --data: the planted set that shows what the model is for, where
+# the default crosses set (no behaviour sequence, one task) cannot serve it; a recipe trains on its YAML's
+MODEL_DATA = {"din": "synthetic:sequence", "bst": "synthetic:sequence", "shared_bottom": "synthetic:sinusoid_tasks",
+              "mmoe": "synthetic:sinusoid_tasks", "ple": "synthetic:sinusoid_tasks", "esmm": "synthetic:funnel"}
 # train flags that set a planted generator's arguments (where it has them)
 SYNTHETIC_FLAGS = {"samples": "num_samples", "fields": "num_fields", "vocab": "vocab_size",
                    "embedding_dim": "embedding_dim"}
@@ -647,6 +672,8 @@ def _train(cfg: dict, out: Path, rank: int, world: int) -> int:
     if not cfg.get("release_memory") and torch.device(cfg["device"]).type == "cpu" and world == 1:
         keep_freed_memory()
     torch.manual_seed(int(cfg["seed"]))
+    if cfg.get("_data_note") and not cfg["resume"] and rank == 0:
+        print(f"rankops train: {cfg['_data_note']}", file=sys.stderr)
     t_load = time.perf_counter()
     data = load_data(cfg, fm_resume)
     t_load = time.perf_counter() - t_load

@@ -455,3 +455,28 @@ def test_streamed_file_knows_its_length_from_the_feature_map_pass(tmp_path, caps
     assert ck["batches_per_epoch"] == steps and steps >= 8
     # the last step ran at lr * (1 - (steps - 1) / steps)
     assert ck["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.01 / steps)
+
+
+@pytest.mark.parametrize("model, planted", [("din", "sequence"), ("mmoe", "sinusoid_tasks"), ("esmm", "funnel"),
+                                            ("taobao", "sequence_tasks")])
+def test_model_without_data_trains_on_the_planted_set_it_needs(tmp_path, capsys, model, planted):
+    """The default crosses set has no behaviour sequence and one task: DIN, MMoE, ESMM and a recipe
+    pick the planted set that serves them, and say so."""
+    rc, stdout, err = run(["train", "--model", model, "--epochs", "1", "--samples", "1500", "--batch-size", "256",
+                           "--no-progress", "--out", tmp_path / "run"], capsys)
+    assert rc == 0, err
+    assert f"no --data: {model} trains on" in err and f"synthetic:{planted}" in err
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert m["data"].startswith(f"synthetic:{planted} (1500 samples")
+    run_cfg = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run_cfg["data"] == f"synthetic:{planted}"  # eval / resume read the same data
+
+
+def test_data_named_in_a_config_is_kept(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model: din\ndata: synthetic:sequence_tasks\ndata_config: {num_samples: 1200}\n")
+    rc, _, err = run(["train", "--config", cfg, "--epochs", "1", "--batch-size", "256", "--no-progress",
+                      "--out", tmp_path / "run"], capsys)
+    assert rc == 0, err
+    assert "no --data" not in err
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["data"].startswith("synthetic:sequence_tasks")
