@@ -19,11 +19,11 @@ from rankops.ops.embedding_bag import FusedOptimizer
 SEQUENCE_POOLINGS = ("mean", "din", "attention", "transformer")
 
 
-def embedding_collection(schema: Schema, dim: int | None = None,
-                         fused_optimizer: FusedOptimizer | None = None) -> tuple[EmbeddingBagCollection, list[int]]:
+def embedding_collection(schema: Schema, dim: int | None = None, fused_optimizer: FusedOptimizer | None = None,
+                         init: str = "uniform") -> tuple[EmbeddingBagCollection, list[int]]:
     """One EBC over the schema's sparse features (tables shared as the schema says; ``dim``
-    overrides every table's width, e.g. one weight per task for a linear part) and, for each
-    feature in schema order, its position in the EBC's output."""
+    overrides every table's width, e.g. one weight per task for a linear part; ``init`` as the
+    EBC's) and, for each feature in schema order, its position in the EBC's output."""
     tables: dict[str, EmbeddingBagConfig] = {}
     for f in schema.sparse:
         t = tables.get(f.table_name)
@@ -32,7 +32,7 @@ def embedding_collection(schema: Schema, dim: int | None = None,
                                                       [f.name])
         else:
             t.feature_names.append(f.name)
-    ebc = EmbeddingBagCollection(list(tables.values()), fused_optimizer=fused_optimizer)
+    ebc = EmbeddingBagCollection(list(tables.values()), fused_optimizer=fused_optimizer, init=init)
     return ebc, [ebc.features.index(f.name) for f in schema.sparse]
 
 

@@ -161,10 +161,9 @@ class Ranker(RankingModel):
         # first-order term
         self.linear = None
         if use_linear:
-            self.linear, _ = embedding_collection(schema, dim=T, fused_optimizer=embedding_optimizer)
-            with torch.no_grad():
-                for w in self.linear.weights:
-                    w.zero_()
+            # zeros said to the collection, not done to its weights: a sharded run fills the tables shard by shard
+            self.linear, _ = embedding_collection(schema, dim=T, fused_optimizer=embedding_optimizer,
+                                                  init="zeros")
             self.linear_dense = nn.Linear(schema.dense_dim, T) if schema.dense_dim else None
 
         # interaction

@@ -7,6 +7,8 @@ TorchRec's names (``embedding_bags.<table>.weight``), so TorchRec checkpoints lo
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import re
 
 from dataclasses import dataclass, field
@@ -18,6 +20,7 @@ from torch import Tensor, nn
 from rankops.ops.embedding_bag import (FusedOptimizer, batched_embedding_bag, fused_batched_embedding_bag)
 
 POOLINGS = ("sum", "mean", "max")
+TABLE_INITS = ("uniform", "zeros")
 
 
 def _pooling_name(p) -> str:
@@ -116,6 +119,94 @@ def _empty_tables(rows: int, dim: int, dtype, device) -> Tensor:
     return torch.empty(rows, dim, dtype=dtype, device=device)
 
 
+# --- table init ------------------------------------------------------------------------------
+# A table's rows are drawn block by block, each block from its own generator seeded from (the
+# collection's seed, the table, the block): any row range can be made on its own (a shard on its
+# rank) with the values the whole table has in one process. The collection draws its one seed from
+# the global generator, so the dense layers built after it start alike whether or not the tables
+# are materialised (tables_on_meta).
+_INIT_BLOCK_ELEMENTS = 1 << 22  # a block's scratch copy stays at 16 MiB (fp32) whatever the dim
+_MASK64 = (1 << 64) - 1
+
+
+def init_block_rows(dim: int) -> int:
+    """Rows per init block of a ``dim``-wide table (65536 at D=64); ``init_rows`` over ranges that
+    start on these boundaries draws each row once."""
+    return max(1, _INIT_BLOCK_ELEMENTS // dim)
+
+
+def _splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def _block_generator(seed: int, table: int, block: int) -> torch.Generator:
+    # torch's CPU generator (mt19937) keeps 32 bits of its seed: two of a model's few thousand blocks
+    # share a stream with odds ~ blocks^2 / 2^33, a harmless repeat of values
+    return torch.Generator().manual_seed(_splitmix64(_splitmix64(_splitmix64(seed) ^ table) ^ block))
+
+
+def init_rows(seed: int, table: int, num_embeddings: int, dim: int, row_start: int, row_end: int,
+              dtype: torch.dtype = torch.float32, *, out: Tensor | None = None) -> Tensor:
+    """Rows ``[row_start, row_end)`` of table number ``table`` of a collection seeded ``seed``:
+    ``uniform(-b, b)``, ``b = sqrt(1 / num_embeddings)`` (TorchRec's default init), equal to those
+    rows of the whole table however the range is cut. Drawn in fp32 on the CPU (the same values on
+    every device and in every dtype, rounded), written into ``out`` (``[row_end - row_start, dim]``,
+    any device, dtype and layout) when given, else into a new CPU tensor of ``dtype``. A range
+    starting inside a block also draws (and drops) that block's rows before it."""
+    if not 0 <= row_start <= row_end <= num_embeddings:
+        raise ValueError(f"init_rows: rows [{row_start}, {row_end}) are not within the table's {num_embeddings}")
+    n = row_end - row_start
+    if out is None:
+        out = torch.empty(n, dim, dtype=dtype)
+    elif tuple(out.shape) != (n, dim):
+        raise ValueError(f"init_rows: out is {tuple(out.shape)}, rows [{row_start}, {row_end}) are {(n, dim)}")
+    bound = (1.0 / num_embeddings) ** 0.5
+    in_place = out.device.type == "cpu" and out.dtype == torch.float32 and out.is_contiguous()
+    step = init_block_rows(dim)
+    with torch.no_grad():
+        for block in range(row_start // step, -(-row_end // step)):
+            first = block * step
+            lo, hi = max(row_start, first), min(row_end, first + step)
+            g = _block_generator(seed, table, block)
+            _discard(g, (lo - first) * dim)  # a block entered past its first row
+            dst = out[lo - row_start:hi - row_start]
+            if in_place:
+                dst.uniform_(-bound, bound, generator=g)
+            else:
+                dst.copy_(torch.empty(hi - lo, dim).uniform_(-bound, bound, generator=g))
+    return out
+
+
+def _discard(g: torch.Generator, n: int) -> None:
+    """Advance ``g`` past ``n`` fp32 uniforms. The CPU kernel draws one 32-bit number per element,
+    one element after another, so n draws in small pieces leave g where one of n would (mt19937
+    has no skip-ahead), without a scratch tensor the size of a block."""
+    scratch = torch.empty(min(n, 1 << 16))
+    while n > 0:
+        k = min(n, scratch.numel())
+        scratch[:k].uniform_(generator=g)
+        n -= k
+
+
+_TABLES_ON_META: contextvars.ContextVar[bool] = contextvars.ContextVar("rankops_tables_on_meta", default=False)
+
+
+@contextlib.contextmanager
+def tables_on_meta(enabled: bool = True):
+    """EmbeddingBagCollections built inside hold their tables on the meta device: no memory and no
+    values, only shapes and ``init_seed`` (drawn as when materialised, so the rest of the model
+    starts alike). For tables that ``init_rows`` fills later, piece by piece (sharding): what a
+    model does to its tables' weights after construction is lost (say it through ``init``)."""
+    token = _TABLES_ON_META.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _TABLES_ON_META.reset(token)
+
+
 class EmbeddingBagCollection(nn.Module):
     """Pooled embeddings of many sparse features.
 
@@ -131,7 +222,12 @@ class EmbeddingBagCollection(nn.Module):
             torch optimizer and their optimizer state is saved in the state dict.
         output: "concat" (``[B, sum of dims]``) or "stacked" (``[B, T, D]``, all dims equal).
         sparse: sparse COO gradients for the tables (for torch.optim.SparseAdam / SGD).
-        dtype, device: of the tables.
+        init: how the tables start: "uniform" (``init_rows(init_seed, table's index, ...)`` over
+            all their rows, TorchRec's default; ``init_seed`` is drawn from torch's global generator
+            at construction) or "zeros" (e.g. a first-order part that starts at nothing). Said here
+            rather than done to the weights after construction, so that tables built on the meta
+            device (``tables_on_meta``) and filled later start the same.
+        dtype, device: of the tables (the meta device under ``tables_on_meta()``).
     Input (``forward``): a KeyedJaggedTensor (ours or TorchRec's; keys any order containing the
     features), a dict ``{feature: (indices, offsets[B+1])}``, or a list of ``(indices, offsets)``
     in table order; optional per-sample weights via the KJT's weights or a third tuple element.
@@ -144,8 +240,8 @@ class EmbeddingBagCollection(nn.Module):
     """
 
     def __init__(self, tables: Sequence[EmbeddingBagConfig], *, fused_optimizer: FusedOptimizer | None = None,
-                 output: str = "concat", sparse: bool = False, dtype: torch.dtype = torch.float32,
-                 device: torch.device | str | None = None):
+                 output: str = "concat", sparse: bool = False, init: str = "uniform",
+                 dtype: torch.dtype = torch.float32, device: torch.device | str | None = None):
         super().__init__()
         if not tables:
             raise ValueError("rankops.nn.EmbeddingBagCollection: needs at least one table")
@@ -156,6 +252,8 @@ class EmbeddingBagCollection(nn.Module):
             raise ValueError(f"rankops.nn.EmbeddingBagCollection: output must be 'concat' or 'stacked', got {output!r}")
         if output == "stacked" and len({t.embedding_dim for t in tables}) != 1:
             raise ValueError("rankops.nn.EmbeddingBagCollection: output='stacked' needs tables of one dim")
+        if init not in TABLE_INITS:
+            raise ValueError(f"rankops.nn.EmbeddingBagCollection: init must be one of {TABLE_INITS}, got {init!r}")
         if fused_optimizer is not None and sparse:
             raise ValueError("rankops.nn.EmbeddingBagCollection: fused_optimizer and sparse exclude each other")
         self.tables = list(tables)
@@ -170,6 +268,10 @@ class EmbeddingBagCollection(nn.Module):
         self.output = output
         self.sparse = sparse
         self.fused_optimizer = fused_optimizer
+        self.init = init
+        self.init_seed = int(torch.randint(2**63 - 1, ()))  # the global CPU generator: one draw, materialised or not
+        if _TABLES_ON_META.get():
+            device = torch.device("meta")
         # Groups: tables of one (dim, pooling), in first-appearance order; each is one buffer.
         groups: dict[tuple[int, str], list[int]] = {}
         for i, t in enumerate(tables):
@@ -182,11 +284,17 @@ class EmbeddingBagCollection(nn.Module):
             rows = [tables[i].num_embeddings for i in members]
             to = torch.zeros(len(rows) + 1, dtype=torch.int64)
             to[1:] = torch.cumsum(torch.tensor(rows), 0)
-            w = _empty_tables(int(to[-1]), tables[members[0]].embedding_dim, dtype, device)
+            dim = tables[members[0]].embedding_dim
+            w = _empty_tables(int(to[-1]), dim, dtype, device)
             for slot, i in enumerate(members):
                 self._where[i] = (gi, slot, int(to[slot]))
-                bound = (1.0 / tables[i].num_embeddings) ** 0.5  # TorchRec's default init
-                nn.init.uniform_(w[int(to[slot]):int(to[slot + 1])], -bound, bound)
+                rows = w[int(to[slot]):int(to[slot + 1])]
+                if w.is_meta:
+                    continue
+                if init == "zeros":
+                    rows.zero_()
+                else:
+                    init_rows(self.init_seed, i, tables[i].num_embeddings, dim, 0, tables[i].num_embeddings, out=rows)
             self.weights.append(nn.Parameter(w, requires_grad=fused_optimizer is None))
             self.register_buffer(f"_table_offsets_{gi}", to.to(device), persistent=False)
             if fused_optimizer is not None:
@@ -441,4 +549,5 @@ class EmbeddingBagCollection(nn.Module):
         return f"tables=[{tabs}], groups={len(self._groups)}, output={self.output}{fused}"
 
 
-__all__ = ["EmbeddingBagCollection", "EmbeddingBagConfig", "KeyedJaggedTensor"]
+__all__ = ["EmbeddingBagCollection", "EmbeddingBagConfig", "KeyedJaggedTensor", "init_block_rows", "init_rows",
+           "tables_on_meta"]

@@ -682,7 +682,10 @@ def _train(cfg: dict, out: Path, rank: int, world: int) -> int:
     torch.manual_seed(int(cfg["seed"]))
     if cfg.get("shard_embeddings") and cfg.get("embedding_optimizer") in (None, "none"):
         cfg["embedding_optimizer"] = "rowwise_adagrad"  # FBGEMM's CPU tables have no Adam; saved in run.json
-    model = build_model(cfg, data.schema, fused=not cfg.get("shard_embeddings"))
+    from rankops.nn.embedding_bag import tables_on_meta
+
+    with tables_on_meta(bool(cfg.get("shard_embeddings"))):  # sharded: each rank makes its shards' rows only
+        model = build_model(cfg, data.schema, fused=not cfg.get("shard_embeddings"))
     try:
         tc = TrainConfig(epochs=int(cfg["epochs"]), batch_size=int(cfg["batch_size"]) // world, lr=float(cfg["lr"]),
                          optimizer=cfg["optimizer"], weight_decay=float(cfg["weight_decay"]), seed=int(cfg["seed"]),

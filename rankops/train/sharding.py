@@ -22,15 +22,26 @@ Optimizers: our fused ones map one to one onto FBGEMM's (same update, same eps, 
 
 FBGEMM's CPU kernels have no Adam, so tables cannot follow a dense ``--optimizer adam`` here.
 
+Memory: no rank holds a whole table at the start. The model is built with its tables on the meta
+device (``rankops.nn.embedding_bag.tables_on_meta``: shapes and each collection's ``init_seed``,
+no rows); DMP allocates each rank's shards; each rank fills its own rows (and, for a table held
+in copies, each copy) with ``init_rows``, which gives the rows the whole table has in one process
+built from the same seed. The tables' optimizer state starts at zero (FBGEMM's), as ours. The
+dense layers are built alike on every rank (same seed). A model whose tables are materialised is
+sharded as it is: its rows are copied in.
+
 Checkpoints hold the gathered (unsharded) state dict under the unsharded model's names, the
 tables' optimizer state included (``embedding_bags.<t>.rowwise_adagrad_sum`` as our collection
 saves it), so ``rankops eval`` / ``export`` load them in one process and a resume scatters them
-back into the shards (an exact resume).
+back into the shards (an exact resume). Those two do hold whole tables: gathering a checkpoint
+builds it in rank 0's host memory, and ``--resume`` loads the whole checkpoint on every rank
+before each takes its shards' rows.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import sys
 import warnings
@@ -39,7 +50,7 @@ from typing import Mapping
 import torch
 from torch import Tensor, nn
 
-from rankops.nn.embedding_bag import EmbeddingBagCollection, _kjt_parts
+from rankops.nn.embedding_bag import EmbeddingBagCollection, _kjt_parts, init_block_rows, init_rows
 
 SHARDINGS = ("auto", "table_wise", "row_wise")
 TABLE_OPTIMIZERS = ("sgd", "adagrad", "rowwise_adagrad")
@@ -90,7 +101,9 @@ class TorchRecTables(nn.Module):
     order (each table's ``feature_names`` in turn), as ours; ``features``, ``tables`` and ``output``
     as ours. The tables are made on the meta device: DMP allocates each rank's shards only. A
     table whose width is not a multiple of 4 (DeepFM's first-order weights: 1 per task) is held as
-    ``replicas(D)`` copies side by side (``_Replicas``).
+    ``replicas(D)`` copies side by side (``_Replicas``). ``initial_rows[t](a, b)`` gives rows
+    ``[a, b)`` of table t as ``ebc`` starts (its ``init_rows``, or its rows where materialised),
+    for ``ShardedModel`` to fill the shards from.
     Unpooled ``lookup`` (behaviour sequences) has no TorchRec counterpart here.
     """
 
@@ -106,6 +119,7 @@ class TorchRecTables(nn.Module):
         self.tables, self.features, self.output = list(ebc.tables), list(ebc.features), ebc.output
         self.replicas = {t.name: replicas(t.embedding_dim) for t in ebc.tables}
         self._copies = [self.replicas[t.name] for t in ebc.tables for _ in t.feature_names]  # per feature
+        self.initial_rows = {t.name: _initial_rows(ebc, i) for i, t in enumerate(ebc.tables)}
         self.ebc = torchrec.EmbeddingBagCollection(
             [torchrec.EmbeddingBagConfig(name=t.name, num_embeddings=t.num_embeddings,
                                          embedding_dim=t.embedding_dim * self.replicas[t.name],
@@ -133,6 +147,22 @@ class TorchRecTables(nn.Module):
                          f"which TorchRec's sharded EmbeddingBagCollection does not serve")
 
 
+def _initial_rows(ebc: EmbeddingBagCollection, i: int):
+    """``rows(a, b, out=None) -> [b - a, D]``: rows of ``ebc``'s table i as it starts (written into
+    ``out`` when given), without materialising the table."""
+    t = ebc.tables[i]
+    w = ebc.table_weight(t.name)
+    if w.is_meta and ebc.init == "uniform":
+        return functools.partial(init_rows, ebc.init_seed, i, t.num_embeddings, t.embedding_dim, dtype=w.dtype)
+
+    def rows(a: int, b: int, out: Tensor | None = None) -> Tensor:
+        if w.is_meta:  # init "zeros"
+            return torch.zeros(b - a, t.embedding_dim, dtype=w.dtype) if out is None else out.zero_()
+        return w[a:b].detach() if out is None else out.copy_(w[a:b])
+
+    return rows
+
+
 def _swap_tables(model: nn.Module) -> dict[str, tuple[str, TorchRecTables]]:
     """Replace every one of our collections in ``model`` by a ``TorchRecTables``; returns, per
     sharded state-dict prefix, the unsharded one and the new module (``features.embeddings.ebc.`` ->
@@ -154,7 +184,8 @@ class ShardedModel:
 
     Args:
         model: a rankops model (its tables are our EmbeddingBagCollections, without a fused
-            optimizer); changed in place: its collections become ``TorchRecTables``.
+            optimizer; built under ``tables_on_meta()`` so that no whole table is ever made);
+            changed in place: its collections become ``TorchRecTables``.
         optimizer, lr, eps: the tables' fused optimizer (TABLE_OPTIMIZERS), as ``FusedOptimizer``.
         sharding: "auto" (TorchRec's planner picks table-wise or row-wise per table), or one of
             them for every table.
@@ -185,9 +216,6 @@ class ShardedModel:
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self.device = torch.device(device)
         self.model, self.optimizer = model, optimizer
-        # the initial weights, every rank alike (it keeps the replaced collections' tables alive until
-        # they are copied into the shards: no second copy)
-        full = model.state_dict()
         if not get_gradient_division():  # the tables would step W times too far (module docstring)
             raise ValueError("--shard-embeddings: TorchRec's gradient division is switched off in this process")
         self._prefixes = _swap_tables(model)
@@ -212,7 +240,7 @@ class ShardedModel:
         with _quiet():
             self.plan = planner.collective_plan(model, [sharder], dist.GroupMember.WORLD)
             self.dmp = DistributedModelParallel(model, plan=self.plan, sharders=[sharder], device=self.device)
-        self.load_state_dict(full)
+        self._fill_shards()
 
     # -----------------------------------------------------------------------------------------
 
@@ -258,6 +286,29 @@ class ShardedModel:
                     if name.endswith(".momentum1") and isinstance(st, ShardedTensor):
                         out[self._unsharded(key)[:-len("weight")] + self._state_name] = st
         return out
+
+    @torch.no_grad()
+    def _fill_shards(self) -> None:
+        """Each local shard's rows (and columns) of its table as the unsharded model starts, made a
+        block of init rows at a time: this rank never holds more than its shards and one block."""
+        with _quiet():  # ShardedTensor's deprecation warning on every access
+            sharded = self._sharded_tensors()
+            for plain, tables in self._prefixes.values():
+                for name, rows in tables.initial_rows.items():
+                    st, copies = sharded[f"{plain}embedding_bags.{name}.weight"], tables.replicas[name]
+                    width = st.size(1)
+                    step = init_block_rows(width // copies)
+                    for shard in st.local_shards():
+                        (r0, c0), (nr, nc) = shard.metadata.shard_offsets, shard.metadata.shard_sizes
+                        # chunks on init-block edges: each block drawn once, a block's worth made on the side at most
+                        edges = [r0, *range((r0 // step + 1) * step, r0 + nr, step), r0 + nr]
+                        for a, b in zip(edges, edges[1:]):
+                            dst = shard.tensor[a - r0:b - r0]
+                            if copies == 1 and nc == width:
+                                rows(a, b, out=dst)
+                            else:
+                                dst.copy_(rows(a, b).repeat(1, copies)[:, c0:c0 + nc])
+                tables.initial_rows = {}  # a materialised collection's tables are free to go
 
     def state_dict(self) -> dict[str, Tensor]:
         """The whole model's state dict under the unsharded model's names on rank 0 (empty on the

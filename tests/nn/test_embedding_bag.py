@@ -255,3 +255,56 @@ def test_large_cpu_tables_on_huge_pages():
     other = EmbeddingBagCollection([EmbeddingBagConfig("big", 40_000, 32), EmbeddingBagConfig("small", 7, 32)])
     other.load_state_dict(ebc.state_dict())
     assert torch.equal(other.table_weight("big"), ebc.table_weight("big"))
+
+
+def test_init_rows_any_range_equals_the_whole_table():
+    """init_rows over [a, b) is rows a..b of the whole table, for ranges inside a block, starting
+    mid-block and crossing block edges, into a CPU tensor, a column slice and another dtype; the
+    whole table is what the collection holds; uniform within TorchRec's bound."""
+    from rankops.nn.embedding_bag import init_block_rows, init_rows
+
+    N, D = 70_000, 128  # init blocks of 32768 rows: 3 blocks, the last partial
+    step = init_block_rows(D)
+    assert step == 32_768
+    torch.manual_seed(0)
+    ebc = EmbeddingBagCollection([EmbeddingBagConfig("a", 11, 4), EmbeddingBagConfig("big", N, D)])
+    whole = ebc.table_weight("big").detach()
+    assert torch.equal(whole, init_rows(ebc.init_seed, 1, N, D, 0, N))
+    bound = (1.0 / N) ** 0.5
+    # uniform(-b, b) (b as fp32 rounds it): std b/sqrt(3)
+    assert float(whole.abs().max()) <= bound * (1 + 1e-6) and float(whole.std()) > 0.5 * bound
+    for a, b in [(0, 1), (5, 9), (step - 3, step + 4), (step, 2 * step), (1, N), (2 * step + 1, N), (N, N)]:
+        assert torch.equal(init_rows(ebc.init_seed, 1, N, D, a, b), whole[a:b]), (a, b)
+    wide = torch.zeros(10, 2 * D)
+    init_rows(ebc.init_seed, 1, N, D, step - 5, step + 5, out=wide[:, D:])  # a strided out
+    assert torch.equal(wide[:, D:], whole[step - 5:step + 5]) and not wide[:, :D].any()
+    half = init_rows(ebc.init_seed, 1, N, D, step - 2, step + 2, torch.bfloat16)
+    assert half.dtype == torch.bfloat16 and torch.equal(half, whole[step - 2:step + 2].bfloat16())
+    assert not torch.equal(init_rows(ebc.init_seed, 0, 11, 4, 0, 4), init_rows(ebc.init_seed + 1, 0, 11, 4, 0, 4))
+    with pytest.raises(ValueError, match="not within"):
+        init_rows(ebc.init_seed, 1, N, D, 5, N + 1)
+
+
+def test_tables_on_meta_draw_the_same_seed_and_leave_the_rest_alike():
+    """Under tables_on_meta the tables take no memory, the collection's seed and every module built
+    after it (its RNG stream) are as when materialised."""
+    from rankops.nn.embedding_bag import tables_on_meta
+
+    def build():
+        ebc = EmbeddingBagCollection([EmbeddingBagConfig("t", 1000, 8)], fused_optimizer=FusedOptimizer("adagrad"))
+        return ebc, nn.Linear(8, 3)
+
+    torch.manual_seed(3)
+    ebc, dense = build()
+    torch.manual_seed(3)
+    with tables_on_meta():
+        meta, meta_dense = build()
+    assert meta.weights[0].is_meta and tuple(meta.weights[0].shape) == (1000, 8)
+    assert meta.init_seed == ebc.init_seed
+    assert torch.equal(meta_dense.weight, dense.weight)
+    with tables_on_meta(False):
+        assert not EmbeddingBagCollection([EmbeddingBagConfig("t", 10, 8)]).weights[0].is_meta
+    zeros = EmbeddingBagCollection([EmbeddingBagConfig("t", 10, 8)], init="zeros")
+    assert not zeros.table_weight("t").any()
+    with pytest.raises(ValueError, match="init must be one of"):
+        EmbeddingBagCollection([EmbeddingBagConfig("t", 10, 8)], init="normal")

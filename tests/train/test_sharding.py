@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -145,3 +146,81 @@ def test_narrow_tables_are_held_as_copies_that_step_as_one():
     g = torch.randn(5, 3)
     y.backward(g)
     torch.testing.assert_close(x.grad, g.repeat(1, 4))
+
+
+# one row-wise sharded table of 2M x 16 fp32 (122 MiB): each of 2 ranks holds 1M rows (61 MiB)
+BIG_ROWS, BIG_DIM = 2_000_000, 16
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def _rss_worker(out: Path, materialised: bool) -> None:
+    """One rank of ``test_sharded_tables_are_never_whole_on_a_rank``: the growth of its peak RSS
+    (VmHWM, reset to the current RSS by /proc/self/clear_refs) over building the model and sharding
+    it; its shard's rows checked against ``init_rows``. ``materialised`` builds the tables whole
+    first (the path before tables_on_meta), for comparison."""
+    import torch.distributed as dist
+    import torchrec  # noqa: F401  (imported before the baseline: its import is not the tables)
+
+    from rankops.nn.embedding_bag import EmbeddingBagCollection, EmbeddingBagConfig, init_rows, tables_on_meta
+    from rankops.train.sharding import ShardedModel
+
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    report = {"rank": rank, "table_mib": BIG_ROWS * BIG_DIM * 4 / 2**20}
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+    except OSError as e:
+        report["skip"] = f"cannot reset the peak RSS ({e})"
+    base = _status_kib("VmRSS")
+    torch.manual_seed(0)
+    with tables_on_meta(not materialised):
+        model = torch.nn.Module()
+        # and a narrow one, held as 4 side-by-side copies of width 3, each filled alike
+        model.embeddings = EmbeddingBagCollection([EmbeddingBagConfig("big", BIG_ROWS, BIG_DIM),
+                                                   EmbeddingBagConfig("narrow", 1000, 3)])
+        model.head = torch.nn.Linear(BIG_DIM, 1)
+    seed = model.embeddings.init_seed
+    sharded = ShardedModel(model, sharding="row_wise")
+    report["growth_mib"] = (_status_kib("VmHWM") - base) / 1024
+    tensors = sharded._sharded_tensors()
+    (shard,) = tensors["embeddings.embedding_bags.big.weight"].local_shards()
+    r0, n = shard.metadata.shard_offsets[0], shard.metadata.shard_sizes[0]
+    report["shard_rows"] = [r0, r0 + n]
+    for a in (r0, r0 + n // 2 - 7, r0 + n - 5):  # first, middle (across an init block edge) and last rows
+        want = init_rows(seed, 0, BIG_ROWS, BIG_DIM, a, a + 5 if a == r0 + n - 5 else a + 10)
+        assert torch.equal(shard.tensor[a - r0:a - r0 + len(want)], want), (rank, a)
+    (shard,) = tensors["embeddings.embedding_bags.narrow.weight"].local_shards()
+    r0, n = shard.metadata.shard_offsets[0], shard.metadata.shard_sizes[0]
+    assert tuple(shard.tensor.shape) == (n, 12) and n == 500
+    assert torch.equal(shard.tensor, init_rows(seed, 1, 1000, 3, r0, r0 + n).repeat(1, 4)), rank
+    (out / f"rank{rank}.json").write_text(json.dumps(report))
+    dist.destroy_process_group()
+
+
+@needs_torchrec
+def test_sharded_tables_are_never_whole_on_a_rank(tmp_path):
+    """Row-wise over 2 processes, a 122 MiB table: each rank's peak RSS grows by its 61 MiB shard
+    and FBGEMM's change (74 MiB in all), never by the whole table (built whole first: 199 MiB, the
+    table and the shard copied out of it); each shard holds the rows init_rows gives.
+    By hand: ``torchrun --nproc_per_node=2 -m tests.train.test_sharding DIR [materialised]`` writes
+    DIR/rank<r>.json."""
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+                        f"--master_port={_port()}", "-m", "tests.train.test_sharding", str(tmp_path)],
+                       cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    if "skip" in reports[0]:
+        pytest.skip(reports[0]["skip"])
+    assert sorted(tuple(r["shard_rows"]) for r in reports) == [(0, BIG_ROWS // 2), (BIG_ROWS // 2, BIG_ROWS)]
+    for r in reports:
+        assert r["growth_mib"] < 0.75 * r["table_mib"], r  # the shard is half the table
+
+
+if __name__ == "__main__":  # a rank of test_sharded_tables_are_never_whole_on_a_rank, under torchrun
+    _rss_worker(Path(sys.argv[1]), materialised=sys.argv[2:] == ["materialised"])
