@@ -31,11 +31,13 @@ class Dataset(Protocol):
 
 
 def global_batches(rows: int, global_batch: int, world: int) -> int:
-    """The steps of a pass over ``rows`` rows in global batches under ``world`` ranks: a last global
-    batch of fewer rows than ranks is dropped (a rank left without rows would skip a step its peers
-    take, and their gradient all-reduce would wait for it forever)."""
+    """The steps of a pass over ``rows`` rows in global batches under ``world`` ranks. A last global
+    batch is cut to a multiple of ``world`` rows (at most ``world - 1`` rows a pass left out), so
+    every rank steps on as many rows as its peers: DDP's average of the ranks' mean losses is then
+    the global batch's mean, TorchRec's sharded tables get the equal batches they need, and no rank
+    is left without rows to skip a step its peers take (their all-reduce would wait for it)."""
     full, tail = divmod(rows, global_batch)
-    return full + (tail >= world and tail > 0)
+    return full + (tail >= world)
 
 
 @dataclass

@@ -448,15 +448,15 @@ def part_chunks(chunks: Iterator[pa.Table], part: tuple[float, str, int] | None)
 
 def global_slice(rows: int, global_batch: int, rank: int, world: int) -> np.ndarray:
     """The row indices of ``rank``'s part of each global batch over ``rows`` rows: its contiguous
-    ``global_batch / world`` rows of every full one, its ``tensor_split`` part of a shorter last one
-    (dropped below ``world`` rows: ``global_batches``)."""
+    ``global_batch / world`` rows of every full one and its equal share of a shorter last one, cut
+    to a multiple of ``world`` rows (``global_batches``)."""
     local = global_batch // world
     full, tail = divmod(rows, global_batch)
     idx = [(np.arange(full)[:, None] * global_batch + rank * local + np.arange(local)[None, :]).ravel()]
-    if tail >= world:
-        sizes = [tail // world + (r < tail % world) for r in range(world)]
-        first = full * global_batch + sum(sizes[:rank])
-        idx.append(np.arange(first, first + sizes[rank]))
+    share = tail // world
+    if share:
+        first = full * global_batch + rank * share
+        idx.append(np.arange(first, first + share))
     return np.concatenate(idx).astype(np.int64)
 
 
@@ -485,8 +485,8 @@ class StreamingDataset:
     def shard(self, rank: int, world: int) -> "StreamingDataset":
         """Make this rank ``rank``'s part of ``world``: every rank reads and parses the whole file in
         the same order, cuts it into global batches of ``world x batch_size`` rows and encodes only its
-        own contiguous slice of each (``global_slice``), so the ranks together train on exactly the
-        batches one process would, and all take the same number of steps."""
+        own contiguous slice of each (``global_slice``), so the ranks together train on the batches
+        one process would (a last one cut to a multiple of ``world`` rows), in equal shares."""
         self.rank, self.world = rank, world
         return self
 

@@ -545,7 +545,8 @@ def _early_metric(metric: str | None, schema) -> str | None:
 class ShardedDataset:
     """One rank's part of an in-memory data set under torchrun: every rank walks the same global
     order (seed, epoch) in global batches of ``world x batch_size`` and takes its own contiguous slice
-    of each, so the ranks together see exactly the batches one process would."""
+    of each, so the ranks together see the batches one process would (a last global batch cut to a
+    multiple of ``world`` rows: ``global_batches``)."""
 
     def __init__(self, data, rank: int, world: int):
         self.data, self.rank, self.world, self.schema = data, rank, world, data.schema
@@ -567,7 +568,9 @@ class ShardedDataset:
         else:
             order = torch.arange(n)
         for i in range(start * G, global_batches(n, G, self.world) * G, G):
-            yield self.data.take(order[i:i + G].tensor_split(self.world)[self.rank])
+            part = order[i:i + G]
+            share = part.numel() // self.world  # a last global batch: cut to equal shares
+            yield self.data.take(part[self.rank * share:(self.rank + 1) * share])
 
 
 def _distributed(cfg: dict) -> tuple[int, int]:
