@@ -234,13 +234,19 @@ class ShardedModel:
         tables = [t for m in model.modules() if isinstance(m, TorchRecTables) for t in m.tables]
         # keyed by table name alone (DeepFM's linear part names its tables as the embeddings do): one for all
         constraints = {t.name: ParameterConstraints(sharding_types=kinds, compute_kernels=["fused"]) for t in tables}
-        planner = EmbeddingShardingPlanner(
-            topology=Topology(world_size=self.world, local_world_size=self.world, compute_device=self.device.type),
-            constraints=constraints)
         with _quiet():
+            planner = EmbeddingShardingPlanner(
+                topology=Topology(world_size=self.world, local_world_size=self.world, compute_device=self.device.type),
+                constraints=constraints)
             self.plan = planner.collective_plan(model, [sharder], dist.GroupMember.WORLD)
             self.dmp = DistributedModelParallel(model, plan=self.plan, sharders=[sharder], device=self.device)
         self._fill_shards()
+        # TorchRec's steps call torch.distributed collectives torch deprecates (a FutureWarning on every
+        # rank) and ask is_fx_tracing (a logged warning): noise to a user of the command line
+        warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed.c10d_logger")
+        import logging
+
+        logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
 
     # -----------------------------------------------------------------------------------------
 
@@ -391,6 +397,12 @@ def _is_table_state(key: str) -> bool:
 
 
 def print_plan(sharded: ShardedModel, file=sys.stderr) -> None:
+    """One line on rank 0: the tables by how they are sharded (named where few; metrics.json lists each)."""
     if sharded.rank == 0:
-        tables = ", ".join(f"{t} {how}" for t, how in sharded.describe().items())
-        print(f"rankops train: TorchRec's plan over {sharded.world} processes: {tables}", file=file, flush=True)
+        groups: dict[str, list[str]] = {}
+        for t, how in sharded.describe().items():
+            groups.setdefault(how, []).append(t)
+        parts = [f"{how}: {', '.join(ts)}" if len(ts) <= 4 else f"{how}: {len(ts)} tables ({ts[0]} ... {ts[-1]})"
+                 for how, ts in groups.items()]
+        print(f"rankops train: TorchRec's plan over {sharded.world} processes: {'; '.join(parts)}", file=file,
+              flush=True)
