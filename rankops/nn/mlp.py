@@ -7,6 +7,9 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from rankops import backend
+from rankops.ops import _dispatch
+
 ACTIVATIONS = {"relu": nn.ReLU, "prelu": nn.PReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "gelu": nn.GELU,
                "silu": nn.SiLU, "linear": nn.Identity}
 NORMS = (None, "batch", "layer")
@@ -71,7 +74,43 @@ class MLP(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[-1] != self.in_dim:
             raise ValueError(f"rankops.nn.MLP: input width {x.shape[-1]} != in_dim {self.in_dim}")
+        first = self.layers[0] if self.hidden_units else None
+        if first is not None and self.in_dim % _ALIGN and self.in_dim >= 64 and x.requires_grad \
+                and _dispatch.eager(x, first.weight) and backend.current() != "reference":
+            h = _AlignedGradLinear.apply(x.reshape(-1, self.in_dim), first.weight, first.bias)
+            return self.layers[1:](h.view(*x.shape[:-1], h.shape[-1]))
         return self.layers(x)
+
+
+_ALIGN = 16  # fp32 elements in a 64-byte cache line
+
+
+class _AlignedGradLinear(torch.autograd.Function):
+    """``x W^T + b`` (nn.Linear's product and gradients), the input's gradient ``g W`` written with
+    rows padded to whole cache lines. Ranking models' MLP inputs are rarely that wide (26 x 16 + 13
+    = 429 Criteo features): ``[4096, K] x [K, 429]`` ran 1.3-1.9x slower in MKL on the 2-core EPYC
+    than into rows of 432 (K = 1024 .. 256), the largest product of a DCN-V2 / DeepFM / MMoE step.
+    The weight's gradient and the forward (inner dimension 429) run as fast either way."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return torch.addmm(bias, x, weight.t()) if bias is not None else x.mm(weight.t())
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, weight = ctx.saved_tensors
+        gx = gw = gb = None
+        if ctx.needs_input_grad[0]:
+            n = weight.shape[1]
+            padded = torch.nn.functional.pad(weight, (0, -n % _ALIGN))  # [out, n + pad], zeros on the right
+            gx = grad.mm(padded)[:, :n]
+        if ctx.needs_input_grad[1]:
+            gw = grad.t().mm(x)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            gb = grad.sum(0)
+        return gx, gw, gb
 
 
 def masked_mean(seq: Tensor, lengths: Tensor) -> Tensor:

@@ -1,0 +1,54 @@
+"""rankops.nn.MLP: a first layer over an input of odd width writes its input gradient into rows padded
+to whole cache lines (MKL's unaligned-row speed), with nn.Linear's values."""
+
+import pytest
+import torch
+
+import rankops
+from rankops.nn.mlp import MLP
+
+
+def _grads(mlp, x, g):
+    x = x.detach().requires_grad_()
+    out = mlp(x)
+    return out, torch.autograd.grad(out, [x, *mlp.parameters()], g)
+
+
+def _nodes(t) -> set[str]:
+    """The names of the autograd nodes behind ``t``."""
+    seen, todo = {}, [t.grad_fn]
+    while todo:
+        fn = todo.pop()
+        if fn is not None and id(fn) not in seen:
+            seen[id(fn)] = type(fn).__name__
+            todo.extend(f for f, _ in fn.next_functions)
+    return set(seen.values())
+
+
+# (BatchNorm1d takes [B, C] only: a [3, 5, C] input is for the other norms)
+@pytest.mark.parametrize("in_dim, hidden, shape, norm, dropout", [
+    (429, (64, 32), (96,), None, 0.0), (429, (64, 32), (96,), "batch", 0.0), (429, (64,), (96,), "layer", 0.3),
+    (70, (16,), (3, 5), None, 0.0), (70, (16,), (3, 5), "layer", 0.3), (64, (16,), (8,), None, 0.0),
+    (64, (16,), (8,), "batch", 0.0)])
+def test_aligned_first_layer_equals_linear(in_dim, hidden, shape, norm, dropout):
+    torch.manual_seed(0)
+    mlp = MLP(in_dim, hidden, "relu", dropout=dropout, norm=norm)
+    x, g = torch.randn(*shape, in_dim), torch.randn(*shape, hidden[-1])
+    torch.manual_seed(1)
+    out, grads = _grads(mlp, x, g)
+    torch.manual_seed(1)  # the same dropout masks
+    with rankops.use_backend("reference"):  # the modules one by one: what a user writes
+        ref, ref_grads = _grads(mlp, x, g)
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)  # the same product
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    aligned = "_AlignedGradLinearBackward" in _nodes(out)
+    assert aligned == (in_dim % 16 != 0), _nodes(out)  # 64 wide rows are whole cache lines already
+
+
+def test_no_input_gradient_no_aligned_path():
+    mlp = MLP(429, (8,))
+    out = mlp(torch.randn(4, 429))
+    assert "_AlignedGradLinearBackward" not in _nodes(out)
+    out.sum().backward()
+    assert mlp.layers[0].weight.grad is not None
