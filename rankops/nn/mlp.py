@@ -74,15 +74,32 @@ class MLP(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[-1] != self.in_dim:
             raise ValueError(f"rankops.nn.MLP: input width {x.shape[-1]} != in_dim {self.in_dim}")
-        first = self.layers[0] if self.hidden_units else None
-        if first is not None and self.in_dim % _ALIGN and self.in_dim >= 64 and x.requires_grad \
-                and _dispatch.eager(x, first.weight) and backend.current() != "reference":
+        if self.hidden_units and aligns(x, self.layers[0].weight):
+            first = self.layers[0]
             h = _AlignedGradLinear.apply(x.reshape(-1, self.in_dim), first.weight, first.bias)
             return self.layers[1:](h.view(*x.shape[:-1], h.shape[-1]))
         return self.layers(x)
 
 
 _ALIGN = 16  # fp32 elements in a 64-byte cache line
+
+
+def aligns(x: Tensor, weight: Tensor) -> bool:
+    """Whether ``x W^T``'s input gradient should take ``_AlignedGradLinear``: an odd width of at least 64
+    (narrower ones are cheap either way), in plain eager training, outside the reference backend (what
+    a user writes without rankops; torch.compile and export trace nn.Linear)."""
+    n = weight.shape[1]
+    return (n % _ALIGN != 0 and n >= 64 and x.requires_grad and _dispatch.eager(x, weight)
+            and backend.current() != "reference")
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """``x [.., n] W^T + b`` as nn.Linear computes it, its input gradient into rows padded to whole
+    cache lines where ``aligns`` says so (``_AlignedGradLinear``)."""
+    if not aligns(x, weight):
+        return torch.nn.functional.linear(x, weight, bias)
+    out = _AlignedGradLinear.apply(x.reshape(-1, weight.shape[1]), weight, bias)
+    return out.view(*x.shape[:-1], out.shape[-1])
 
 
 class _AlignedGradLinear(torch.autograd.Function):

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import rankops
+from rankops.nn import mlp
 from rankops.patch import _shared, _tables
 from rankops.patch._core import Leave, register
 
@@ -464,13 +465,16 @@ def _dnn(m):
         lead = x.shape[:-1]
         x = x.reshape(-1, x.shape[-1])
         fused = not (torch.is_grad_enabled() and (x.requires_grad or self.linears[0].weight.requires_grad))
-        for lin in self.linears:
+        for i, lin in enumerate(self.linears):
             if fused:  # (no autograd formula: inference only)
                 x = torch._addmm_activation(lin.bias, x, lin.weight.t())
+            elif i == 0:  # an input of odd width (429 Criteo features): its gradient into aligned rows
+                x = mlp.linear(x, lin.weight, lin.bias).relu_()
             else:
                 x = torch.addmm(lin.bias, x, lin.weight.t()).relu_()
             x = self.dropout(x)
         return x.reshape(*lead, x.shape[-1])
 
     return {"forward": forward}, (f"inference: Linear + ReLU as one torch._addmm_activation x {len(m.linears)} "
-                                  f"(the ReLU in the GEMM epilogue on CUDA); training: unchanged math"), None
+                                  f"(the ReLU in the GEMM epilogue on CUDA); training: unchanged math, the first "
+                                  f"layer's input gradient into cache-line-padded rows"), None
