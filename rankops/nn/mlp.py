@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from rankops import backend
-from rankops.ops import _dispatch
+from rankops.ops import _declare, _dispatch
 
 ACTIVATIONS = {"relu": nn.ReLU, "prelu": nn.PReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "gelu": nn.GELU,
                "silu": nn.SiLU, "linear": nn.Identity}
@@ -86,11 +86,14 @@ _ALIGN = 16  # fp32 elements in a 64-byte cache line
 
 def aligns(x: Tensor, weight: Tensor) -> bool:
     """Whether ``x W^T``'s input gradient should take ``_AlignedGradLinear``: an odd width of at least 64
-    (narrower ones are cheap either way), in plain eager training, outside the reference backend (what
-    a user writes without rankops; torch.compile and export trace nn.Linear)."""
+    (narrower ones are cheap either way) in training, outside the reference backend (what a user writes
+    without rankops; torch.compile of the reference, ``tracing_reference``, traces nn.Linear too)."""
     n = weight.shape[1]
-    return (n % _ALIGN != 0 and n >= 64 and x.requires_grad and _dispatch.eager(x, weight)
-            and backend.current() != "reference")
+    if n % _ALIGN == 0 or n < 64 or not x.requires_grad:
+        return False
+    if torch.compiler.is_compiling():
+        return not _declare.TRACING_REFERENCE
+    return _dispatch.eager(x, weight) and backend.current() != "reference"
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:

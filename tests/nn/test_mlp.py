@@ -52,3 +52,15 @@ def test_no_input_gradient_no_aligned_path():
     assert "_AlignedGradLinearBackward" not in _nodes(out)
     out.sum().backward()
     assert mlp.layers[0].weight.grad is not None
+
+
+def test_compiled_aligned_first_layer_matches_eager():
+    torch.manual_seed(0)
+    mlp = MLP(429, (32, 16))
+    x, g = torch.randn(24, 429), torch.randn(24, 16)
+    compiled = torch.compile(mlp, fullgraph=True)
+    out, grads = _grads(compiled, x, g)
+    ref, ref_grads = _grads(mlp, x, g)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
