@@ -76,8 +76,7 @@ class MLP(nn.Module):
             raise ValueError(f"rankops.nn.MLP: input width {x.shape[-1]} != in_dim {self.in_dim}")
         if self.hidden_units and aligns(x, self.layers[0].weight):
             first = self.layers[0]
-            h = _AlignedGradLinear.apply(x.reshape(-1, self.in_dim), first.weight, first.bias)
-            return self.layers[1:](h.view(*x.shape[:-1], h.shape[-1]))
+            return self.layers[1:](linear(x, first.weight, first.bias))
         return self.layers(x)
 
 
@@ -86,11 +85,11 @@ _ALIGN = 16  # fp32 elements in a 64-byte cache line
 
 def aligns(x: Tensor, weight: Tensor) -> bool:
     """Whether ``x W^T``'s input gradient should take ``_AlignedGradLinear``: an odd width of at least 64
-    (narrower ones are cheap either way) in training, outside the reference backend (what a user writes
+    (narrower ones are cheap either way) in training, outside autocast and the reference backend (what a user writes
     without rankops; torch.compile of the reference, ``tracing_reference``, traces nn.Linear too)."""
     n = weight.shape[1]
-    if n % _ALIGN == 0 or n < 64 or not x.requires_grad:
-        return False
+    if n % _ALIGN == 0 or n < 64 or not x.requires_grad or torch.is_autocast_enabled(x.device.type):
+        return False  # (under autocast the product runs in bf16 / fp16 and its backward would not)
     if torch.compiler.is_compiling():
         return not _declare.TRACING_REFERENCE
     return _dispatch.eager(x, weight) and backend.current() != "reference"

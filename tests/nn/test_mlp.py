@@ -64,3 +64,14 @@ def test_compiled_aligned_first_layer_matches_eager():
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
     for a, b in zip(grads, ref_grads):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_autocast_trains_through_nn_linear():
+    """Under autocast the first layer runs in bf16 as nn.Linear does (its gradient too)."""
+    mlp = MLP(429, (32,))
+    x = torch.randn(8, 429, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = mlp(x)
+    assert out.dtype == torch.bfloat16 and "_AlignedGradLinearBackward" not in _nodes(out)
+    out.float().sum().backward()
+    assert x.grad.shape == x.shape and mlp.layers[0].weight.grad is not None
