@@ -38,16 +38,31 @@ def check_embedding(emb: nn.Module, name: str) -> None:
 
 class _Alias(torch.autograd.Function):
     """The stacked buffer as a function of the tables: forward returns it without copying,
-    backward hands each table its rows of the gradient."""
+    backward hands each table its rows of the gradient, plus a pending whole-table L2 gradient
+    (``_SumSquares``) added in place into the lookup's fresh dense gradient: one pass, no
+    [rows, D] temporary (a fresh 16 MB tensor a step faults its pages in, 4 KiB at a time)."""
 
     @staticmethod
-    def forward(ctx, buf: Tensor, rows: tuple[int, ...], *params: Tensor) -> Tensor:
-        ctx.rows = rows
+    def forward(ctx, buf: Tensor, rows: tuple[int, ...], stack: "StackedTables", *params: Tensor) -> Tensor:
+        ctx.rows, ctx.stack = rows, stack
+        ctx.save_for_backward(buf)
         return buf.detach()
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        return (None, None, *grad.split(ctx.rows, 0))
+        stack, task = ctx.stack, _graph_task()
+        pending, stack.pending_l2 = stack.pending_l2, None
+        stack.alias_task = task
+        if pending is not None and pending[0] == task:  # (one left by a backward that failed: dropped)
+            (buf,) = ctx.saved_tensors
+            grad = grad.addcmul_(buf, pending[1])  # grad: the lookup backward's own new tensor
+        return (None, None, None, *grad.split(ctx.rows, 0))
+
+
+def _graph_task() -> int | None:
+    """The running backward's id (torch >= 2.2); None where torch has no such call."""
+    f = getattr(torch._C, "_current_graph_task_id", None)
+    return f() if f is not None else None
 
 
 class StackedTables:
@@ -66,6 +81,11 @@ class StackedTables:
             base.append(base[-1] + r)
         self.base_list = base[:-1]
         self.num_rows = base[-1]
+        self.aliases: list = []  # the autograd nodes of the latest lookups (stacked())
+        # the L2's gradient scale for this backward's _Alias (graph task, scale), and the last backward
+        # in which an _Alias ran: the L2 folds into a lookup only if that lookup has not run yet
+        self.pending_l2: tuple[int, Tensor] | None = None
+        self.alias_task: int | None = None
         self._stack()
 
     def _stack(self) -> None:
@@ -97,7 +117,10 @@ class StackedTables:
     def stacked(self) -> Tensor:
         if torch.compiler.is_compiling():  # a copy the compiler can see through
             return torch.cat(self.params, 0)
-        return _Alias.apply(self.buf, self.rows, *self.params)
+        out = _Alias.apply(self.buf, self.rows, self, *self.params)
+        if out.grad_fn is not None:  # this forward's lookups, for the L2's backward to find (bounded)
+            self.aliases = [*self.aliases[-7:], out.grad_fn]
+        return out
 
     def unstack(self) -> None:
         """Give every table its own storage again (values unchanged)."""
@@ -191,11 +214,18 @@ def pooled_sum(stack: StackedTables, rows: Tensor) -> Tensor:
 
 
 class _SumSquares(torch.autograd.Function):
-    """``scale * sum(buf^2)`` over the whole stacked buffer (one pass), differentiable in each table."""
+    """``scale * sum(buf^2)`` over the whole stacked buffer (one pass), differentiable in each table.
+
+    Its gradient ``2 scale grad buf`` goes, where this backward also runs a lookup of the same tables
+    (a model's loss plus its regulariser), into that lookup's dense gradient (``_Alias``): this node
+    runs first (it was made after the forward's lookups, and the engine runs later nodes first among
+    those ready), leaves the scale on the stack and returns nothing. Otherwise (the L2 alone) its own
+    ``[rows, D]`` product, as before."""
 
     @staticmethod
-    def forward(ctx, buf: Tensor, rows: tuple[int, ...], scale: float, *params: Tensor) -> Tensor:
-        ctx.rows, ctx.scale = rows, scale
+    def forward(ctx, buf: Tensor, rows: tuple[int, ...], scale: float, stack: "StackedTables",
+                *params: Tensor) -> Tensor:
+        ctx.rows, ctx.scale, ctx.stack = rows, scale, stack
         ctx.save_for_backward(buf)
         flat = buf.reshape(-1)
         return (torch.dot(flat, flat) * scale).reshape(1)
@@ -203,8 +233,15 @@ class _SumSquares(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         (buf,) = ctx.saved_tensors
-        g = buf * (2.0 * ctx.scale * grad.reshape(()))
-        return (None, None, None, *g.split(ctx.rows, 0))
+        c = (2.0 * ctx.scale) * grad.reshape(())
+        stack, task = ctx.stack, _graph_task()
+        if task is not None and stack.alias_task != task and \
+                any(torch._C._will_engine_execute_node(n) for n in stack.aliases):
+            if stack.pending_l2 is not None and stack.pending_l2[0] == task:  # two L2 terms on one stack
+                c = c + stack.pending_l2[1]
+            stack.pending_l2 = (task, c)
+            return (None,) * (4 + len(ctx.rows))
+        return (None, None, None, None, *(buf * c).split(ctx.rows, 0))
 
 
 def l2(stack: StackedTables, scale: float) -> Tensor:
@@ -212,4 +249,4 @@ def l2(stack: StackedTables, scale: float) -> Tensor:
     stack.ensure()
     if torch.compiler.is_compiling():
         return sum(torch.sum(scale * torch.square(p)) for p in stack.params).reshape(1)
-    return _SumSquares.apply(stack.buf, stack.rows, float(scale), *stack.params)
+    return _SumSquares.apply(stack.buf, stack.rows, float(scale), stack, *stack.params)
