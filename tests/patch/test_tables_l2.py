@@ -59,3 +59,15 @@ def test_l2_alone_and_autograd_grad():
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b)
     assert all(p.grad is None for p in tables)
+
+
+def test_l2_after_an_earlier_lookup_only_backward():
+    """A lookup whose backward already ran (an earlier step) does not take the L2's gradient."""
+    tables, plain, stack, ids = _setup()
+    rows = _tables.lookup(stack, _tables.global_rows(stack, ids, torch.tensor([0, 1]), ["a", "b"]))
+    rows.sum().backward()
+    got = torch.autograd.grad(_tables.l2(stack, 0.3).sum(), tables)
+    want = torch.autograd.grad(sum(0.3 * (p ** 2).sum() for p in plain), plain)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+    assert stack.pending_l2 is None
