@@ -40,6 +40,21 @@ def global_batches(rows: int, global_batch: int, world: int) -> int:
     return full + (tail >= world)
 
 
+def global_slice(rows: int, global_batch: int, rank: int, world: int) -> Tensor:
+    """The row indices (int64) of ``rank``'s part of each global batch over ``rows`` rows, in order: its
+    contiguous ``global_batch / world`` rows of every full one and its equal share of a shorter last
+    one, cut to a multiple of ``world`` rows (``global_batches``). In batches of ``global_batch /
+    world`` they are the rank's local batches."""
+    local = global_batch // world
+    full, tail = divmod(rows, global_batch)
+    idx = [(torch.arange(full)[:, None] * global_batch + rank * local + torch.arange(local)[None, :]).reshape(-1)]
+    share = tail // world
+    if share:
+        first = full * global_batch + rank * share
+        idx.append(torch.arange(first, first + share))
+    return torch.cat(idx)
+
+
 @dataclass
 class InMemoryDataset:
     """Encoded columns of N samples.

@@ -40,7 +40,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from rankops.data.dataset import InMemoryDataset, global_batches
+from rankops.data.dataset import InMemoryDataset, global_batches, global_slice
 from rankops.data.feature_map import ROLES, Column, FeatureMap, parse_numbers
 
 FORMATS = ("csv", "tsv", "parquet", "criteo")
@@ -446,20 +446,6 @@ def part_chunks(chunks: Iterator[pa.Table], part: tuple[float, str, int] | None)
         yield t
 
 
-def global_slice(rows: int, global_batch: int, rank: int, world: int) -> np.ndarray:
-    """The row indices of ``rank``'s part of each global batch over ``rows`` rows: its contiguous
-    ``global_batch / world`` rows of every full one and its equal share of a shorter last one, cut
-    to a multiple of ``world`` rows (``global_batches``)."""
-    local = global_batch // world
-    full, tail = divmod(rows, global_batch)
-    idx = [(np.arange(full)[:, None] * global_batch + rank * local + np.arange(local)[None, :]).ravel()]
-    share = tail // world
-    if share:
-        first = full * global_batch + rank * share
-        idx.append(np.arange(first, first + share))
-    return np.concatenate(idx).astype(np.int64)
-
-
 class StreamingDataset:
     """A file read chunk by chunk (the ``Dataset`` protocol): memory holds one chunk of raw rows
     and its encoded batches, whatever the file's size.
@@ -532,7 +518,7 @@ class StreamingDataset:
         if emitted + n <= start:  # all skipped by a resume: no need to encode
             return None
         if self.world > 1:  # batch_size is the global batch here: keep this rank's slice of each
-            table = table.take(pa.array(global_slice(table.num_rows, batch_size, self.rank, self.world)))
+            table = table.take(pa.array(global_slice(table.num_rows, batch_size, self.rank, self.world).numpy()))
             if not table.num_rows:
                 return None
         ds = self.feature_map.encode(table.combine_chunks(), with_labels=self.require_labels)

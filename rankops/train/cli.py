@@ -560,17 +560,16 @@ class ShardedDataset:
     def batches(self, batch_size: int, *, shuffle: bool = False, seed: int = 0, epoch: int = 0, start: int = 0):
         import torch
 
-        from rankops.data.dataset import global_batches
+        from rankops.data.dataset import global_slice
 
-        n, G = len(self.data), batch_size * self.world
+        n = len(self.data)
         if shuffle:
             order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
         else:
             order = torch.arange(n)
-        for i in range(start * G, global_batches(n, G, self.world) * G, G):
-            part = order[i:i + G]
-            share = part.numel() // self.world  # a last global batch: cut to equal shares
-            yield self.data.take(part[self.rank * share:(self.rank + 1) * share])
+        mine = order[global_slice(n, batch_size * self.world, self.rank, self.world)]
+        for i in range(start * batch_size, mine.numel(), batch_size):
+            yield self.data.take(mine[i:i + batch_size])
 
 
 def _distributed(cfg: dict) -> tuple[int, int]:

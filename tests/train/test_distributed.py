@@ -70,10 +70,7 @@ def test_streamed_file_two_processes_equal_one(tmp_path):
 def test_global_batches_give_every_rank_equal_shares():
     """Every rank takes the same number of steps on as many rows as its peers, and the slices cover
     each global batch (a last one cut to a multiple of the ranks) once."""
-    import numpy as np
-
-    from rankops.data.dataset import global_batches
-    from rankops.data.tabular import global_slice
+    from rankops.data.dataset import global_batches, global_slice
 
     for rows, G, world in [(1000, 128, 2), (257, 128, 2), (256, 128, 2), (259, 128, 4), (263, 128, 4), (5, 8, 2),
                            (1, 8, 2)]:
@@ -81,7 +78,7 @@ def test_global_batches_give_every_rank_equal_shares():
         steps = global_batches(rows, G, world)
         full, tail = divmod(rows, G)
         kept = full * G + tail // world * world
-        assert sorted(np.concatenate(parts).tolist()) == list(range(kept))
+        assert sorted(torch.cat(parts).tolist()) == list(range(kept))
         sizes = [[int(((p >= i * G) & (p < (i + 1) * G)).sum()) for i in range(steps)] for p in parts]
         assert all(s == sizes[0] for s in sizes) and all(sizes[0]), (rows, G, world, sizes)
     assert global_batches(257, 128, 2) == 2 and global_batches(258, 128, 2) == 3 and global_batches(256, 128, 1) == 2
