@@ -564,6 +564,43 @@ def test_din_vs_concat(activation, normalize, hidden):
     assert torch.equal(got[0][0], torch.zeros(d)), "an empty sample pools to zeros"
 
 
+@pytest.mark.parametrize("normalize", [False, True])
+@pytest.mark.parametrize("hidden", [(20, 9), (7,)], ids=["20-9", "7"])
+@pytest.mark.parametrize("lengths", [[0, 1, 11, 7, 4, 0], [0] * 6], ids=["mixed", "all-empty"])
+def test_din_dice_training_scores_valid_keys_only(normalize, hidden, lengths):
+    """Dice on batch statistics in training scores the valid keys only outside the reference backend
+    (_din_packed_scores); the reference backend keeps the padded grid. Same output, gradients and batch
+    statistics either way, NaN padding included."""
+    from torch.profiler import ProfilerActivity, profile
+
+    q, keys, _, params, alphas, _, grad = _din_case("dice", hidden, torch.float32)
+    lengths = torch.tensor(lengths)
+    keys = keys.clone()
+    keys[3, 7:] = float("nan")  # padding never leaks
+    names = [k for k, v in params.items() if v is not None]
+
+    def run(backend):
+        leaves = [t.clone().requires_grad_() for t in [q, keys] + [params[n] for n in names]
+                  + [a for a in alphas if a is not None]]
+        p = dict(zip(names, leaves[2:2 + len(names)]), **{k: None for k, v in params.items() if v is None})
+        a = tuple(leaves[2 + len(names):]) + (None,) * (2 - len(leaves[2 + len(names):]))
+        stats: list = []
+        with rankops.use_backend(backend), profile(activities=[ProfilerActivity.CPU]) as prof:
+            out = rankops.din_attention(leaves[0], leaves[1], lengths, **p, alphas=a, normalize=normalize,
+                                        activation="dice", _batch_stats=stats)
+            grads = torch.autograd.grad(out, leaves, grad, allow_unused=True, materialize_grads=True)
+        packed = "aten::index_put_" in {e.name for e in prof.events()}
+        return [out, *grads, *(t for st in stats for t in st)], packed
+
+    got, packed = run("auto")
+    want, padded_packed = run("reference")
+    assert packed and not padded_packed
+    for i, (a, e) in enumerate(zip(got, want)):
+        assert not a.isnan().any(), i
+        assert_close(a, e, atol=2e-5, rtol=2e-4, name=f"din output/grad/stat {i}")
+    assert not got[0][0].any() and not got[2][3, 7:].any(), "empty samples pool to zeros, padding gets no gradient"
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_din_dtypes_and_dice_stats(dtype):
     B, L, d = 3, 9, 16

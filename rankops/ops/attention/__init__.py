@@ -306,21 +306,11 @@ def din_attention(
     qf = q.float()
     kf = keys.float().masked_fill(~mask[..., None], 0.0)  # padding never leaks, even NaN
     layers = [(w1, b1)] + ([(w2, b2)] if w2 is not None else [])
-    x = None
-    for i, (w, b) in enumerate(layers):
-        x = _din_first_layer(qf, kf, w1.float(), b1.float()) if i == 0 else x @ w.float().T + b.float()
-        alpha = alphas[i].float() if alphas[i] is not None else None
-        stats = dice_stats[i] if dice_stats is not None else None
-        if activation == "dice" and stats is None:
-            # statistics over the valid keys, the gradient through them: rankops.dice (four passes
-            # over [B, L, H] on CPU instead of PyTorch's ~30)
-            y, mean, var = dice(x.reshape(-1, x.shape[-1]), mask.reshape(-1), alpha, eps)
-            if _batch_stats is not None:
-                _batch_stats.append((mean.detach(), var.detach()))
-            x = y.view(x.shape)
-            continue
-        x = _activate(x, activation, alpha, stats, eps)
-    score = (x @ w_out.float().reshape(-1)) + b_out.float().reshape(())  # [B, L]
+    if activation == "dice" and dice_stats is None and _packs(keys):
+        score = _din_packed_scores(qf, kf, mask, layers, alphas, w_out, b_out, eps, _batch_stats)
+    else:
+        score = _din_padded_scores(qf, kf, mask, layers, activation, alphas, dice_stats, w_out, b_out, eps,
+                                   _batch_stats)
     if normalize:
         score = score.masked_fill(~mask, float("-inf"))
         m = score.amax(-1, keepdim=True)
@@ -330,6 +320,61 @@ def din_attention(
     else:
         weight = score.masked_fill(~mask, 0.0)
     return torch.bmm(weight[:, None, :], kf).squeeze(1).to(q.dtype)
+
+
+def _din_padded_scores(qf, kf, mask, layers, activation, alphas, dice_stats, w_out, b_out, eps, batch_stats):
+    """The unit's score ``[B, L]`` of every key, padding included (masked by the caller)."""
+    x = None
+    for i, (w, b) in enumerate(layers):
+        x = _din_first_layer(qf, kf, w.float(), b.float()) if i == 0 else x @ w.float().T + b.float()
+        alpha = alphas[i].float() if alphas[i] is not None else None
+        stats = dice_stats[i] if dice_stats is not None else None
+        if activation == "dice" and stats is None:
+            # statistics over the valid keys, the gradient through them: rankops.dice (four passes
+            # over [B, L, H] on CPU instead of PyTorch's ~30)
+            y, mean, var = dice(x.reshape(-1, x.shape[-1]), mask.reshape(-1), alpha, eps)
+            if batch_stats is not None:
+                batch_stats.append((mean.detach(), var.detach()))
+            x = y.view(x.shape)
+            continue
+        x = _activate(x, activation, alpha, stats, eps)
+    return (x @ w_out.float().reshape(-1)) + b_out.float().reshape(())
+
+
+def _packs(keys: Tensor) -> bool:
+    """Whether Dice-on-batch-statistics training scores only the valid keys (``_din_packed_scores``):
+    outside the reference backend (what a user writes scores the padded [B, L] grid) and outside
+    torch.compile (the number of valid keys is data: a shape fullgraph cannot trace)."""
+    from rankops import backend as _backend
+
+    return _dispatch.eager(keys) and _backend.current() != "reference"
+
+
+def _din_packed_scores(qf, kf, mask, layers, alphas, w_out, b_out, eps, batch_stats):
+    """The Dice unit's scores in training, computed on the N valid keys only and scattered back to ``[B, L]``
+    (zeros at the padding). DIN's sequences are padded to their longest: with lengths uniform in [1, L] half
+    the padded grid is padding, which the padded path multiplies, gates and differentiates like the rest.
+    The first layer as one product over the packed rows:
+    ``W1 [q, k, q-k, q*k] = c_q + [k, k*q] [Wb - Wc | Wd]^T`` (``c_q = (Wa + Wc) q + b1`` per sample)."""
+    B, L, d = kf.shape
+    rows = mask.reshape(-1).nonzero().squeeze(1)  # [N] flat (b, l) of the valid keys
+    sample = rows // L
+    k = kf.reshape(B * L, d).index_select(0, rows)  # [N, d]
+    (w1, b1), rest = layers[0], layers[1:]
+    wa, wb, wc, wd = w1.float().split(d, dim=1)
+    c = qf @ (wa + wc).T + b1.float()  # [B, H1]
+    x = torch.addmm(c.index_select(0, sample), torch.cat([k, k * qf.index_select(0, sample)], 1),
+                    torch.cat([wb - wc, wd], 1).T)  # [N, H1]
+    valid = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+    for i in range(len(layers)):
+        if i > 0:
+            w, b = rest[i - 1]
+            x = torch.addmm(b.float(), x, w.float().T)
+        x, mean, var = dice(x, valid, alphas[i].float(), eps)
+        if batch_stats is not None:
+            batch_stats.append((mean.detach(), var.detach()))
+    s = torch.addmv(b_out.float().reshape(()).expand(x.shape[0]), x, w_out.float().reshape(-1))  # [N]
+    return s.new_zeros(B * L).index_put((rows,), s).view(B, L)
 
 
 def _activate(x: Tensor, kind: str, alpha: Tensor | None, stats, eps: float) -> Tensor:
