@@ -569,7 +569,7 @@ def test_din_vs_concat(activation, normalize, hidden):
 @pytest.mark.parametrize("lengths", [[0, 1, 11, 7, 4, 0], [0] * 6], ids=["mixed", "all-empty"])
 def test_din_dice_training_scores_valid_keys_only(normalize, hidden, lengths):
     """Dice on batch statistics in training scores the valid keys only outside the reference backend
-    (_din_packed_scores); the reference backend keeps the padded grid. Same output, gradients and batch
+    (rankops.ops.attention.packed); the reference backend keeps the padded grid. Same output, gradients and batch
     statistics either way, NaN padding included."""
     from torch.profiler import ProfilerActivity, profile
 

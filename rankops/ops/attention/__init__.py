@@ -29,6 +29,7 @@ from torch import Tensor
 
 from rankops.ops import _checks, _declare, _dispatch
 from rankops.ops.activation import dice
+from rankops.ops.attention.packed import din_packed_scores, packs
 
 _NATIVE = _declare.NATIVE
 _impls = _declare.backends("rankops.ops.attention", cuda=("target_attention", "jagged_target_attention"))
@@ -306,8 +307,8 @@ def din_attention(
     qf = q.float()
     kf = keys.float().masked_fill(~mask[..., None], 0.0)  # padding never leaks, even NaN
     layers = [(w1, b1)] + ([(w2, b2)] if w2 is not None else [])
-    if activation == "dice" and dice_stats is None and _packs(keys):
-        score = _din_packed_scores(qf, kf, mask, layers, alphas, w_out, b_out, eps, _batch_stats)
+    if activation == "dice" and dice_stats is None and packs(keys):
+        score = din_packed_scores(qf, kf, mask, layers, alphas, w_out, b_out, eps, _batch_stats)
     else:
         score = _din_padded_scores(qf, kf, mask, layers, activation, alphas, dice_stats, w_out, b_out, eps,
                                    _batch_stats)
@@ -339,42 +340,6 @@ def _din_padded_scores(qf, kf, mask, layers, activation, alphas, dice_stats, w_o
             continue
         x = _activate(x, activation, alpha, stats, eps)
     return (x @ w_out.float().reshape(-1)) + b_out.float().reshape(())
-
-
-def _packs(keys: Tensor) -> bool:
-    """Whether Dice-on-batch-statistics training scores only the valid keys (``_din_packed_scores``):
-    outside the reference backend (what a user writes scores the padded [B, L] grid) and outside
-    torch.compile (the number of valid keys is data: a shape fullgraph cannot trace)."""
-    from rankops import backend as _backend
-
-    return _dispatch.eager(keys) and _backend.current() != "reference"
-
-
-def _din_packed_scores(qf, kf, mask, layers, alphas, w_out, b_out, eps, batch_stats):
-    """The Dice unit's scores in training, computed on the N valid keys only and scattered back to ``[B, L]``
-    (zeros at the padding). DIN's sequences are padded to their longest: with lengths uniform in [1, L] half
-    the padded grid is padding, which the padded path multiplies, gates and differentiates like the rest.
-    The first layer as one product over the packed rows:
-    ``W1 [q, k, q-k, q*k] = c_q + [k, k*q] [Wb - Wc | Wd]^T`` (``c_q = (Wa + Wc) q + b1`` per sample)."""
-    B, L, d = kf.shape
-    rows = mask.reshape(-1).nonzero().squeeze(1)  # [N] flat (b, l) of the valid keys
-    sample = rows // L
-    k = kf.reshape(B * L, d).index_select(0, rows)  # [N, d]
-    (w1, b1), rest = layers[0], layers[1:]
-    wa, wb, wc, wd = w1.float().split(d, dim=1)
-    c = qf @ (wa + wc).T + b1.float()  # [B, H1]
-    x = torch.addmm(c.index_select(0, sample), torch.cat([k, k * qf.index_select(0, sample)], 1),
-                    torch.cat([wb - wc, wd], 1).T)  # [N, H1]
-    valid = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
-    for i in range(len(layers)):
-        if i > 0:
-            w, b = rest[i - 1]
-            x = torch.addmm(b.float(), x, w.float().T)
-        x, mean, var = dice(x, valid, alphas[i].float(), eps)
-        if batch_stats is not None:
-            batch_stats.append((mean.detach(), var.detach()))
-    s = torch.addmv(b_out.float().reshape(()).expand(x.shape[0]), x, w_out.float().reshape(-1))  # [N]
-    return s.new_zeros(B * L).index_put((rows,), s).view(B, L)
 
 
 def _activate(x: Tensor, kind: str, alpha: Tensor | None, stats, eps: float) -> Tensor:
