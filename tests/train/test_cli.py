@@ -137,7 +137,8 @@ def _weights(path):
 
 
 def test_resume_equals_uninterrupted(tmp_path, capsys):
-    base = ["--model", "deepfm", *TINY, "--embedding-optimizer", "rowwise_adagrad"]
+    # a constant lr: --max-steps (the interruption here) is also a decaying schedule's horizon
+    base = ["--model", "deepfm", *TINY, "--embedding-optimizer", "rowwise_adagrad", "--lr-schedule", "constant"]
     assert run(["train", *base, "--epochs", "2", "--out", tmp_path / "a"], capsys)[0] == 0
     # stopped inside epoch 2 (11 batches an epoch), then resumed twice: by step, then to the end
     assert run(["train", *base, "--epochs", "2", "--max-steps", "14", "--out", tmp_path / "b"], capsys)[0] == 0
@@ -480,3 +481,27 @@ def test_data_named_in_a_config_is_kept(tmp_path, capsys):
     assert rc == 0, err
     assert "no --data" not in err
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["data"].startswith("synthetic:sequence_tasks")
+
+
+def test_planted_data_trains_with_its_setup_unless_told_otherwise(tmp_path, capsys):
+    """On a planted set, what neither a flag nor --config sets comes from the set's setup (PLANTED_SETUP:
+    1 epoch at lr 1e-3 left DIN far from its ceiling), said in one line; other data keeps the plain defaults."""
+    small = ["--samples", "600", "--no-progress", "--model-config", '{"dnn_hidden_units": [8]}']
+    rc, _, err = run(["train", "--model", "dnn", *small, "--epochs", "1", "--out", tmp_path / "a"], capsys)
+    assert rc == 0, err
+    r = json.loads((tmp_path / "a" / "run.json").read_text())
+    want = cli.PLANTED_SETUP["crosses"]
+    assert (r["epochs"], r["lr"], r["lr_schedule"], r["batch_size"]) == (1, want["lr"], want["lr_schedule"],
+                                                                         want["batch_size"])
+    assert err.count("planted setup") == 1 and "epochs" not in err.split("planted setup")[1], err
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model: dnn\nlr: 0.002\nepochs: 1\n")
+    rc, _, err = run(["train", "--config", cfg, *small, "--batch-size", "128", "--out", tmp_path / "b"], capsys)
+    assert rc == 0, err
+    r = json.loads((tmp_path / "b" / "run.json").read_text())
+    assert (r["epochs"], r["lr"], r["lr_schedule"], r["batch_size"]) == (1, 0.002, "cosine", 128)
+    setup = cli.PLANTED_SETUP["sequence"]
+    cfg = cli.train_config(cli._parser().parse_args(["train", "--model", "din"]))
+    assert cfg["data"] == "synthetic:sequence" and all(cfg[k] == v for k, v in setup.items())
+    cfg = cli.train_config(cli._parser().parse_args(["train", "--data", "day0.tsv"]))
+    assert (cfg["epochs"], cfg["lr"], cfg["lr_schedule"]) == (1, 1e-3, "constant") and not cfg.get("_setup_note")
