@@ -305,22 +305,30 @@ def din_attention(
 
     mask = torch.arange(L, device=keys.device)[None, :] < lengths.to(torch.int64)[:, None]  # [B, L]
     qf = q.float()
-    kf = keys.float().masked_fill(~mask[..., None], 0.0)  # padding never leaks, even NaN
     layers = [(w1, b1)] + ([(w2, b2)] if w2 is not None else [])
     if activation == "dice" and dice_stats is None and packs(keys):
-        score = din_packed_scores(qf, kf, mask, layers, alphas, w_out, b_out, eps, _batch_stats)
-    else:
-        score = _din_padded_scores(qf, kf, mask, layers, activation, alphas, dice_stats, w_out, b_out, eps,
-                                   _batch_stats)
-    if normalize:
-        score = score.masked_fill(~mask, float("-inf"))
-        m = score.amax(-1, keepdim=True)
-        m = torch.where(torch.isfinite(m), m, torch.zeros_like(m)).detach()
-        e = torch.exp(score - m)
-        weight = e / e.sum(-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
-    else:
-        weight = score.masked_fill(~mask, 0.0)
+        # the valid keys only (padding never read, even NaN), pooled with index_add
+        s, rows, k = din_packed_scores(qf, keys, mask, layers, alphas, w_out, b_out, eps, _batch_stats)
+        if normalize:
+            weight = _pooling_weights(s.new_zeros(B * L).index_put((rows,), s).view(B, L), mask, normalize)
+            s = weight.reshape(-1).index_select(0, rows)
+        return qf.new_zeros(B, d).index_add_(0, rows // L, s[:, None] * k).to(q.dtype)
+    kf = keys.float().masked_fill(~mask[..., None], 0.0)  # padding never leaks, even NaN
+    score = _din_padded_scores(qf, kf, mask, layers, activation, alphas, dice_stats, w_out, b_out, eps, _batch_stats)
+    weight = _pooling_weights(score, mask, normalize)
     return torch.bmm(weight[:, None, :], kf).squeeze(1).to(q.dtype)
+
+
+def _pooling_weights(score: Tensor, mask: Tensor, normalize: bool) -> Tensor:
+    """DIN's pooling weights ``[B, L]`` from the scores: the scores themselves (DIN does not normalise), or
+    their softmax over the valid keys; zero at the padding."""
+    if not normalize:
+        return score.masked_fill(~mask, 0.0)
+    score = score.masked_fill(~mask, float("-inf"))
+    m = score.amax(-1, keepdim=True)
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m)).detach()
+    e = torch.exp(score - m)
+    return e / e.sum(-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
 
 
 def _din_padded_scores(qf, kf, mask, layers, activation, alphas, dice_stats, w_out, b_out, eps, batch_stats):

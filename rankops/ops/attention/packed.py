@@ -73,17 +73,18 @@ class _RowsAffine(torch.autograd.Function):
         return gx, gw, gb, gbase, None
 
 
-def din_packed_scores(qf: Tensor, kf: Tensor, mask: Tensor, layers, alphas, w_out: Tensor, b_out: Tensor, eps: float,
-                      batch_stats: list | None) -> Tensor:
-    """The Dice unit's score of every valid key, scattered back to ``[B, L]`` (zeros at the padding).
+def din_packed_scores(qf: Tensor, keys: Tensor, mask: Tensor, layers, alphas, w_out: Tensor, b_out: Tensor,
+                      eps: float, batch_stats: list | None) -> tuple[Tensor, Tensor, Tensor]:
+    """The Dice unit's score of every valid key: ``(scores [N], rows [N], k [N, d])``, rows the flat
+    ``b * L + l`` of each valid key and k its fp32 embedding (the padding is never read).
 
-    qf ``[B, d]`` and kf ``[B, L, d]`` fp32 (kf zero at the padding), mask ``[B, L]`` the valid keys,
-    layers ``[(W1, b1)]`` or ``[(W1, b1), (W2, b2)]``; each layer's batch (mean, var) is appended to
-    ``batch_stats`` for the caller's running statistics."""
-    B, L, d = kf.shape
+    qf ``[B, d]`` fp32, keys ``[B, L, d]``, mask ``[B, L]`` the valid keys, layers ``[(W1, b1)]`` or
+    ``[(W1, b1), (W2, b2)]``; each layer's batch (mean, var) is appended to ``batch_stats`` for the
+    caller's running statistics."""
+    B, L, d = keys.shape
     rows = mask.reshape(-1).nonzero().squeeze(1)  # [N] flat (b, l) of the valid keys
     sample = rows // L
-    k = kf.reshape(B * L, d).index_select(0, rows)  # [N, d]
+    k = keys.reshape(B * L, d).index_select(0, rows).float()  # [N, d]
     (w1, b1), rest = layers[0], layers[1:]
     wa, wb, wc, wd = w1.float().split(d, dim=1)
     c = qf @ (wa + wc).T + b1.float()  # [B, H1]
@@ -98,4 +99,4 @@ def din_packed_scores(qf: Tensor, kf: Tensor, mask: Tensor, layers, alphas, w_ou
         if batch_stats is not None:
             batch_stats.append((mean.detach(), var.detach()))
     s = torch.addmv(b_out.float().reshape(()).expand(x.shape[0]), x, w_out.float().reshape(-1))  # [N]
-    return s.new_zeros(B * L).index_put((rows,), s).view(B, L)
+    return s, rows, k
