@@ -74,10 +74,10 @@ class MLP(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[-1] != self.in_dim:
             raise ValueError(f"rankops.nn.MLP: input width {x.shape[-1]} != in_dim {self.in_dim}")
-        if self.hidden_units and aligns(x, self.layers[0].weight):
-            first = self.layers[0]
-            return self.layers[1:](linear(x, first.weight, first.bias))
-        return self.layers(x)
+        if not self.hidden_units:
+            return self.layers(x)
+        first = self.layers[0]  # nn.Linear's product, its input gradient aligned where that pays (linear)
+        return self.layers[1:](linear(x, first.weight, first.bias))
 
 
 _ALIGN = 16  # fp32 elements in a 64-byte cache line

@@ -372,16 +372,9 @@ def load_data(cfg: dict, feature_map=None) -> Data:
 
             reader = Reader(path, spec, chunk_rows=chunk, strict=strict)
             bar = Progress(None, "fit feature map", max(1, 1_000_000 // chunk), cfg.get("progress", True))
-            counted = [0]
-
-            def count(chunks):
-                for t in chunks:
-                    counted[0] += t.num_rows
-                    yield t
-
-            fm = spec.feature_map().fit(count(part_chunks(reader.chunks(), part)), progress=bar)
+            fm = spec.feature_map().fit(part_chunks(reader.chunks(), part), progress=bar)
             bar.close()
-            rows = counted[0]  # the training rows: an lr schedule and the progress bar know the run's length
+            rows = fm.rows_seen  # the training rows: an lr schedule and the progress bar know the run's length
             if reader.bad.total:
                 notes.append(reader.bad.summary(src))
                 bad[src] = reader.bad.to_dict()
