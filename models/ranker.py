@@ -45,9 +45,9 @@ class Ranker(RankingModel):
             ``interaction_mode="stacked"``).
         interaction: ``None``, ``"fm"`` (logit += FM term), ``"cross"`` (CrossNet of ``cross_num``
             layers, ``cross_variant`` v1 / v2 / lowrank / mix), ``"cin"`` (logit += linear(CIN)),
-            ``"autoint"`` (``att_layer_num`` interacting layers). ``cin_activation``: DeepCTR-Torch's
-            ``"relu"`` by default; ``None`` (linear) is the xDeepFM paper's CIN and learns planted
-            third-order crosses far better (bench/results/learning-*).
+            ``"autoint"`` (``att_layer_num`` interacting layers). ``cin_activation``: ``None`` (linear
+            maps) by default, the xDeepFM paper's CIN (its official code's and FuxiCTR's); ``"relu"`` is
+            DeepCTR-Torch's, which learns planted third-order crosses far worse (bench/results/learning-*).
         interaction_mode: ``"parallel"`` (the interaction output beside the DNN's, DCN) or
             ``"stacked"`` (the DNN runs on the interaction output, DCN-V2's stacked form).
         sequence_pooling: how each behaviour sequence becomes one field: ``"mean"``, ``"din"``
@@ -78,7 +78,7 @@ class Ranker(RankingModel):
                  interaction: str | None = None, interaction_mode: str = "parallel",
                  cross_num: int = 3, cross_variant: str = "v2", low_rank: int | None = None,
                  num_cross_experts: int = 4, cin_layer_size: Sequence[int] = (128, 128), cin_split_half: bool = True,
-                 cin_activation: str | None = "relu",
+                 cin_activation: str | None = None,
                  att_layer_num: int = 3, att_embedding_size: int = 8, att_head_num: int = 2, att_res: bool = True,
                  sequence_pooling: str = "mean", att_hidden_units: Sequence[int] = (80, 40),
                  att_activation: str = "dice", att_heads: int = 1, transformer_layers: int = 1,
