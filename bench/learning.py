@@ -94,8 +94,9 @@ PLANTED = [
                [Model("dnn (clicked only)", "dnn", clicked_only=True), Model("esmm", "esmm")],
                "dnn (clicked only)", tasks=("cvr", "click")),
     # the best setups: what the best model of a kind needs to come within 0.01 of the ceiling. More rows
-    # (the sets above over-fit before they have learned the signal) and, for the conflicting tasks,
-    # wider experts; crosses_best is `rankops train`'s built-in data and setup (scripts/run.sh)
+    # than the sets above (DCN-V2 over-fits 200k before it has learned the crosses; ESMM sees ~30 clicks an
+    # item there) and, for the conflicting tasks, wider experts (twelve ridge functions do not fit (16, 8));
+    # crosses_best is `rankops train`'s built-in data and setup (scripts/run.sh)
     PlantedSet("crosses_best", S.make_crosses, 400_000, 10, 1e-2, [Model("dcnv2", "dcnv2")], None,
                lr_schedule="cosine", best_of="crosses"),
     PlantedSet("multitask_best", MTL.make_sinusoid_tasks, 1_000_000, 10, 1e-2,
@@ -307,8 +308,8 @@ def write_md(summary: list[dict], path: Path, header: list[tuple[str, str]], see
     best_sets = {ps.kind: ps.best_of for ps in PLANTED if ps.best_of}
     if any(l["set"] in best_sets for l in summary):
         L += ["", "Best-setup sets (" + ", ".join(best_sets) + "): the best model of a kind with the rows and "
-              "training it needs to near the ceiling (the comparison sets, at fewer rows, over-fit before they "
-              "have learned the signal); judged by their gap alone, the comparison being the other sets'. "
+              "training it needs to near the ceiling (more rows than the comparison sets have); judged by their gap "
+              "alone, the comparison being the other sets'. "
               "multitask_best's experts are (128, 64) wide, where the comparison holds every width at (16, 8)."]
     L += ["", "## UCI Adult (`rankops.data.adult`)", "",
           "80/20 random split, 7 categorical (6 with never_married as a task) + 6 standardised numeric features, "
