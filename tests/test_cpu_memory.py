@@ -19,7 +19,7 @@ t = torch.empty(64 << 18)  # 64 MiB of fp32, touched, freed
 t.fill_(1.0)
 del t
 before = faults()
-for _ in range(5):
+for _ in range(10):
     t = torch.empty(64 << 18)
     t.fill_(1.0)
     del t
@@ -34,5 +34,7 @@ def test_freed_blocks_are_reused():
     for mode in ("default", "keep"):
         r = subprocess.run([sys.executable, "-c", SCRIPT, mode], capture_output=True, text=True, check=True)
         runs[mode] = int(r.stdout.strip().splitlines()[-1])
-    assert runs["default"] > 4 * pages  # glibc maps a 64 MiB block afresh each time: its pages fault again
-    assert runs["keep"] < 2.5 * pages, runs  # reused: one or two blocks fault in over the five rounds, not five
+    assert runs["default"] > 9 * pages, runs  # glibc maps a 64 MiB block afresh each time: its pages fault again
+    # reused: a few blocks fault in over the ten rounds, not ten (a CI run once saw 3 of 5 rounds fault
+    # with the blocks kept, under a full test suite: the margin is for the kernel, not for malloc)
+    assert runs["keep"] < 4.5 * pages, runs
