@@ -74,10 +74,10 @@ class MLP(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[-1] != self.in_dim:
             raise ValueError(f"rankops.nn.MLP: input width {x.shape[-1]} != in_dim {self.in_dim}")
-        if not self.hidden_units:
-            return self.layers(x)
-        first = self.layers[0]  # nn.Linear's product, its input gradient aligned where that pays (linear)
-        return self.layers[1:](linear(x, first.weight, first.bias))
+        for i, layer in enumerate(self.layers):  # (a slice self.layers[1:] builds a new Sequential per call)
+            # the first: nn.Linear's product, its input gradient aligned where that pays (linear)
+            x = linear(x, layer.weight, layer.bias) if i == 0 else layer(x)
+        return x
 
 
 _ALIGN = 16  # fp32 elements in a 64-byte cache line
