@@ -96,7 +96,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cin_layer_backward_cu
   const auto g = grad_.to(xk.scalar_type()).contiguous();
   TORCH_CHECK_VALUE(g.sizes() == at::IntArrayRef({B, N, D}), "cin_layer_backward: grad has shape ", g.sizes(),
                     ", expected [", B, ", ", N, ", ", D, "]");
-  auto db = g.to(at::kFloat).sum({0, 2}).to(weight.scalar_type());
+  auto db = g.to(at::kFloat).sum(at::IntArrayRef{0, 2}).to(weight.scalar_type());
   if (B == 0 || D == 0 || K == 0 || N == 0) {
     return {at::zeros_like(xk), at::zeros_like(x0), at::zeros_like(weight, at::MemoryFormat::Contiguous), db};
   }

@@ -243,7 +243,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cin_layer_backward(co
   TORCH_CHECK_VALUE(g.sizes() == at::IntArrayRef({B, Hn, D}), "cin_layer_backward: grad has shape ", g.sizes(),
                     ", expected [", B, ", ", Hn, ", ", D, "]");
   if (B == 0 || D == 0 || H == 0 || M == 0) {
-    return {at::zeros_like(xk), at::zeros_like(x0), at::zeros_like(weight), g.to(at::kFloat).sum({0, 2}).to(weight.scalar_type())};
+    return {at::zeros_like(xk), at::zeros_like(x0), at::zeros_like(weight), g.to(at::kFloat).sum(at::IntArrayRef{0, 2}).to(weight.scalar_type())};
   }
   auto dxk = empty_large_like(xk), dx0 = empty_large_like(x0);  // every element is stored
   const auto W2 = weight.to(at::kFloat).contiguous().view({Hn, H * M});
