@@ -13,6 +13,7 @@ Each reads with the prefetch distance (in lookups) that was fastest on the case,
 from __future__ import annotations
 
 import functools
+import sys
 import time
 from pathlib import Path
 
@@ -22,13 +23,30 @@ DISTANCES = (8, 16, 32, 64)
 SORTED_COPIES = 4  # the sorted floor rotates its own id sets (same distribution), as the harness rotates inputs
 
 
+STALE_LOCK_S = 600  # the build takes ~30 s; a lock older than this was left by a killed build
+
+
+def build_dir() -> Path:
+    """This checkout's build folder for the floor's extension, one per torch and python: torch's default
+    (~/.cache/torch_extensions/py311_cu130) is shared by every checkout and torch version of that
+    python and CUDA, so a second torch loaded the first's build, and a build killed mid-way left a lock
+    there that made every later load wait forever."""
+    tag = f"torch{torch.__version__}-py{sys.version_info.major}{sys.version_info.minor}"
+    d = Path(__file__).resolve().parents[1] / "build" / "bench_ext" / tag
+    d.mkdir(parents=True, exist_ok=True)
+    lock = d / "lock"
+    if lock.exists() and time.time() - lock.stat().st_mtime > STALE_LOCK_S:
+        lock.unlink(missing_ok=True)
+    return d
+
+
 @functools.cache
 def _ext():
     from torch.utils.cpp_extension import load
 
     src = Path(__file__).resolve().parent / "csrc" / "gather_floor.cpp"
     # -fopenmp: at::parallel_for is an OpenMP region compiled here (without it, one thread)
-    return load(name="rankops_bench_gather_floor", sources=[str(src)],
+    return load(name="rankops_bench_gather_floor", sources=[str(src)], build_directory=str(build_dir()),
                 extra_cflags=["-O3", "-mavx2", "-mfma", "-fopenmp"], extra_ldflags=["-fopenmp"])
 
 

@@ -5,6 +5,7 @@ Speed is never asserted here."""
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 import pytest
 import torch
@@ -198,6 +199,30 @@ def test_gather_floor_and_limits(tmp_path):
     paths["png"].unlink()
     report.redraw(paths["csv"])
     assert paths["md"].read_text() == md and paths["png"].exists()
+
+
+def test_gather_floor_builds_in_this_checkout_and_clears_a_stale_lock():
+    """The floor's extension builds under this checkout's build/, one folder per torch version (the shared
+    ~/.cache default mixed torch versions), and a lock left by a killed build is cleared instead of
+    waited on forever; a fresh lock (a build under way) is kept."""
+    import os
+    import time
+
+    from bench import gather_floor
+
+    d = gather_floor.build_dir()
+    root = Path(__file__).resolve().parents[1]
+    assert d.is_relative_to(root / "build") and torch.__version__ in d.name
+    lock = d / "lock"
+    try:
+        lock.touch()
+        old = time.time() - gather_floor.STALE_LOCK_S - 60
+        os.utime(lock, (old, old))
+        assert gather_floor.build_dir() == d and not lock.exists()
+        lock.touch()
+        assert gather_floor.build_dir() == d and lock.exists()
+    finally:
+        lock.unlink(missing_ok=True)
 
 
 def test_step_floor_counts_the_products_inside_our_ops():
