@@ -15,14 +15,16 @@ def _grads(mlp, x, g):
 
 
 def _nodes(t) -> set[str]:
-    """The names of the autograd nodes behind ``t``."""
+    """The names of the autograd nodes behind ``t``. ``seen`` holds the node objects themselves: torch 2.11
+    hands out a fresh Python object per ``next_functions`` access, and the id of one already freed came
+    back for another node, which the walk then skipped (the first layer went missing)."""
     seen, todo = {}, [t.grad_fn]
     while todo:
         fn = todo.pop()
         if fn is not None and id(fn) not in seen:
-            seen[id(fn)] = type(fn).__name__
+            seen[id(fn)] = fn
             todo.extend(f for f, _ in fn.next_functions)
-    return set(seen.values())
+    return {type(fn).__name__ for fn in seen.values()}
 
 
 # (BatchNorm1d takes [B, C] only: a [3, 5, C] input is for the other norms)
