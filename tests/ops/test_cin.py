@@ -306,7 +306,7 @@ def _aot_check():
           dict(LOW_PRECISION_DOT=True, BN=128, BK=64, BR=32), fp32_ptrs=("db_ptr",))
     ptrs = ["a_ptr", "a2_ptr", "b_ptr", "bias_ptr", "mul_ptr", "add_ptr", "c_ptr", "p_ptr", "aux1_ptr", "aux2_ptr",
             "aux_ptr", "rowsum_ptr"]
-    ints = ["M", "N", "K", "s_am", "s_ak", "s_bk", "s_bn", "s_cm", "s_cn"]
+    ints = ["M", "N", "K", "s_am", "s_ak", "s_bk", "s_bn", "s_cm"]
     base = dict(HAS_A2=False, HAS_BIAS=True, HAS_MUL=True, HAS_ADD=True, STORE_P=True, HAS_AUX=False, ROWSUM=False,
                 LOW_PRECISION_DOT=True, BM=128, BN=128, BK=32)
     for extra in ({}, dict(HAS_A2=True, HAS_BIAS=False, HAS_MUL=False, STORE_P=False, HAS_AUX=True),

@@ -30,7 +30,7 @@ from rankops.ops.cross import reference as _reference
 def _gemm_kernel(
     a_ptr, a2_ptr, b_ptr, bias_ptr, mul_ptr, add_ptr, c_ptr, p_ptr, aux1_ptr, aux2_ptr, aux_ptr, rowsum_ptr,
     M, N, K,
-    s_am, s_ak, s_bk, s_bn, s_cm, s_cn,
+    s_am, s_ak, s_bk, s_bn, s_cm,
     HAS_A2: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MUL: tl.constexpr, HAS_ADD: tl.constexpr,
     STORE_P: tl.constexpr, HAS_AUX: tl.constexpr, ROWSUM: tl.constexpr, LOW_PRECISION_DOT: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
@@ -58,7 +58,7 @@ def _gemm_kernel(
             acc = tl.dot(a.to(b.dtype), b, acc=acc)
         else:
             acc = tl.dot(a, b.to(tl.float32), acc=acc, input_precision="ieee")
-    c_off = rm[:, None] * s_cm + rn[None, :] * s_cn
+    c_off = rm[:, None] * s_cm + rn[None, :]  # c, p, mul, add, aux: rows of unit column stride
     c_msk = (rm[:, None] < M) & (rn[None, :] < N)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
@@ -93,6 +93,12 @@ def _gemm(a, a_strides, b, b_strides, c, M, N, K, *, a2=None, bias=None, mul=Non
     for t in (a, b, c, a2, mul, add, p):
         if t is not None and t.numel() >= 2**31:
             raise ValueError(f"rankops cross (triton): tensors of 2^31 elements or more are not supported, got {tuple(t.shape)}")
+    # the epilogue addresses c and its companions as contiguous rows (no column stride: a [BM, BN]
+    # multiply fewer, which kept the kernel under 255 registers with triton 3.6's sm_90 code)
+    for t in (c, mul, add, p, *(aux or ())):
+        if t is not None and not (t.is_contiguous() and t.shape == c.shape):
+            raise ValueError(f"rankops cross (triton): epilogue tensors must be contiguous [{M}, {N}], "
+                             f"got {tuple(t.shape)} with strides {t.stride()}")
     cfg = _config()
     BM, BN, BK = cfg.pop("BM"), cfg.pop("BN"), cfg.pop("BK")
     dummy = c
@@ -104,7 +110,7 @@ def _gemm(a, a_strides, b, b_strides, c, M, N, K, *, a2=None, bias=None, mul=Non
         bias if bias is not None else dummy, mul if mul is not None else dummy, add if add is not None else dummy,
         c, p if p is not None else dummy, aux1, aux2, aux_out, rowsum if rowsum is not None else dummy,
         M, N, K,
-        a_strides[0], a_strides[1], b_strides[0], b_strides[1], c.stride(0), c.stride(1),
+        a_strides[0], a_strides[1], b_strides[0], b_strides[1], c.stride(0),
         HAS_A2=a2 is not None, HAS_BIAS=bias is not None, HAS_MUL=mul is not None, HAS_ADD=add is not None,
         STORE_P=p is not None, HAS_AUX=aux is not None, ROWSUM=rowsum is not None, LOW_PRECISION_DOT=low,
         BM=BM, BN=BN, BK=BK, **cfg,
