@@ -22,7 +22,7 @@ def test_unmeasured_cuda_ops_keep_triton_first():
             assert backend.AUTO_ORDER_BY_OP[(op, "cuda")][0] == "triton"
 
 
-@pytest.mark.skipif(backend.why_unavailable("cuda", "cuda") or backend.why_unavailable("triton", "cuda"),
+@pytest.mark.skipif(bool(backend.why_unavailable("cuda", "cuda") or backend.why_unavailable("triton", "cuda")),
                     reason="needs an extension built with CUDA kernels and triton installed (no GPU needed)")
 def test_select_follows_the_table_on_cuda():
     cuda = torch.device("cuda")
