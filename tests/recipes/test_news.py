@@ -123,8 +123,11 @@ def test_planted_set_is_deterministic_per_seed(name):
 def test_planted_signal_lifts_the_ceiling(name):
     scale, tasks = SIGNAL[name]
     on, off = (ceiling(PLANTED[name](num_samples=4000, seed=0, **{scale: s})) for s in (1.0, 0.0))
+    # cold_items lifts its ceilings by 0.10 +- 0.015 over seeds (news_interest by ~0.29): the bar sits well
+    # below that, not at the mean (at 0.1 the test failed on torch 2.6, whose random draws differ), and
+    # well above no signal (a lift of 0)
     for t in tasks:
-        assert on[t] > off[t] + 0.1, (t, on[t], off[t])
+        assert on[t] > off[t] + 0.05, (t, on[t], off[t])
 
 
 def test_news_titles_carry_their_category():
