@@ -119,6 +119,7 @@ def test_sharded_resume_continues_as_one_process(runs, tmp_path):
         torch.testing.assert_close(b["model"][k], v, rtol=1e-4, atol=1e-6, msg=k)
 
 
+@needs_torchrec  # (its first check, the torchrun one, comes after the TorchRec one)
 def test_needs_many_processes_and_torchrec(tmp_path, capsys, monkeypatch):
     args = ["train", "--model", "deepfm", "--samples", "256", "--shard-embeddings", "--out", str(tmp_path / "r")]
     monkeypatch.delenv("WORLD_SIZE", raising=False)
