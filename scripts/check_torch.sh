@@ -4,8 +4,9 @@
 #   bash scripts/check_torch.sh 2.11.0 3.6.0        # the GPU machine's torch and triton (CUDA build)
 #   CUDA=OFF bash scripts/check_torch.sh 2.6.0 3.2.0  # the oldest torch the library asks for, CPU-only
 #   bash scripts/check_torch.sh 2.11.0 3.6.0 tests/ops   # extra arguments go to pytest
+#   PYTHON=/path/to/python3.12 bash scripts/check_torch.sh 2.11.0 3.6.0   # the GPU machine's python too
 #
-# The clone and its venv (about 6 GiB) live in build/torch-<version>/; a second run reuses the venv.
+# The clone and its venv (about 6 GiB) live in build/torch-<version>[-<python>]/; a second run reuses the venv.
 # fbgemm-gpu-cpu and TorchRec are left out: their wheels are built for the pinned torch and do not
 # load on another (their tests skip). numpy stays below 2.3 for triton < 3.8, whose interpreter
 # (the CPU tests of the Triton kernels) converts 1-element arrays to int, an error from numpy 2.3.
@@ -14,11 +15,12 @@ cd "$(dirname "$0")/.."
 [ $# -ge 2 ] || { echo "usage: $0 TORCH_VERSION TRITON_VERSION [pytest args...]" >&2; exit 2; }
 TORCH=$1 TRITON=$2
 shift 2
-DIR=build/torch-$TORCH
+PYTHON=${PYTHON:-python3}
+DIR=build/torch-$TORCH$([ "$PYTHON" = python3 ] || echo "-$(basename "$PYTHON")")
 rm -rf "$DIR/src"
 git clone -q . "$DIR/src"
 if [ ! -x "$DIR/venv/bin/python" ]; then
-  python3 -m venv "$DIR/venv"
+  "$PYTHON" -m venv "$DIR/venv"
   sed "s/^torch==.*/torch==$TORCH/; s/^triton==.*/triton==$TRITON/; s/^numpy==.*/numpy<2.3/" requirements-dev.txt \
     > "$DIR/requirements.txt"
   "$DIR/venv/bin/python" -m pip install -q -r "$DIR/requirements.txt"
