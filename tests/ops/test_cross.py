@@ -671,3 +671,16 @@ def test_cuda_lowrank_opcheck(backend, device):
         d = [a.detach() for a in st]
         _, xs, ts, ps = torch.ops.rankops.cross_net_lowrank(*d, True)
         torch.library.opcheck(torch.ops.rankops.cross_net_lowrank_backward.default, (g, d[0], d[1], d[2], xs, ts, ps))
+
+
+def test_triton_gemm_refuses_strided_epilogue_tensors():
+    """The Triton GEMM's epilogue addresses c and mul / add / p / aux as contiguous rows of c's shape:
+    anything else is refused before a launch, never read at the wrong addresses."""
+    triton_gemm = pytest.importorskip("rankops.ops.cross.triton")._gemm
+    a, b, c = torch.randn(4, 3), torch.randn(3, 5), torch.empty(4, 5)
+    for kw in (dict(mul=torch.randn(5, 4).t()), dict(add=torch.randn(4, 6)), dict(p=torch.randn(4, 10)[:, ::2]),
+               dict(aux=(torch.randn(4, 5), torch.randn(4, 5), torch.randn(5, 4).t()))):
+        with pytest.raises(ValueError, match="contiguous"):
+            triton_gemm(a, (3, 1), b, (5, 1), c, 4, 5, 3, **kw)
+    with pytest.raises(ValueError, match="contiguous"):
+        triton_gemm(a, (3, 1), b, (5, 1), torch.empty(5, 4).t(), 4, 5, 3)
