@@ -31,6 +31,6 @@ fi
 PY=$(cd "$DIR/venv/bin" && pwd)/python
 cd "$DIR/src"
 RANKOPS_WITH_CUDA=${CUDA:-AUTO} MAX_JOBS=${MAX_JOBS:-$(nproc)} "$PY" setup.py -q build_ext --inplace > build.log 2>&1 \
-  || { tail -40 build.log; echo "check_torch: rankops._C does not build against torch $TORCH (build/torch-$TORCH/src/build.log)"; exit 1; }
+  || { tail -40 build.log; echo "check_torch: rankops._C does not build against torch $TORCH ($DIR/src/build.log)"; exit 1; }
 "$PY" -c "import torch, triton, rankops; print('torch', torch.__version__, 'triton', triton.__version__); rankops.info()"
 exec "$PY" -m pytest -q -p no:cacheprovider -o faulthandler_timeout=300 -rfE "$@"
